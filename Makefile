@@ -1,0 +1,45 @@
+# One command each: install, lint, typecheck, test, demo, bench. CI runs `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps lint typecheck test test-fast demo bench clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[agent,controller,train,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check agent shared controller firmware_sim
+
+typecheck: install
+	$(VENV)/bin/mypy agent shared controller firmware_sim
+
+test: install lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "unit" $(PYTEST_ARGS)
+
+demo: install
+	$(PY) scripts/demo.py
+
+bench: install
+	$(PY) scripts/bench.py all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

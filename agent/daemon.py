@@ -1,0 +1,95 @@
+"""Wires the agent together: store, models, local API, MQTT link, updater."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import signal
+import threading
+import time
+from typing import Any
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.fetcher import Fetcher
+from agent.host import ModelHost
+from agent.link import MqttLink
+from agent.server import LocalApi, SocketServer
+from agent.store import SeqCounter, Store
+from agent.updater import Updater
+from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
+from shared.signing import key_id, load_public_key
+from shared.topics import Kind
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.data_dir)
+        self.seq = SeqCounter(cfg.data_dir / "seq")
+        self.host = ModelHost()
+        keys = [load_public_key(k) for k in cfg.director_public_keys]
+        self.updater = Updater(
+            device_id=cfg.device_id,
+            arch=cfg.arch,
+            trusted={key_id(k): k for k in keys},
+            store=self.store,
+            host=self.host,
+            fetcher=Fetcher(timeout=cfg.download_timeout),
+            report=self.report,
+            on_change=self.publish_status,
+            threads=cfg.inference_threads,
+        )
+        self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
+        self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
+        self._stop = threading.Event()
+
+    def _header(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "device_id": self.cfg.device_id, "seq": self.seq.next(), "sent_at": now()}
+
+    def status(self, state: str = ONLINE) -> dict[str, Any]:
+        models = {}
+        for role in self.host.roles():
+            inst = self.store.slot(role)
+            if inst is not None:
+                models[role] = inst.running().__dict__
+        return {
+            **self._header(),
+            "state": state,
+            "agent_version": __version__,
+            "hardware": {"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
+            "models": models,
+        }
+
+    def publish_status(self) -> None:
+        self.link.publish(Kind.STATUS, self.status(), retain=True)
+
+    def report(self, kind: str, severity: str, message: str, detail: dict[str, Any]) -> None:
+        log.log(logging.WARNING if severity != "info" else logging.INFO, "event %s: %s", kind, message)
+        self.link.publish(Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail})
+
+    def start(self) -> None:
+        self.updater.restore()
+        self.api.start()
+        self.updater.start()
+        self.link.start()
+        log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
+
+    def stop(self) -> None:
+        self.link.stop(goodbye=self.status(OFFLINE))
+        self.updater.stop()
+        self.api.stop()
+
+    def run_forever(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            log.info("stopping")
+            self.stop()
+            time.sleep(0)

@@ -1,0 +1,97 @@
+"""The runtime seam: load a model file, run named input arrays, get named outputs.
+
+Runtimes are imported lazily so an agent that only serves ONNX never imports
+LiteRT and vice versa.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from shared.manifest import Manifest
+
+_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64}
+
+
+class RuntimeError_(Exception):
+    """A model could not be loaded or run (named to avoid the builtin)."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to serve: its manifest, bundle hash and runtime session."""
+
+    manifest: Manifest
+    sha256: str
+    runtime: Runtime
+    loaded_at: float
+
+    def predict(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
+        return self.runtime.run(self.coerce_inputs(inputs))
+
+    def coerce_inputs(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
+        """Turn JSON-ish inputs (a list for a single-input model, or a dict) into arrays."""
+        specs = self.manifest.inputs
+        if not isinstance(inputs, dict):
+            if len(specs) != 1:
+                raise ValueError(f"model has {len(specs)} inputs; pass a dict of {[s.name for s in specs]}")
+            inputs = {specs[0].name: inputs}
+        out = {}
+        for spec in specs:
+            if spec.name not in inputs:
+                raise ValueError(f"missing input {spec.name!r}")
+            arr = np.asarray(inputs[spec.name], dtype=np.float32 if spec.quantization else _DTYPES[spec.dtype])
+            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape)):
+                raise ValueError(f"input {spec.name!r}: expected shape {spec.shape}, got {list(arr.shape)}")
+            out[spec.name] = arr
+        return out
+
+
+def load_model(manifest: Manifest, model_path: Path, sha256: str, *, threads: int = 1) -> LoadedModel:
+    try:
+        if manifest.runtime == "onnx":
+            from agent.runtime.onnx_rt import OnnxRuntime
+
+            rt: Runtime = OnnxRuntime(model_path, manifest, threads=threads)
+        elif manifest.runtime == "tflite":
+            from agent.runtime.litert import LiteRtRuntime
+
+            rt = LiteRtRuntime(model_path, manifest, threads=threads)
+        else:
+            raise RuntimeError_(f"unsupported runtime {manifest.runtime!r}")
+    except RuntimeError_:
+        raise
+    except Exception as exc:  # runtimes raise their own types on bad files
+        raise RuntimeError_(f"cannot load {manifest.runtime} model {manifest.name} v{manifest.version}: {exc}") from exc
+    return LoadedModel(manifest, sha256, rt, time.time())
+
+
+def golden_check(model: LoadedModel) -> None:
+    """Run the manifest's golden vectors; raise RuntimeError_ on any mismatch."""
+    m = model.manifest
+    for i, vec in enumerate(m.golden):
+        try:
+            got = model.predict(vec.inputs)
+        except Exception as exc:
+            raise RuntimeError_(f"golden vector {i}: inference failed: {exc}") from exc
+        for name, expected in vec.outputs.items():
+            if name not in got:
+                raise RuntimeError_(f"golden vector {i}: model produced no output {name!r}")
+            exp = np.asarray(expected, dtype=np.float64)
+            actual = got[name].astype(np.float64)
+            if exp.shape != actual.shape:
+                raise RuntimeError_(f"golden vector {i}: output {name!r} shape {list(actual.shape)}, expected {list(exp.shape)}")
+            err = float(np.max(np.abs(exp - actual))) if exp.size else 0.0
+            if err > m.golden_atol:
+                raise RuntimeError_(f"golden vector {i}: output {name!r} differs by {err:.6g}, tolerance {m.golden_atol:.6g}")

@@ -1,0 +1,3 @@
+from controller.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The controller's MQTT side: publish retained desired state, ingest device messages.
+
+Device topics are read through a shared subscription so several replicas split
+the load. Every payload is validated; a malformed one is counted and logged
+and never stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from shared.canonical import canonical_json
+from shared.errors import ProtocolError
+from shared.messages import DeviceMessage, decode
+from shared.topics import Kind, Topic, device_topic, fleet_filter
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Topic, DeviceMessage], None]
+
+
+class ControllerMqtt:
+    def __init__(self, host: str, port: int, handler: Handler, kinds: tuple[Kind, ...] = (Kind.STATUS, Kind.EVENTS)) -> None:
+        self._handler = handler
+        self._kinds = kinds
+        self.malformed = 0
+        self.received = 0
+        self.connected = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+        c.enable_logger(logging.getLogger("controller.mqtt"))
+        c.reconnect_delay_set(1, 30)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        self._client = c
+        self._host, self._port = host, port
+
+    def start(self) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish_desired(self, device_id: str, envelope: dict[str, Any], timeout: float = 10.0) -> None:
+        info = self._client.publish(device_topic(device_id, Kind.DESIRED), canonical_json(envelope), qos=1, retain=True)
+        info.wait_for_publish(timeout=timeout)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the controller: %s", reason)
+            return
+        for kind in self._kinds:
+            client.subscribe(fleet_filter(kind, shared=True), qos=1)
+        self.connected.set()
+        log.info("controller connected to broker %s:%s", self._host, self._port)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
+        try:
+            topic = Topic.parse(msg.topic)
+            message = decode(topic.kind, msg.payload)
+            if message.device_id != topic.device_id:
+                raise ProtocolError(f"payload device_id {message.device_id!r} does not match topic {topic.device_id!r}")
+        except ProtocolError as exc:
+            self.malformed += 1
+            log.warning("malformed message on %s: %s", msg.topic, exc)
+            return
+        try:
+            self._handler(topic, message)
+        except Exception:
+            log.exception("failed to handle %s message from %s", topic.kind.value, topic.device_id)

@@ -1,0 +1,23 @@
+"""``edgefleet-controller``: run the controller's HTTP API and MQTT bridge."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from controller.app import create_app
+from controller.core.config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edgefleet-controller", description="edgefleet controller (settings from EDGEFLEET_* env)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0

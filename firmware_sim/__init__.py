@@ -1,0 +1,1 @@
+"""Simulated edgefleet devices and the models they run, for tests, demos and benchmarks."""

@@ -1,0 +1,143 @@
+"""Make small real int8 models and their bundles, with no download.
+
+``make_onnx_bundle`` trains a softmax regression on scikit-learn's bundled 8x8
+digits (numpy only, well under a second), exports it to ONNX, quantizes it to
+int8 with onnxruntime's static quantization (QDQ, calibrated on the training
+data), and packs it with a manifest whose golden vectors come from the
+quantized model itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared import bundle as bundle_fmt
+from shared.manifest import Manifest
+
+N_FEATURES, N_CLASSES = 64, 10
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits as _load
+
+    d = _load()
+    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def train_softmax(x: np.ndarray, y: np.ndarray, *, epochs: int = 200, lr: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.01, (x.shape[1], N_CLASSES)).astype(np.float32)
+    b = np.zeros(N_CLASSES, np.float32)
+    onehot = np.eye(N_CLASSES, dtype=np.float32)[y]
+    for _ in range(epochs):
+        z = x @ w + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / len(x)
+        w -= lr * (x.T @ g)
+        b -= lr * g.sum(axis=0)
+    return w, b
+
+
+def float_onnx(w: np.ndarray, b: np.ndarray) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits_raw"]),
+            helper.make_node("Add", ["logits_raw", "B"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, N_FEATURES])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, N_CLASSES])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgefleet")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calibration[i : i + 1] for i in range(len(calibration)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {"input": batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(model)
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        )
+        return dst.read_bytes()
+
+
+def _histograms(x: np.ndarray, preds: np.ndarray, bins: int = 8) -> dict[str, Any]:
+    edges = np.linspace(0.0, 1.0, bins + 1).tolist()
+    features = [
+        {"name": f"px{i}", "bin_edges": edges, "counts": np.histogram(x[:, i], bins=edges)[0].tolist()} for i in range(x.shape[1])
+    ]
+    return {
+        "features": features,
+        "predictions": {"classes": list(range(N_CLASSES)), "counts": np.bincount(preds, minlength=N_CLASSES).tolist()},
+    }
+
+
+def make_onnx_bundle(
+    *, version: int = 1, name: str = "digits", epochs: int = 200, seed: int = 0, golden: int = 4, arch: list[str] | None = None
+) -> bytes:
+    """Return the bytes of a complete, valid int8 ONNX bundle."""
+    import onnxruntime as ort
+
+    x, y = load_digits()
+    w, b = train_softmax(x, y, epochs=epochs, seed=seed)
+    model = quantize_int8(float_onnx(w, b), x[:200])
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    probs = sess.run(["probs"], {"input": x})[0]
+    preds = probs.argmax(axis=1)
+    accuracy = float((preds == y).mean())
+    vectors = [
+        {"inputs": {"input": x[i : i + 1].tolist()}, "outputs": {"probs": sess.run(["probs"], {"input": x[i : i + 1]})[0].tolist()}}
+        for i in range(golden)
+    ]
+    manifest = Manifest.from_dict(
+        {
+            "schema": 1,
+            "name": name,
+            "version": version,
+            "label": f"{name} softmax int8 (epochs={epochs}, seed={seed})",
+            "runtime": "onnx",
+            "model_file": "model.onnx",
+            "model_sha256": hashlib.sha256(model).hexdigest(),
+            "inputs": [{"name": "input", "dtype": "float32", "shape": [1, N_FEATURES]}],
+            "outputs": [{"name": "probs", "dtype": "float32", "shape": [1, N_CLASSES]}],
+            "golden": {"vectors": vectors, "atol": 1e-4},
+            "latency_budget_ms": 5.0,
+            "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
+            "reference": _histograms(x, preds),
+            "hardware": {"arch": arch or []},
+            "lineage": {
+                "dataset_sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest(),
+                "code_version": "firmware_sim.modelgen",
+                "training_params": {"epochs": epochs, "lr": 0.5, "seed": seed},
+                "parent_version": version - 1 if version > 1 else None,
+                "metrics": {"accuracy": accuracy},
+            },
+        }
+    )
+    return bundle_fmt.pack(manifest, model)

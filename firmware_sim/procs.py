@@ -1,0 +1,139 @@
+"""Run the real controller and real agents as separate processes.
+
+Used by the demo, the e2e tests and the benchmarks, so all three exercise the
+same code paths as a deployment: separate processes talking MQTT and HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from controller.broker import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as in a power cut."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=_env(env), cwd=REPO)
+    return Proc(name, popen, log_path)
+
+
+@dataclass
+class ControllerProc(Proc):
+    url: str = ""
+    token: str = ""
+    data_dir: Path = Path()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+
+
+def start_controller(
+    workdir: Path, *, broker_host: str, broker_port: int, database_url: str | None = None, token: str = "test-admin-token",
+    timeout: float = 30.0,
+) -> ControllerProc:
+    port = free_port()
+    data_dir = workdir / "controller"
+    env = {
+        "EDGEFLEET_DATA_DIR": str(data_dir),
+        "EDGEFLEET_DATABASE_URL": database_url or f"sqlite:///{data_dir}/controller.db",
+        "EDGEFLEET_BROKER_HOST": broker_host,
+        "EDGEFLEET_BROKER_PORT": str(broker_port),
+        "EDGEFLEET_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "EDGEFLEET_ADMIN_TOKEN": token,
+    }
+    p = _spawn("controller", ["-m", "controller", "--port", str(port), "--log-level", "warning"], workdir / "controller.log", env)
+    proc = ControllerProc(p.name, p.popen, p.log_path, url=f"http://127.0.0.1:{port}", token=token, data_dir=data_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"controller exited with {proc.popen.returncode}:\n{proc.log()[-3000:]}")
+        try:
+            if httpx.get(f"{proc.url}/healthz", timeout=1).json().get("mqtt_connected"):
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"controller not healthy within {timeout}s:\n{proc.log()[-3000:]}")
+
+
+@dataclass
+class AgentProc(Proc):
+    device_id: str = ""
+    socket_path: Path = Path()
+    data_dir: Path = Path()
+    config_path: Path = Path()
+
+
+def write_agent_config(
+    workdir: Path, device_id: str, *, broker_host: str, broker_port: int, director_keys: list[str], extra: str = ""
+) -> Path:
+    data_dir = workdir / device_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg = data_dir / "agent.toml"
+    keys = ", ".join(f'"{k}"' for k in director_keys)
+    cfg.write_text(
+        f'device_id = "{device_id}"\n'
+        f'data_dir = "{data_dir}"\n'
+        f'socket_path = "{data_dir / "agent.sock"}"\n'
+        f"director_public_keys = [{keys}]\n"
+        f"{extra}\n"
+        f'[broker]\nhost = "{broker_host}"\nport = {broker_port}\nkeepalive = 10\nreconnect_min = 1\nreconnect_max = 5\n'
+    )
+    return cfg
+
+
+def start_agent(workdir: Path, device_id: str, config_path: Path | None = None, **cfg_kw: object) -> AgentProc:
+    cfg = config_path or write_agent_config(workdir, device_id, **cfg_kw)  # type: ignore[arg-type]
+    data_dir = cfg.parent
+    p = _spawn(f"agent-{device_id}", ["-m", "agent", "--config", str(cfg)], data_dir / "agent.log", {})
+    return AgentProc(p.name, p.popen, p.log_path, device_id=device_id, socket_path=data_dir / "agent.sock", data_dir=data_dir, config_path=cfg)

@@ -1,0 +1,252 @@
+"""Versioned message schemas for the four device topics.
+
+``decode(kind, payload)`` turns raw MQTT bytes into a validated message or raises
+:class:`SchemaError` / :class:`SignatureError`; it never raises anything else,
+so a receiver can count and log the failure and carry on. ``encode`` is its
+inverse. See docs/protocol.md for the field reference.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.canonical import canonical_json
+from shared.errors import ProtocolError, SchemaError
+from shared.schema import Reader
+from shared.topics import Kind, validate_device_id
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024  # bytes; larger payloads are rejected unread
+_ROLE = re.compile(r"^(production|canary|shadow|arm-[a-z0-9_-]{1,32})$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ONLINE, OFFLINE = "online", "offline"
+SEVERITIES = ("info", "warning", "error")
+
+
+def validate_role(role: str, where: str = "role") -> str:
+    if not isinstance(role, str) or not _ROLE.match(role):
+        raise SchemaError(f"{where}: invalid role {role!r}, expected production, canary, shadow or arm-<name>")
+    return role
+
+
+def validate_sha256(value: str, where: str) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise SchemaError(f"{where}: expected 64 lowercase hex characters (sha256), got {value!r:.80}")
+    return value
+
+
+def _device_id(r: Reader) -> str:
+    did = r.string("device_id", max_len=64)
+    try:
+        return validate_device_id(did)
+    except ProtocolError as exc:
+        raise SchemaError(f"{r.where}.device_id: {exc}") from None
+
+
+# --- desired (cloud -> device), signed by the director ----------------------
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Which bundle a device should run in one role."""
+
+    model: str
+    version: int
+    sha256: str
+    length: int  # bytes
+    url: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Assignment:
+        return cls(
+            model=r.string("model", max_len=128),
+            version=r.integer("version", minimum=1),
+            sha256=validate_sha256(r.string("sha256"), f"{r.where}.sha256"),
+            length=r.integer("length", minimum=1),
+            url=r.string("url", max_len=2048),
+        )
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The signed part of a desired-state message."""
+
+    device_id: str
+    counter: int  # strictly increasing per device; replays are rejected
+    issued_at: float  # unix seconds
+    expires_at: float  # unix seconds
+    assignments: dict[str, Assignment]
+    sampling: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def read(cls, r: Reader) -> Desired:
+        r.schema_version(SCHEMA_VERSION)
+        assignments = {}
+        for role, sub in r.items("assignments"):
+            validate_role(role, sub.where)
+            assignments[role] = Assignment.read(sub)
+        return cls(
+            device_id=_device_id(r),
+            counter=r.integer("counter", minimum=1),
+            issued_at=r.number("issued_at"),
+            expires_at=r.number("expires_at"),
+            assignments=assignments,
+            sampling=r.raw_obj("sampling", optional=True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- device -> cloud ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """What actually runs in one role, and why (e.g. after a rollback)."""
+
+    model: str
+    version: int
+    sha256: str
+    runtime: str
+    since: float
+    reason: str = ""
+
+    @classmethod
+    def read(cls, r: Reader) -> RunningModel:
+        return cls(
+            model=r.string("model", max_len=128),
+            version=r.integer("version", minimum=1),
+            sha256=validate_sha256(r.string("sha256"), f"{r.where}.sha256"),
+            runtime=r.string("runtime", choices=("onnx", "tflite")),
+            since=r.number("since"),
+            reason=r.string("reason", optional=True) or "",
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    device_id: str
+    seq: int
+    sent_at: float
+    state: str  # online | offline
+    agent_version: str = ""
+    hardware: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, RunningModel] = field(default_factory=dict)
+    ota: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def read(cls, r: Reader) -> Status:
+        r.schema_version(SCHEMA_VERSION)
+        models = {}
+        for role, sub in r.items("models", optional=True):
+            validate_role(role, sub.where)
+            models[role] = RunningModel.read(sub)
+        return cls(
+            device_id=_device_id(r),
+            seq=r.integer("seq", minimum=0),
+            sent_at=r.number("sent_at"),
+            state=r.string("state", choices=(ONLINE, OFFLINE)),
+            agent_version=r.string("agent_version", optional=True, max_len=64) or "",
+            hardware=r.raw_obj("hardware", optional=True),
+            models=models,
+            ota=r.raw_obj("ota", optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One window of metrics; the per-role summaries are defined in docs/protocol.md."""
+
+    device_id: str
+    seq: int
+    sent_at: float
+    window_start: float
+    window_s: float
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def read(cls, r: Reader) -> Telemetry:
+        r.schema_version(SCHEMA_VERSION)
+        roles = {}
+        for role, sub in r.items("roles", optional=True):
+            roles[validate_role(role, sub.where)] = dict(sub.data)
+        return cls(
+            device_id=_device_id(r),
+            seq=r.integer("seq", minimum=0),
+            sent_at=r.number("sent_at"),
+            window_start=r.number("window_start"),
+            window_s=r.number("window_s", minimum=0),
+            roles=roles,
+            system=r.raw_obj("system", optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    device_id: str
+    seq: int
+    sent_at: float
+    kind: str  # e.g. ota.rejected, ota.committed, ota.rolled_back, message.malformed
+    severity: str = "info"
+    message: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def read(cls, r: Reader) -> Event:
+        r.schema_version(SCHEMA_VERSION)
+        return cls(
+            device_id=_device_id(r),
+            seq=r.integer("seq", minimum=0),
+            sent_at=r.number("sent_at"),
+            kind=r.string("kind", max_len=64),
+            severity=r.string("severity", choices=SEVERITIES),
+            message=r.string("message", optional=True, max_len=4096) or "",
+            detail=r.raw_obj("detail", optional=True),
+        )
+
+
+DeviceMessage = Status | Telemetry | Event
+_READERS: dict[Kind, Any] = {Kind.STATUS: Status, Kind.TELEMETRY: Telemetry, Kind.EVENTS: Event}
+
+
+def parse_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    if len(payload) > max_bytes:
+        raise SchemaError(f"payload too large: {len(payload)} bytes, limit {max_bytes}")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SchemaError(f"payload is not valid JSON: {exc}") from None
+
+
+def decode(kind: Kind, payload: bytes) -> DeviceMessage:
+    """Validate a device->cloud payload received on a topic of ``kind``."""
+    if kind not in _READERS:
+        raise SchemaError(f"no device message schema for topic kind {kind.value!r}")
+    return _READERS[kind].read(Reader(parse_json(payload)))  # type: ignore[no-any-return]
+
+
+def decode_desired_envelope(payload: bytes) -> dict[str, Any]:
+    """Parse a desired payload into its envelope; signature checks come next."""
+    data = parse_json(payload)
+    if not isinstance(data, dict):
+        raise SchemaError("$: expected a signed envelope object")
+    return data
+
+
+def encode(message: DeviceMessage | dict[str, Any]) -> bytes:
+    data = message if isinstance(message, dict) else asdict(message)
+    return canonical_json(data)
+
+
+def now() -> float:
+    return round(time.time(), 3)
