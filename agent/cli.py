@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{args.config}: OK (device {cfg.device_id}, broker {cfg.broker.host}:{cfg.broker.port})")
         return 0
-    logging.basicConfig(
-        level=cfg.log_level, format=f"%(asctime)s %(levelname)s [{cfg.device_id}] %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s %(levelname)s [{cfg.device_id}] %(name)s: %(message)s")
     from agent.daemon import Agent
 
     Agent(cfg).run_forever()

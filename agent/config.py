@@ -53,7 +53,7 @@ def _get(table: dict[str, Any], key: str, typ: type | tuple[type, ...], where: s
             raise ConfigError(f"{where}: missing required key {key!r}")
         return default
     value = table[key]
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
         names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
         raise ConfigError(f"{where}: {key!r} must be {names}, got {type(value).__name__} {value!r}")
     return value

@@ -68,7 +68,9 @@ class Agent:
 
     def report(self, kind: str, severity: str, message: str, detail: dict[str, Any]) -> None:
         log.log(logging.WARNING if severity != "info" else logging.INFO, "event %s: %s", kind, message)
-        self.link.publish(Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail})
+        self.link.publish(
+            Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail}
+        )
 
     def start(self) -> None:
         self.updater.restore()

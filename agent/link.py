@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig
 from shared.messages import OFFLINE, SCHEMA_VERSION, encode, now
@@ -33,7 +34,7 @@ class MqttLink:
         self._on_connect_cb = on_connect
         self.connected = False
         c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-{cfg.device_id}",
             protocol=mqtt.MQTTv311,
             clean_session=True,
@@ -88,6 +89,6 @@ class MqttLink:
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._on_desired(msg.payload)
+            self._on_desired(bytes(msg.payload))
         except Exception:  # never let a bad message kill the network thread
             log.exception("error handling message on %s", msg.topic)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.fetcher import DownloadError, Fetcher
 from agent.host import ModelHost
-from agent.runtime import RuntimeError_, golden_check, load_model
+from agent.runtime import ModelLoadError, golden_check, load_model
 from agent.store import Installed, Store
 from shared import bundle as bundle_fmt
 from shared.errors import ProtocolError, SchemaError
@@ -90,11 +90,15 @@ class Updater:
                     continue
                 try:
                     self._load(inst.sha256, role)
-                except (RejectedError, bundle_fmt.BundleError, RuntimeError_, OSError) as exc:
-                    self.report("slot.invalid", "error", f"{which} model in {role} unusable: {exc}", {"role": role, "sha256": inst.sha256})
+                except (RejectedError, bundle_fmt.BundleError, ModelLoadError, OSError) as exc:
+                    self.report(
+                        "slot.invalid", "error", f"{which} model in {role} unusable: {exc}", {"role": role, "sha256": inst.sha256}
+                    )
                     continue
                 if which == "previous":
-                    self.store.activate(role, replace(inst, since=time.time(), reason="active slot failed verification at start-up"))
+                    self.store.activate(
+                        role, replace(inst, since=time.time(), reason="active slot failed verification at start-up")
+                    )
                 break
 
     # -- desired-state handling ----------------------------------------------
@@ -138,7 +142,9 @@ class Updater:
                 self.install(role, a)
             except RejectedError as exc:
                 log.warning("rejected %s v%s for %s: %s", a.model, a.version, role, exc)
-                self.report("ota.rejected", "error", str(exc), {"role": role, "model": a.model, "version": a.version, "sha256": a.sha256})
+                self.report(
+                    "ota.rejected", "error", str(exc), {"role": role, "model": a.model, "version": a.version, "sha256": a.sha256}
+                )
 
     def install(self, role: str, a: Assignment) -> None:
         detail = {"role": role, "model": a.model, "version": a.version, "sha256": a.sha256}
@@ -171,7 +177,7 @@ class Updater:
         try:
             model = load_model(m, path, sha256, threads=self.threads)
             golden_check(model)
-        except RuntimeError_ as exc:
+        except ModelLoadError as exc:
             raise RejectedError(f"health check failed: {exc}") from None
         if expect is None:
             self.host.swap(role, model)

@@ -81,9 +81,8 @@ class MosquittoProcess:
         if not Path(exe).exists():
             raise RuntimeError("mosquitto not found; install it (apt-get install mosquitto) or run 'make install'")
         self.conf_path.write_text(self.config.render())
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf_path)], stdout=log, stderr=log)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([exe, "-c", str(self.conf_path)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -48,7 +48,9 @@ def _call(url: str, token: str, method: str, path: str, **kw: Any) -> Any:
 def models_push(bundle: Path, url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "", as_json: JsonOpt = False) -> None:
     """Upload a model bundle to the registry."""
     mv = _call(url, token, "POST", "/v1/models", content=bundle.read_bytes(), headers={"Content-Type": "application/x-tar"})
-    console.print_json(json.dumps(mv)) if as_json else console.print(f"registered {mv['name']} v{mv['version']} ({mv['sha256'][:12]})")
+    console.print_json(json.dumps(mv)) if as_json else console.print(
+        f"registered {mv['name']} v{mv['version']} ({mv['sha256'][:12]})"
+    )
 
 
 @models_app.command("list")
@@ -80,15 +82,23 @@ def devices_list(url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = "", as
     for r in rows:
         d, a = r["desired"].get("production"), r["actual"].get("production")
         t.add_row(
-            r["id"], "yes" if r["online"] else "no",
-            f"{d['model']} v{d['version']}" if d else "-", f"{a['model']} v{a['version']}" if a else "-", str(r["last_seen"] or "-"),
+            r["id"],
+            "yes" if r["online"] else "no",
+            f"{d['model']} v{d['version']}" if d else "-",
+            f"{a['model']} v{a['version']}" if a else "-",
+            str(r["last_seen"] or "-"),
         )
     console.print(t)
 
 
 @devices_app.command("assign")
 def devices_assign(
-    device_id: str, model: str, version: int, role: str = "production", url: UrlOpt = "http://127.0.0.1:8000", token: TokenOpt = ""
+    device_id: str,
+    model: str,
+    version: int,
+    role: str = "production",
+    url: UrlOpt = "http://127.0.0.1:8000",
+    token: TokenOpt = "",
 ) -> None:
     """Assign MODEL VERSION to a device (signed desired state)."""
     _call(url, token, "PUT", f"/v1/devices/{device_id}/desired", json={"model": model, "version": version, "role": role})

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
@@ -31,7 +32,9 @@ class ControllerMqtt:
         self.malformed = 0
         self.received = 0
         self.connected = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311
+        )
         c.enable_logger(logging.getLogger("controller.mqtt"))
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
@@ -64,7 +67,7 @@ class ControllerMqtt:
         self.received += 1
         try:
             topic = Topic.parse(msg.topic)
-            message = decode(topic.kind, msg.payload)
+            message = decode(topic.kind, bytes(msg.payload))
             if message.device_id != topic.device_id:
                 raise ProtocolError(f"payload device_id {message.device_id!r} does not match topic {topic.device_id!r}")
         except ProtocolError as exc:

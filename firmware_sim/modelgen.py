@@ -29,7 +29,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
-def train_softmax(x: np.ndarray, y: np.ndarray, *, epochs: int = 200, lr: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def train_softmax(
+    x: np.ndarray, y: np.ndarray, *, epochs: int = 200, lr: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.01, (x.shape[1], N_CLASSES)).astype(np.float32)
     b = np.zeros(N_CLASSES, np.float32)
@@ -69,7 +71,7 @@ def float_onnx(w: np.ndarray, b: np.ndarray) -> bytes:
 def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self._it = iter(calibration[i : i + 1] for i in range(len(calibration)))
 
@@ -81,8 +83,12 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
         src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model)
         quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
         )
         return dst.read_bytes()
 
@@ -112,7 +118,10 @@ def make_onnx_bundle(
     preds = probs.argmax(axis=1)
     accuracy = float((preds == y).mean())
     vectors = [
-        {"inputs": {"input": x[i : i + 1].tolist()}, "outputs": {"probs": sess.run(["probs"], {"input": x[i : i + 1]})[0].tolist()}}
+        {
+            "inputs": {"input": x[i : i + 1].tolist()},
+            "outputs": {"probs": sess.run(["probs"], {"input": x[i : i + 1]})[0].tolist()},
+        }
         for i in range(golden)
     ]
     manifest = Manifest.from_dict(

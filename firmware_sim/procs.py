@@ -77,7 +77,12 @@ class ControllerProc(Proc):
 
 
 def start_controller(
-    workdir: Path, *, broker_host: str, broker_port: int, database_url: str | None = None, token: str = "test-admin-token",
+    workdir: Path,
+    *,
+    broker_host: str,
+    broker_port: int,
+    database_url: str | None = None,
+    token: str = "test-admin-token",  # noqa: S107 - local test stacks only
     timeout: float = 30.0,
 ) -> ControllerProc:
     port = free_port()
@@ -136,4 +141,6 @@ def start_agent(workdir: Path, device_id: str, config_path: Path | None = None, 
     cfg = config_path or write_agent_config(workdir, device_id, **cfg_kw)  # type: ignore[arg-type]
     data_dir = cfg.parent
     p = _spawn(f"agent-{device_id}", ["-m", "agent", "--config", str(cfg)], data_dir / "agent.log", {})
-    return AgentProc(p.name, p.popen, p.log_path, device_id=device_id, socket_path=data_dir / "agent.sock", data_dir=data_dir, config_path=cfg)
+    return AgentProc(
+        p.name, p.popen, p.log_path, device_id=device_id, socket_path=data_dir / "agent.sock", data_dir=data_dir, config_path=cfg
+    )

@@ -18,6 +18,8 @@ from pathlib import Path
 from shared.errors import BundleError, SchemaError
 from shared.manifest import Manifest
 
+__all__ = ["MANIFEST_NAME", "Bundle", "BundleError", "pack", "read", "sha256_file"]
+
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # bytes
 MAX_MODEL_BYTES = 512 * 1024 * 1024  # bytes
@@ -54,7 +56,7 @@ def pack(manifest: Manifest, model: bytes) -> bytes:
 def read(source: bytes | Path) -> Bundle:
     """Parse and check a bundle; raise BundleError on anything unexpected."""
     try:
-        fileobj = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        fileobj = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise BundleError(f"cannot open bundle: {exc}") from exc
     try:

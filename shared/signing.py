@@ -45,9 +45,7 @@ def load_public_key(hex_key: str) -> Ed25519PublicKey:
 def generate_private_key_file(path: Path) -> Ed25519PrivateKey:
     """Create a new private key at ``path`` (PEM, mode 0600) and return it."""
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -95,5 +93,7 @@ def verify_document(envelope: Any, trusted: dict[str, Ed25519PublicKey]) -> dict
             raise SignatureError(f"Invalid signature by key {keyid[:12]}") from None
         return dict(envelope["signed"])
     if seen_unknown:
-        raise SignatureError(f"Signed by unknown key(s) {', '.join(seen_unknown)}; expected one of {', '.join(k[:12] for k in trusted)}")
+        raise SignatureError(
+            f"Signed by unknown key(s) {', '.join(seen_unknown)}; expected one of {', '.join(k[:12] for k in trusted)}"
+        )
     raise SignatureError("No well-formed signature in envelope")

@@ -42,7 +42,9 @@ class Watcher:
                         pass
         return out
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], topic_suffix: str = "", timeout: float = 30.0) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], topic_suffix: str = "", timeout: float = 30.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             for m in self.json_messages(topic_suffix):
@@ -50,7 +52,9 @@ class Watcher:
                     return m
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no message on *{topic_suffix} matched within {timeout}s; got {self.json_messages(topic_suffix)[-5:]}")
+                raise TimeoutError(
+                    f"no message on *{topic_suffix} matched within {timeout}s; got {self.json_messages(topic_suffix)[-5:]}"
+                )
             with self._cond:
                 self._cond.wait(min(remaining, 0.5))
 

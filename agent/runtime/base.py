@@ -18,8 +18,8 @@ from shared.manifest import Manifest
 _DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64}
 
 
-class RuntimeError_(Exception):
-    """A model could not be loaded or run (named to avoid the builtin)."""
+class ModelLoadError(Exception):
+    """A model could not be loaded or run."""
 
 
 class Runtime(Protocol):
@@ -52,7 +52,7 @@ class LoadedModel:
             if spec.name not in inputs:
                 raise ValueError(f"missing input {spec.name!r}")
             arr = np.asarray(inputs[spec.name], dtype=np.float32 if spec.quantization else _DTYPES[spec.dtype])
-            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape)):
+            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape, strict=False)):
                 raise ValueError(f"input {spec.name!r}: expected shape {spec.shape}, got {list(arr.shape)}")
             out[spec.name] = arr
         return out
@@ -69,29 +69,29 @@ def load_model(manifest: Manifest, model_path: Path, sha256: str, *, threads: in
 
             rt = LiteRtRuntime(model_path, manifest, threads=threads)
         else:
-            raise RuntimeError_(f"unsupported runtime {manifest.runtime!r}")
-    except RuntimeError_:
+            raise ModelLoadError(f"unsupported runtime {manifest.runtime!r}")
+    except ModelLoadError:
         raise
     except Exception as exc:  # runtimes raise their own types on bad files
-        raise RuntimeError_(f"cannot load {manifest.runtime} model {manifest.name} v{manifest.version}: {exc}") from exc
+        raise ModelLoadError(f"cannot load {manifest.runtime} model {manifest.name} v{manifest.version}: {exc}") from exc
     return LoadedModel(manifest, sha256, rt, time.time())
 
 
 def golden_check(model: LoadedModel) -> None:
-    """Run the manifest's golden vectors; raise RuntimeError_ on any mismatch."""
+    """Run the manifest's golden vectors; raise ModelLoadError on any mismatch."""
     m = model.manifest
     for i, vec in enumerate(m.golden):
         try:
             got = model.predict(vec.inputs)
         except Exception as exc:
-            raise RuntimeError_(f"golden vector {i}: inference failed: {exc}") from exc
+            raise ModelLoadError(f"golden vector {i}: inference failed: {exc}") from exc
         for name, expected in vec.outputs.items():
             if name not in got:
-                raise RuntimeError_(f"golden vector {i}: model produced no output {name!r}")
+                raise ModelLoadError(f"golden vector {i}: model produced no output {name!r}")
             exp = np.asarray(expected, dtype=np.float64)
             actual = got[name].astype(np.float64)
             if exp.shape != actual.shape:
-                raise RuntimeError_(f"golden vector {i}: output {name!r} shape {list(actual.shape)}, expected {list(exp.shape)}")
+                raise ModelLoadError(f"golden vector {i}: output {name!r} shape {list(actual.shape)}, expected {list(exp.shape)}")
             err = float(np.max(np.abs(exp - actual))) if exp.size else 0.0
             if err > m.golden_atol:
-                raise RuntimeError_(f"golden vector {i}: output {name!r} differs by {err:.6g}, tolerance {m.golden_atol:.6g}")
+                raise ModelLoadError(f"golden vector {i}: output {name!r} differs by {err:.6g}, tolerance {m.golden_atol:.6g}")

@@ -23,4 +23,4 @@ class OnnxRuntime:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, inputs)
-        return dict(zip(self._outputs, (np.asarray(v) for v in values)))
+        return dict(zip(self._outputs, (np.asarray(v) for v in values), strict=True))

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
     mqtt_enabled: bool = True
-    admin_token: str = "dev-admin-token"
+    admin_token: str = "dev-admin-token"  # noqa: S105 - refused outside development
     desired_ttl_s: int = Field(7 * 24 * 3600, description="validity of a signed desired state, seconds")
     max_bundle_bytes: int = 512 * 1024 * 1024
 

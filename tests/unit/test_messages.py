@@ -15,7 +15,12 @@ SHA = "ab" * 32
 
 def status(**over):
     msg = {
-        "schema": 1, "device_id": "pi-1", "seq": 3, "sent_at": 1.5, "state": "online", "agent_version": "0.1.0",
+        "schema": 1,
+        "device_id": "pi-1",
+        "seq": 3,
+        "sent_at": 1.5,
+        "state": "online",
+        "agent_version": "0.1.0",
         "models": {"production": {"model": "digits", "version": 2, "sha256": SHA, "runtime": "onnx", "since": 1.0}},
     }
     msg.update(over)
@@ -44,7 +49,7 @@ def test_event_round_trip():
         (status(device_id="a/b"), "Invalid device_id"),
         (status(models={"boss": {}}), "invalid role"),
         (status(models={"production": {"model": "m", "version": 1, "sha256": "zz", "runtime": "onnx", "since": 1}}), "sha256"),
-        (status(sent_at=float("nan")) .replace(b"NaN", b"NaN"), "finite number"),
+        (status(sent_at=float("nan")).replace(b"NaN", b"NaN"), "finite number"),
         (b"{not json", "not valid JSON"),
         (b"[]", "expected an object"),
         (b"\xff\xfe", "not valid JSON"),
@@ -89,7 +94,14 @@ json_values = st.recursive(
 )
 
 
-@given(st.dictionaries(st.sampled_from(["schema", "device_id", "seq", "sent_at", "state", "models", "kind", "severity", "roles", "window_s", "window_start"]), json_values))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["schema", "device_id", "seq", "sent_at", "state", "models", "kind", "severity", "roles", "window_s", "window_start"]
+        ),
+        json_values,
+    )
+)
 def test_arbitrary_json_objects_never_crash_the_decoder(obj):
     data = json.dumps(obj).encode()
     for kind in (Kind.STATUS, Kind.TELEMETRY, Kind.EVENTS):

@@ -38,8 +38,10 @@ def test_unknown_key_fails():
         verify_document(sign_document({"a": 1}, other), trusted(k))
 
 
-@pytest.mark.parametrize("env", [None, [], {"signed": 1}, {"signed": {}}, {"signed": {}, "signatures": []},
-                                 {"signed": {}, "signatures": [1, {"keyid": 2}]}])
+@pytest.mark.parametrize(
+    "env",
+    [None, [], {"signed": 1}, {"signed": {}}, {"signed": {}, "signatures": []}, {"signed": {}, "signatures": [1, {"keyid": 2}]}],
+)
 def test_malformed_envelopes(env):
     with pytest.raises(SignatureError):
         verify_document(env, trusted(Ed25519PrivateKey.generate()))

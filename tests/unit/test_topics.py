@@ -14,8 +14,15 @@ def test_build_and_parse_round_trip():
 
 @pytest.mark.parametrize(
     "topic",
-    ["", "edgefleet/v1/dev/pi/unknown", "edgefleet/v2/dev/pi/status", "edgefleet/v1/dev/+/status",
-     "edgefleet/v1/dev/a/b/status", "edgefleet/v1/dev//status", "other/v1/dev/pi/status"],
+    [
+        "",
+        "edgefleet/v1/dev/pi/unknown",
+        "edgefleet/v2/dev/pi/status",
+        "edgefleet/v1/dev/+/status",
+        "edgefleet/v1/dev/a/b/status",
+        "edgefleet/v1/dev//status",
+        "other/v1/dev/pi/status",
+    ],
 )
 def test_malformed_topics_are_rejected_with_a_clear_error(topic):
     with pytest.raises(TopicError, match="Invalid"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from sqlmodel import select
+from sqlmodel import col, select
 
 from controller.api.deps import Authenticated, DirectorDep, MqttDep, SessionDep, SettingsDep
 from controller.models import AssignmentRequest, Device, DeviceCreate, DeviceEvent, DevicePublic, EventPublic, ModelVersion
@@ -49,7 +49,12 @@ def get_device(device_id: str, session: SessionDep) -> Device:
 @router.get("/{device_id}/events", response_model=list[EventPublic])
 def device_events(device_id: str, session: SessionDep, limit: int = 100) -> list[DeviceEvent]:
     _get_device(session, device_id)
-    q = select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(DeviceEvent.id.desc()).limit(min(max(limit, 1), 1000))  # type: ignore[union-attr]
+    q = (
+        select(DeviceEvent)
+        .where(DeviceEvent.device_id == device_id)
+        .order_by(col(DeviceEvent.id).desc())
+        .limit(min(max(limit, 1), 1000))
+    )
     return list(session.exec(q).all())
 
 
@@ -70,7 +75,10 @@ def assign(
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "MQTT is disabled on this controller; cannot publish")
     desired = {role: Assignment(**a) for role, a in (device.desired or {}).items()}
     desired[body.role] = Assignment(
-        model=mv.name, version=mv.version, sha256=mv.sha256, length=mv.length,
+        model=mv.name,
+        version=mv.version,
+        sha256=mv.sha256,
+        length=mv.length,
         url=f"{settings.public_url.rstrip('/')}/v1/bundles/{mv.sha256}",
     )
     device.desired_counter += 1

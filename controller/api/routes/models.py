@@ -29,7 +29,7 @@ async def upload_bundle(request: Request, session: SessionDep, blobs: BlobsDep, 
     sha = hashlib.sha256(data).hexdigest()
     if existing is not None:
         if existing.sha256 == sha:
-            return existing
+            return existing  # type: ignore[no-any-return]
         raise HTTPException(status.HTTP_409_CONFLICT, f"{m.name} v{m.version} already exists with different content")
     blobs.put(data)
     mv = ModelVersion(
