@@ -10,6 +10,7 @@ quantized model itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
             batch = next(self._it, None)
             return None if batch is None else {"input": batch}
 
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static logs advice on the root logger
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model)
@@ -90,6 +94,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
         )
+        root.setLevel(level)
         return dst.read_bytes()
 
 
