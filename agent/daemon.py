@@ -11,12 +11,11 @@ from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.fetcher import Fetcher
 from agent.host import ModelHost
 from agent.link import MqttLink
 from agent.server import LocalApi, SocketServer
 from agent.store import SeqCounter, Store
-from agent.updater import Updater
+from agent.updater import make_updater
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
 from shared.signing import key_id, load_public_key
 from shared.topics import Kind
@@ -31,17 +30,7 @@ class Agent:
         self.seq = SeqCounter(cfg.data_dir / "seq")
         self.host = ModelHost()
         keys = [load_public_key(k) for k in cfg.director_public_keys]
-        self.updater = Updater(
-            device_id=cfg.device_id,
-            arch=cfg.arch,
-            trusted={key_id(k): k for k in keys},
-            store=self.store,
-            host=self.host,
-            fetcher=Fetcher(timeout=cfg.download_timeout),
-            report=self.report,
-            on_change=self.publish_status,
-            threads=cfg.inference_threads,
-        )
+        self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
         self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
         self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
         self._stop = threading.Event()
@@ -50,17 +39,14 @@ class Agent:
         return {"schema": SCHEMA_VERSION, "device_id": self.cfg.device_id, "seq": self.seq.next(), "sent_at": now()}
 
     def status(self, state: str = ONLINE) -> dict[str, Any]:
-        models = {}
-        for role in self.host.roles():
-            inst = self.store.slot(role)
-            if inst is not None:
-                models[role] = inst.running().__dict__
+        models = {role: m.__dict__ for role, m in self.updater.running().items()}  # what really serves
         return {
             **self._header(),
             "state": state,
             "agent_version": __version__,
             "hardware": {"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
             "models": models,
+            "ota": self.updater.ota_status(),
         }
 
     def publish_status(self) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from shared.manifest import Manifest
 
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 _DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64}
 
 
@@ -38,7 +38,27 @@ class LoadedModel:
     loaded_at: float
 
     def predict(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
-        return self.runtime.run(self.coerce_inputs(inputs))
+        """Run the model: float inputs are quantized and int8 outputs dequantized per the manifest."""
+        raw = self.runtime.run(self.quantize(self.coerce_inputs(inputs)))
+        return self.dequantize(raw)
+
+    def quantize(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for spec in self.manifest.inputs:
+            arr = inputs[spec.name]
+            q = spec.quantization
+            if q is not None and spec.dtype in _INT_RANGE:
+                lo, hi = _INT_RANGE[spec.dtype]
+                arr = np.clip(np.round(arr / q.scale) + q.zero_point, lo, hi).astype(_DTYPES[spec.dtype])
+            out[spec.name] = arr
+        return out
+
+    def dequantize(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec in self.manifest.outputs:
+            q = spec.quantization
+            if q is not None and spec.name in outputs and spec.dtype in _INT_RANGE:
+                outputs[spec.name] = (outputs[spec.name].astype(np.float32) - q.zero_point) * np.float32(q.scale)
+        return outputs
 
     def coerce_inputs(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
         """Turn JSON-ish inputs (a list for a single-input model, or a dict) into arrays."""
@@ -58,16 +78,17 @@ class LoadedModel:
         return out
 
 
-def load_model(manifest: Manifest, model_path: Path, sha256: str, *, threads: int = 1) -> LoadedModel:
+def load_model(manifest: Manifest, model: bytes, sha256: str, *, threads: int = 1) -> LoadedModel:
+    """Load ``model`` (the verified bytes from the bundle) with the manifest's runtime."""
     try:
         if manifest.runtime == "onnx":
             from agent.runtime.onnx_rt import OnnxRuntime
 
-            rt: Runtime = OnnxRuntime(model_path, manifest, threads=threads)
+            rt: Runtime = OnnxRuntime(model, manifest, threads=threads)
         elif manifest.runtime == "tflite":
             from agent.runtime.litert import LiteRtRuntime
 
-            rt = LiteRtRuntime(model_path, manifest, threads=threads)
+            rt = LiteRtRuntime(model, manifest, threads=threads)
         else:
             raise ModelLoadError(f"unsupported runtime {manifest.runtime!r}")
     except ModelLoadError:

@@ -35,6 +35,10 @@ async def upload_bundle(request: Request, session: SessionDep, blobs: BlobsDep, 
     mv = ModelVersion(
         name=m.name, version=m.version, label=m.label, runtime=m.runtime, sha256=sha, length=len(data), manifest=m.to_dict()
     )
+    # issue-3 hook: list the bundle in the TUF image repository (targets signed by the release keys).
+    request.app.state.imagerepo.release_bundle(
+        model=m.name, version=m.version, sha256=sha, length=len(data), runtime=m.runtime, hardware=m.hardware
+    )
     session.add(mv)
     session.commit()
     session.refresh(mv)
