@@ -119,8 +119,8 @@ class Fetcher(FetcherInterface):
                 have = 0
             self._write(resp, url, dest, have, length, progress)
         got = dest.stat().st_size
-        if got != length:
-            raise LengthError(f"downloaded {got} bytes, expected {length}")
+        if got < length:  # the connection dropped: keep the prefix, the next attempt resumes
+            raise DownloadError(f"connection closed after {got} of {length} bytes")
         h = hashlib.sha256()
         with open(dest, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
