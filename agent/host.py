@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from agent.feedback import FeedbackLog, Made
 from agent.runtime import LoadedModel
 
 
@@ -35,6 +36,7 @@ class ModelHost:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # guards writers; readers take a snapshot
         self._probes: dict[str, Probe] = {}
+        self.feedback = FeedbackLog()
 
     def swap(self, role: str, model: LoadedModel) -> LoadedModel | None:
         with self._lock:
@@ -82,8 +84,12 @@ class ModelHost:
         if probe is not None and probe.model is model:
             probe.ok += 1
         m = model.manifest
+        pid = uuid.uuid4().hex
+        first = next(iter(outputs.values()), None)
+        predicted = int(first.reshape(-1).argmax()) if first is not None and first.size > 1 else None
+        self.feedback.record(pid, Made(role, m.name, m.version, predicted))
         return {
-            "prediction_id": uuid.uuid4().hex,
+            "prediction_id": pid,
             "model": m.name,
             "version": m.version,
             "role": role,

@@ -5,6 +5,8 @@ Protocol: one JSON object per line in each direction.
     {"op": "predict", "inputs": [[...]], "role": "production"}
         -> {"ok": true, "prediction_id": "...", "model": "digits", "version": 3, "outputs": {...}}
     {"op": "info"}    -> {"ok": true, "models": {"production": {...}}}
+    {"op": "feedback", "prediction_id": "...", "label": 7}
+        -> {"ok": true, "correct": true, "model": "digits", "version": 3, "role": "production"}
     {"op": "ping"}    -> {"ok": true}
 
 Errors come back as {"ok": false, "error": "..."}; the connection stays open.
@@ -20,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agent.feedback import UnknownPredictionError
 from agent.host import ModelHost, NoModelError
 
 log = logging.getLogger(__name__)
@@ -71,16 +74,21 @@ class LocalApi:
                 return {"ok": True, **self.host.predict(req.get("inputs"), role=str(role))}
             if op == "info":
                 return {"ok": True, "models": {r: _info(m) for r, m in self.host.roles().items()}}
+            if op == "feedback":
+                pid = req.get("prediction_id")
+                if not isinstance(pid, str) or "label" not in req:
+                    raise ValueError("feedback needs a string 'prediction_id' and a 'label'")
+                return {"ok": True, **self.host.feedback.label(pid, req["label"])}
             if op == "ping":
                 return {"ok": True}
-        except NoModelError as exc:
+        except (NoModelError, UnknownPredictionError) as exc:
             return {"ok": False, "error": str(exc)}
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": f"bad input: {exc}"}
         except Exception as exc:  # a runtime failure must not kill the server
             log.exception("inference failed")
             return {"ok": False, "error": f"inference failed: {exc}"}
-        return {"ok": False, "error": f"unknown op {op!r}; expected predict, info or ping"}
+        return {"ok": False, "error": f"unknown op {op!r}; expected predict, info, feedback or ping"}
 
 
 def _info(model: Any) -> dict[str, Any]:

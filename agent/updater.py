@@ -253,7 +253,7 @@ class Updater:
         rec = transition(self.store.ota, event)
         self.store.save_ota(rec)  # persisted before anything acts on it
         log.info("OTA %s -> %s", type(event).__name__, rec.state.value)
-        testhook.pause_at(rec.state.value, self.store.root)
+        testhook.pause_at(rec.state.value, self.store.root, None if rec.target is None else rec.target.version)
         return rec
 
     def _drive(self) -> None:
@@ -289,7 +289,7 @@ class Updater:
 
         def progress(got: int, total: int) -> None:
             if got >= half:
-                testhook.pause_at("DOWNLOADING.half", self.store.root)
+                testhook.pause_at("DOWNLOADING.half", self.store.root, t.version)
 
         for attempt in range(1, self.download_attempts + 1):
             try:
