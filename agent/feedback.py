@@ -43,7 +43,8 @@ class FeedbackLog:
             made = self._recent.pop(prediction_id, None)
             if made is None:
                 raise UnknownPredictionError(
-                    f"unknown prediction_id {prediction_id!r:.80} (never made, already labelled, or older than the last {self.capacity})"
+                    f"unknown prediction_id {prediction_id!r:.80} "
+                    f"(never made, already labelled, or older than the last {self.capacity})"
                 )
             correct = None if made.predicted is None else made.predicted == label
             c = self.counts.setdefault(made.role, {"count": 0, "correct": 0})

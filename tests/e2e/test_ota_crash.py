@@ -115,10 +115,8 @@ def test_sigkill_then_restart_serves_a_verified_model(mosquitto, tmp_path, bundl
     device = f"crash-{point.lower().replace('.', '-').replace('_', '-')}"
     try:
         a1 = lab.publish(bundles["v1"])
-        if kind == "foreign":
-            a2 = lab.publish(bundles["good"], hardware={"arch": ["riscv64"]})
-        else:
-            a2 = lab.publish(bundles[kind])
+        hardware = {"arch": ["riscv64"]} if kind == "foreign" else None  # signed for other hardware: rejected
+        a2 = lab.publish(bundles["bad" if kind == "bad" else "good"], hardware=hardware)
         cfg_kw = dict(
             broker_host=mosquitto.host,
             broker_port=mosquitto.port,
