@@ -15,7 +15,8 @@ import numpy as np
 
 from shared.manifest import Manifest
 
-_CANDIDATES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+# tf.lite is a lazy alias in TF 2.x; the class itself lives in tensorflow.lite.python.interpreter.
+_CANDIDATES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite.python.interpreter")
 
 
 def interpreter_class() -> tuple[str, Any]:
