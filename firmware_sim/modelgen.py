@@ -203,7 +203,8 @@ def make_tflite_bundle(
         q = np.clip(np.round(batch / si) + zi, -128, 127).astype(np.int8)
         interp.set_tensor(din["index"], q)
         interp.invoke()
-        return (interp.get_tensor(dout["index"]).astype(np.float32) - zo) * np.float32(so)
+        out: np.ndarray = (np.asarray(interp.get_tensor(dout["index"])).astype(np.float32) - zo) * np.float32(so)
+        return out
 
     x, y = load_digits()
     probs = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
