@@ -17,12 +17,12 @@ class UnknownPredictionError(LookupError):
     """The prediction id is unknown (never made, or too old and dropped)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Made:
     role: str
     model: str
     version: int
-    predicted: Any  # argmax of the first output for classifiers, else None
+    output: Any  # the first output array; its argmax is the predicted class (computed when a label comes)
 
 
 class FeedbackLog:
@@ -35,7 +35,7 @@ class FeedbackLog:
     def record(self, prediction_id: str, made: Made) -> None:
         with self._lock:
             self._recent[prediction_id] = made
-            while len(self._recent) > self.capacity:
+            if len(self._recent) > self.capacity:
                 self._recent.popitem(last=False)
 
     def label(self, prediction_id: str, label: Any) -> dict[str, Any]:
@@ -46,8 +46,14 @@ class FeedbackLog:
                     f"unknown prediction_id {prediction_id!r:.80} "
                     f"(never made, already labelled, or older than the last {self.capacity})"
                 )
-            correct = None if made.predicted is None else made.predicted == label
+            predicted = _argmax(made.output)
+            correct = None if predicted is None else predicted == label
             c = self.counts.setdefault(made.role, {"count": 0, "correct": 0})
             c["count"] += 1
             c["correct"] += int(bool(correct))
         return {"model": made.model, "version": made.version, "role": made.role, "correct": correct}
+
+
+def _argmax(output: Any) -> int | None:
+    size = getattr(output, "size", 0)
+    return int(output.reshape(-1).argmax()) if size > 1 else None

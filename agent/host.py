@@ -8,6 +8,7 @@ served (and their errors) while it is under health check.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class ModelHost:
         self._lock = threading.Lock()  # guards writers; readers take a snapshot
         self._probes: dict[str, Probe] = {}
         self.feedback = FeedbackLog()
+        self._id_prefix = f"{uuid.uuid4().hex[:12]}-"  # unique per agent run; a counter after it
+        self._ids = itertools.count(1)
 
     def swap(self, role: str, model: LoadedModel) -> LoadedModel | None:
         with self._lock:
@@ -75,7 +78,7 @@ class ModelHost:
         coerced = model.coerce_inputs(inputs)  # bad input is the caller's error, not the model's
         probe = self._probes.get(role)
         try:
-            outputs = model.predict(coerced)
+            outputs = model.run_coerced(coerced)
         except Exception as exc:
             if probe is not None and probe.model is model:
                 probe.errors += 1
@@ -84,10 +87,8 @@ class ModelHost:
         if probe is not None and probe.model is model:
             probe.ok += 1
         m = model.manifest
-        pid = uuid.uuid4().hex
-        first = next(iter(outputs.values()), None)
-        predicted = int(first.reshape(-1).argmax()) if first is not None and first.size > 1 else None
-        self.feedback.record(pid, Made(role, m.name, m.version, predicted))
+        pid = f"{self._id_prefix}{next(self._ids):x}"
+        self.feedback.record(pid, Made(role, m.name, m.version, next(iter(outputs.values()), None)))
         return {
             "prediction_id": pid,
             "model": m.name,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,8 +40,17 @@ class LoadedModel:
 
     def predict(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
         """Run the model: float inputs are quantized and int8 outputs dequantized per the manifest."""
-        raw = self.runtime.run(self.quantize(self.coerce_inputs(inputs)))
-        return self.dequantize(raw)
+        return self.run_coerced(self.coerce_inputs(inputs))
+
+    def run_coerced(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``predict`` for inputs that already went through ``coerce_inputs``."""
+        if not self._quantized:
+            return self.runtime.run(inputs)
+        return self.dequantize(self.runtime.run(self.quantize(inputs)))
+
+    @cached_property
+    def _quantized(self) -> bool:
+        return any(t.quantization is not None and t.dtype in _INT_RANGE for t in (*self.manifest.inputs, *self.manifest.outputs))
 
     def quantize(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -68,14 +78,28 @@ class LoadedModel:
                 raise ValueError(f"model has {len(specs)} inputs; pass a dict of {[s.name for s in specs]}")
             inputs = {specs[0].name: inputs}
         out = {}
-        for spec in specs:
-            if spec.name not in inputs:
-                raise ValueError(f"missing input {spec.name!r}")
-            arr = np.asarray(inputs[spec.name], dtype=np.float32 if spec.quantization else _DTYPES[spec.dtype])
-            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape, strict=False)):
-                raise ValueError(f"input {spec.name!r}: expected shape {spec.shape}, got {list(arr.shape)}")
-            out[spec.name] = arr
+        for name, dtype, ndim, fixed, shape in self._input_checks:
+            if name not in inputs:
+                raise ValueError(f"missing input {name!r}")
+            arr = np.asarray(inputs[name], dtype=dtype)
+            if arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed):
+                raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+            out[name] = arr
         return out
+
+    @cached_property
+    def _input_checks(self) -> list[tuple[str, Any, int, tuple[tuple[int, int], ...], list[int | None]]]:
+        """Per input: name, dtype the caller's values become, rank, fixed dimensions, declared shape."""
+        return [
+            (
+                t.name,
+                np.float32 if t.quantization else _DTYPES[t.dtype],
+                len(t.shape),
+                tuple((i, d) for i, d in enumerate(t.shape) if d is not None),
+                t.shape,
+            )
+            for t in self.manifest.inputs
+        ]
 
 
 def load_model(manifest: Manifest, model: bytes, sha256: str, *, threads: int = 1) -> LoadedModel:

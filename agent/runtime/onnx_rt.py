@@ -20,5 +20,4 @@ class OnnxRuntime:
         self._outputs = [o.name for o in manifest.outputs]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._session.run(self._outputs, inputs)
-        return dict(zip(self._outputs, (np.asarray(v) for v in values), strict=True))
+        return dict(zip(self._outputs, self._session.run(self._outputs, inputs), strict=True))
