@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from agent.cli import main
@@ -42,9 +44,9 @@ def test_check_config_cli(tmp_path, capsys):
     assert "cannot read config" in capsys.readouterr().err
 
 
-def _root(tmp_path, kind="root"):
+def _root(tmp_path):
     p = tmp_path / "root.json"
-    p.write_text('{"signed": {"_type": "%s"}, "signatures": []}' % kind)
+    p.write_text(json.dumps({"signed": {"_type": "root"}, "signatures": []}))
     return p
 
 

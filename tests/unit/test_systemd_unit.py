@@ -27,5 +27,5 @@ def test_systemd_analyze_finds_no_unknown_keys():
     if exe is None:
         pytest.skip("systemd-analyze not installed")
     out = subprocess.run([exe, "verify", str(UNIT)], capture_output=True, text=True)
-    problems = [l for l in out.stderr.splitlines() if "not executable" not in l and l.strip()]
+    problems = [ln for ln in out.stderr.splitlines() if "not executable" not in ln and ln.strip()]
     assert problems == []
