@@ -276,3 +276,77 @@ def test_interrupted_download_resumes_with_range(lab, device, v2):
     assert device.store.ota.state is State.COMMITTED, lab.events
     assert lab.server.faults.range_requests == ["bytes=10000-"]
     assert device.host.get().manifest.version == 2
+
+
+def _batch_one_only(bundle: bytes, version: int) -> bytes:
+    """A bundle that passes its golden vectors (batch 1) but fails on live batches of 2."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, (64, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["input", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "batch1",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 10])],
+        [numpy_helper.from_array(np.array([1, 64], np.int64), "shape"), numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    d = bundle_fmt.read(bundle).manifest.to_dict()
+    x = np.zeros((1, 64), np.float32)
+    d.update(
+        version=version,
+        model_sha256=hashlib.sha256(data).hexdigest(),
+        inputs=[{"name": "input", "dtype": "float32", "shape": [-1, 64]}],
+        outputs=[{"name": "probs", "dtype": "float32", "shape": [-1, 10]}],
+        golden={
+            "vectors": [{"inputs": {"input": x.tolist()}, "outputs": {"probs": sess.run(None, {"input": x})[0].tolist()}}],
+            "atol": 1e-5,
+        },
+    )
+    return bundle_fmt.pack(Manifest.from_dict(d), data)
+
+
+def test_live_inference_errors_after_the_switch_roll_back(lab, tmp_path, v1):
+    import threading
+
+    from agent.updater import HealthPolicy
+
+    up = lab.updater(tmp_path / "live", health=HealthPolicy(live_inferences=1000, live_window=10.0, latency_runs=3))
+    up.apply(lab.desired("lab-dev", lab.publish(v1)))
+    assert up.host.get().manifest.version == 1
+    stop = threading.Event()
+    outcomes = []
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                outcomes.append(up.host.predict([[0.0] * 64, [0.5] * 64])["version"])
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        up.apply(lab.desired("lab-dev", lab.publish(_batch_one_only(v1, 2))))
+    finally:
+        stop.set()
+        t.join(10)
+    assert up.store.ota.state is State.ROLLED_BACK
+    assert "live inferences failed" in lab.last("ota.rolled_back")["message"]
+    assert up.host.get().manifest.version == 1 and up.store.slot("production").version == 1
+    assert any(o not in (1, "ValueError") for o in outcomes)  # the candidate's runtime failures reached clients
+    assert up.host.predict([[0.0] * 64])["version"] == 1  # the old model serves again
