@@ -283,7 +283,6 @@ def _batch_one_only(bundle: bytes, version: int) -> bytes:
     import hashlib
 
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -29,7 +29,7 @@ def add(repo, keys, version, sha=SHA):
 
 
 def test_new_repository_has_threshold_roles_and_verifiable_metadata(repo):
-    r, keys = repo
+    r, _keys = repo
     root = Metadata.from_bytes(r.root_bytes(1))
     assert root.signed.roles["root"].threshold == 2 and len(root.signed.roles["root"].keyids) == 3
     assert root.signed.roles["targets"].threshold == 2
