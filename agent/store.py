@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
-from agent.ota.state import OtaRecord
+from agent.ota.state import AT_REST, OtaRecord
 from shared import bundle as bundle_fmt
 from shared.messages import RunningModel
 
@@ -193,8 +193,8 @@ class Store:
             for e in slots.values()
             if isinstance(e, dict) and "sha256" in e
         }
-        if self.ota.target is not None:
-            keep.add(self.ota.target.sha256)
+        if self.ota.target is not None and self.ota.state not in AT_REST:
+            keep.add(self.ota.target.sha256)  # an update in flight keeps its bundle
         return keep
 
     def collect_garbage(self) -> None:

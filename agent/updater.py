@@ -273,7 +273,14 @@ class Updater:
             State.ROLLING_BACK: self._roll_back,
         }
         while (rec := self.store.ota).state not in AT_REST:
-            self._step(handlers[rec.state](rec))
+            try:
+                event = handlers[rec.state](rec)
+            except Exception as exc:  # an unexpected failure fails the update, never wedges the machine
+                log.exception("unexpected error in OTA state %s", rec.state.value)
+                event = (
+                    RolledBack() if rec.state is State.ROLLING_BACK else Fail(f"unexpected error: {type(exc).__name__}: {exc}")
+                )
+            self._step(event)
         self._finish(self.store.ota)
 
     def _detail(self, rec: OtaRecord) -> dict[str, Any]:

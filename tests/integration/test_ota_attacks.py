@@ -321,12 +321,14 @@ def _batch_one_only(bundle: bytes, version: int) -> bytes:
 
 def test_live_inference_errors_after_the_switch_roll_back(lab, tmp_path, v1):
     import threading
+    import time
 
     from agent.updater import HealthPolicy
 
-    up = lab.updater(tmp_path / "live", health=HealthPolicy(live_inferences=1000, live_window=10.0, latency_runs=3))
+    up = lab.updater(tmp_path / "live")
     up.apply(lab.desired("lab-dev", lab.publish(v1)))
     assert up.host.get().manifest.version == 1
+    up.health = HealthPolicy(live_inferences=1000, live_window=10.0, latency_runs=3)  # wait for live traffic
     stop = threading.Event()
     outcomes = []
 
@@ -336,6 +338,7 @@ def test_live_inference_errors_after_the_switch_roll_back(lab, tmp_path, v1):
                 outcomes.append(up.host.predict([[0.0] * 64, [0.5] * 64])["version"])
             except Exception as exc:
                 outcomes.append(type(exc).__name__)
+            time.sleep(0.002)
 
     t = threading.Thread(target=traffic)
     t.start()
