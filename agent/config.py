@@ -46,6 +46,7 @@ class AgentConfig:
     download_timeout: float = 30.0  # seconds without progress before giving up
     inference_threads: int = 1
     log_level: str = "INFO"
+    http_port: int | None = None  # local HTTP API on 127.0.0.1; None: Unix socket only
     image_repo: ImageRepoConfig | None = None  # without it no bundle can be verified, so none is installed
     download: DownloadConfig = field(default_factory=lambda: DownloadConfig())
     health: HealthConfig = field(default_factory=lambda: HealthConfig())
@@ -126,6 +127,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         download_timeout=float(_get(data, "download_timeout", (int, float), where, 30.0)),
         inference_threads=_get(data, "inference_threads", int, where, 1),
         log_level=_get(data, "log_level", str, where, "INFO").upper(),
+        http_port=_get(data, "http_port", int, where, None),
         image_repo=image_repo,
         download=DownloadConfig(
             min_speed=float(_get(dl, "min_speed", (int, float), dw, 1024.0)),

@@ -13,7 +13,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.host import ModelHost
 from agent.link import MqttLink
-from agent.server import LocalApi, SocketServer
+from agent.server import HttpServer, LocalApi, SocketServer
 from agent.store import SeqCounter, Store
 from agent.updater import make_updater
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
@@ -32,6 +32,7 @@ class Agent:
         keys = [load_public_key(k) for k in cfg.director_public_keys]
         self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
         self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
+        self.http = None if cfg.http_port is None else HttpServer(cfg.http_port, LocalApi(self.host))  # issue 3
         self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
         self._stop = threading.Event()
 
@@ -61,6 +62,8 @@ class Agent:
     def start(self) -> None:
         self.updater.restore()
         self.api.start()
+        if self.http is not None:
+            self.http.start()
         self.updater.start()
         self.link.start()
         log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
@@ -69,6 +72,8 @@ class Agent:
         self.link.stop(goodbye=self.status(OFFLINE))
         self.updater.stop()
         self.api.stop()
+        if self.http is not None:
+            self.http.stop()
 
     def run_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -109,3 +109,29 @@ def test_disk_full_during_download_fails_cleanly_and_the_old_model_serves(lab, s
     filler.unlink()  # space comes back: the same release installs
     up.apply(lab.desired("lab-dev", a2))
     assert up.store.ota.state is State.COMMITTED and up.host.get().manifest.version == 2
+
+
+def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
+    import httpx
+
+    from agent.server import HttpServer
+
+    up = lab.updater(tmp_path / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    srv = HttpServer(0, LocalApi(up.host))
+    srv.start()
+    try:
+        base = f"http://127.0.0.1:{srv.port}/v1"
+        x, y = load_digits()
+        r = httpx.post(f"{base}/predict", json={"inputs": x[:1].tolist()})
+        assert r.status_code == 200 and r.json()["version"] == 1
+        fb = httpx.post(f"{base}/feedback", json={"prediction_id": r.json()["prediction_id"], "label": int(y[0])})
+        assert fb.json()["correct"] is True
+        assert httpx.get(f"{base}/info").json()["models"]["production"]["runtime"] == "onnx"
+        bad = httpx.post(f"{base}/predict", content=b"{]")
+        assert bad.status_code == 400 and "bad request" in bad.json()["error"]
+        wrong = httpx.post(f"{base}/predict", json={"inputs": [[1.0] * 3]})
+        assert wrong.status_code == 422 and "expected shape" in wrong.json()["error"]
+        assert httpx.post(f"{base}/shutdown", json={}).status_code == 404
+    finally:
+        srv.stop()
