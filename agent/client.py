@@ -12,7 +12,11 @@ class AgentClient:
     def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        self._sock.connect(str(path))
+        try:
+            self._sock.connect(str(path))
+        except OSError:
+            self._sock.close()
+            raise
         self._file = self._sock.makefile("rb")
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -25,6 +29,10 @@ class AgentClient:
 
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
         return self.call({"op": "predict", "inputs": inputs, "role": role})
+
+    def feedback(self, prediction_id: str, label: Any) -> dict[str, Any]:
+        """Report the true label of an earlier prediction (for accuracy monitoring)."""
+        return self.call({"op": "feedback", "prediction_id": prediction_id, "label": label})
 
     def info(self) -> dict[str, Any]:
         return self.call({"op": "info"})

@@ -6,6 +6,7 @@ Errors name the file, the key, what was expected and what came, so that
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -45,6 +46,30 @@ class AgentConfig:
     download_timeout: float = 30.0  # seconds without progress before giving up
     inference_threads: int = 1
     log_level: str = "INFO"
+    http_port: int | None = None  # local HTTP API on 127.0.0.1; None: Unix socket only
+    image_repo: ImageRepoConfig | None = None  # without it no bundle can be verified, so none is installed
+    download: DownloadConfig = field(default_factory=lambda: DownloadConfig())
+    health: HealthConfig = field(default_factory=lambda: HealthConfig())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageRepoConfig:
+    url: str  # base URL of the TUF metadata, e.g. https://controller/v1/tuf/metadata/
+    root: Path  # the root metadata pinned at provisioning (TUF bootstrap)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadConfig:
+    min_speed: float = 1024.0  # bytes per second, average, after the grace period
+    grace: float = 3.0  # seconds before the speed check applies
+    attempts: int = 3  # tries per bundle, resuming with HTTP Range
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthConfig:
+    live_inferences: int = 20  # live inferences without error that confirm a new model
+    live_window: float = 30.0  # seconds; commit at its end if fewer came and none failed
+    latency_runs: int = 20  # golden runs whose median must fit the bundle's latency budget
 
 
 def _get(table: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
@@ -78,6 +103,20 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         reconnect_max=float(_get(b, "reconnect_max", (int, float), bw, 120.0)),
     )
     data_dir = Path(_get(data, "data_dir", str, where))
+    image_repo = None
+    ir = _get(data, "image_repository", dict, where, None)
+    if ir is not None:
+        iw = f"{where} [image_repository]"
+        url = _get(ir, "url", str, iw)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{iw}: 'url' must start with http:// or https://, got {url!r}")
+        root = Path(_get(ir, "root", str, iw))
+        _check_root(root, iw)
+        image_repo = ImageRepoConfig(url=url, root=root)
+    dl = _get(data, "download", dict, where, {})
+    dw = f"{where} [download]"
+    hc = _get(data, "health", dict, where, {})
+    hw = f"{where} [health]"
     return AgentConfig(
         device_id=device_id,
         data_dir=data_dir,
@@ -88,7 +127,38 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         download_timeout=float(_get(data, "download_timeout", (int, float), where, 30.0)),
         inference_threads=_get(data, "inference_threads", int, where, 1),
         log_level=_get(data, "log_level", str, where, "INFO").upper(),
+        http_port=_get(data, "http_port", int, where, None),
+        image_repo=image_repo,
+        download=DownloadConfig(
+            min_speed=float(_get(dl, "min_speed", (int, float), dw, 1024.0)),
+            grace=float(_get(dl, "grace", (int, float), dw, 3.0)),
+            attempts=_positive(_get(dl, "attempts", int, dw, 3), "attempts", dw),
+        ),
+        health=HealthConfig(
+            live_inferences=_get(hc, "live_inferences", int, hw, 20),
+            live_window=float(_get(hc, "live_window", (int, float), hw, 30.0)),
+            latency_runs=_positive(_get(hc, "latency_runs", int, hw, 20), "latency_runs", hw),
+        ),
     )
+
+
+def _positive(value: int, key: str, where: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{where}: {key!r} must be at least 1, got {value}")
+    return value
+
+
+def _check_root(path: Path, where: str) -> None:
+    """The pinned TUF root must be readable JSON metadata of type root."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read root metadata {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: root metadata {path} is not JSON: {exc}") from None
+    kind = data.get("signed", {}).get("_type") if isinstance(data, dict) else None
+    if kind != "root":
+        raise ConfigError(f"{where}: {path} must be TUF root metadata (signed._type 'root'), got {kind!r}")
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -11,12 +11,11 @@ from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.fetcher import Fetcher
 from agent.host import ModelHost
 from agent.link import MqttLink
-from agent.server import LocalApi, SocketServer
+from agent.server import HttpServer, LocalApi, SocketServer
 from agent.store import SeqCounter, Store
-from agent.updater import Updater
+from agent.updater import make_updater
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
 from shared.signing import key_id, load_public_key
 from shared.topics import Kind
@@ -31,18 +30,9 @@ class Agent:
         self.seq = SeqCounter(cfg.data_dir / "seq")
         self.host = ModelHost()
         keys = [load_public_key(k) for k in cfg.director_public_keys]
-        self.updater = Updater(
-            device_id=cfg.device_id,
-            arch=cfg.arch,
-            trusted={key_id(k): k for k in keys},
-            store=self.store,
-            host=self.host,
-            fetcher=Fetcher(timeout=cfg.download_timeout),
-            report=self.report,
-            on_change=self.publish_status,
-            threads=cfg.inference_threads,
-        )
+        self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
         self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
+        self.http = None if cfg.http_port is None else HttpServer(cfg.http_port, LocalApi(self.host))  # issue 3
         self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
         self._stop = threading.Event()
 
@@ -50,17 +40,14 @@ class Agent:
         return {"schema": SCHEMA_VERSION, "device_id": self.cfg.device_id, "seq": self.seq.next(), "sent_at": now()}
 
     def status(self, state: str = ONLINE) -> dict[str, Any]:
-        models = {}
-        for role in self.host.roles():
-            inst = self.store.slot(role)
-            if inst is not None:
-                models[role] = inst.running().__dict__
+        models = {role: m.__dict__ for role, m in self.updater.running().items()}  # what really serves
         return {
             **self._header(),
             "state": state,
             "agent_version": __version__,
             "hardware": {"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
             "models": models,
+            "ota": self.updater.ota_status(),
         }
 
     def publish_status(self) -> None:
@@ -75,6 +62,8 @@ class Agent:
     def start(self) -> None:
         self.updater.restore()
         self.api.start()
+        if self.http is not None:
+            self.http.start()
         self.updater.start()
         self.link.start()
         log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
@@ -83,6 +72,8 @@ class Agent:
         self.link.stop(goodbye=self.status(OFFLINE))
         self.updater.stop()
         self.api.stop()
+        if self.http is not None:
+            self.http.stop()
 
     def run_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,15 +2,19 @@
 
 The new model is loaded and checked beside the old one; ``swap`` then replaces
 the reference, so an inference in flight finishes on the model it started with
-and no request is lost.
+and no request is lost. A :class:`Probe` counts the live inferences one model
+served (and their errors) while it is under health check.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from agent.feedback import FeedbackLog, Made
 from agent.runtime import LoadedModel
 
 
@@ -18,16 +22,37 @@ class NoModelError(LookupError):
     """No model is loaded in the requested role."""
 
 
+@dataclass
+class Probe:
+    """Live inferences served by one model since the probe started."""
+
+    model: LoadedModel
+    ok: int = 0
+    errors: int = 0
+    first_error: str = ""
+
+
 class ModelHost:
     def __init__(self) -> None:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # guards writers; readers take a snapshot
+        self._probes: dict[str, Probe] = {}
+        self.feedback = FeedbackLog()
+        self._id_prefix = f"{uuid.uuid4().hex[:12]}-"  # unique per agent run; a counter after it
+        self._ids = itertools.count(1)
 
     def swap(self, role: str, model: LoadedModel) -> LoadedModel | None:
         with self._lock:
             old = self._models.get(role)
             models = dict(self._models)
             models[role] = model
+            self._models = models
+        return old
+
+    def remove(self, role: str) -> LoadedModel | None:
+        with self._lock:
+            models = dict(self._models)
+            old = models.pop(role, None)
             self._models = models
         return old
 
@@ -40,12 +65,32 @@ class ModelHost:
     def roles(self) -> dict[str, LoadedModel]:
         return dict(self._models)
 
+    def probe(self, role: str, model: LoadedModel) -> Probe:
+        p = Probe(model)
+        self._probes = {**self._probes, role: p}
+        return p
+
+    def unprobe(self, role: str) -> None:
+        self._probes = {r: p for r, p in self._probes.items() if r != role}
+
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
         model = self.get(role)
-        outputs = model.predict(inputs)
+        coerced = model.coerce_inputs(inputs)  # bad input is the caller's error, not the model's
+        probe = self._probes.get(role)
+        try:
+            outputs = model.run_coerced(coerced)
+        except Exception as exc:
+            if probe is not None and probe.model is model:
+                probe.errors += 1
+                probe.first_error = probe.first_error or f"{type(exc).__name__}: {exc}"
+            raise
+        if probe is not None and probe.model is model:
+            probe.ok += 1
         m = model.manifest
+        pid = f"{self._id_prefix}{next(self._ids):x}"
+        self.feedback.record(pid, Made(role, m.name, m.version, next(iter(outputs.values()), None)))
         return {
-            "prediction_id": uuid.uuid4().hex,
+            "prediction_id": pid,
             "model": m.name,
             "version": m.version,
             "role": role,

@@ -5,9 +5,13 @@ Protocol: one JSON object per line in each direction.
     {"op": "predict", "inputs": [[...]], "role": "production"}
         -> {"ok": true, "prediction_id": "...", "model": "digits", "version": 3, "outputs": {...}}
     {"op": "info"}    -> {"ok": true, "models": {"production": {...}}}
+    {"op": "feedback", "prediction_id": "...", "label": 7}
+        -> {"ok": true, "correct": true, "model": "digits", "version": 3, "role": "production"}
     {"op": "ping"}    -> {"ok": true}
 
 Errors come back as {"ok": false, "error": "..."}; the connection stays open.
+With ``http_port`` set, the same operations are served over HTTP on 127.0.0.1
+(``POST /v1/predict``, ``POST /v1/feedback``, ``GET /v1/info``).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import logging
 import os
 import socketserver
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from agent.feedback import UnknownPredictionError
 from agent.host import ModelHost, NoModelError
 
 log = logging.getLogger(__name__)
@@ -71,16 +77,21 @@ class LocalApi:
                 return {"ok": True, **self.host.predict(req.get("inputs"), role=str(role))}
             if op == "info":
                 return {"ok": True, "models": {r: _info(m) for r, m in self.host.roles().items()}}
+            if op == "feedback":
+                pid = req.get("prediction_id")
+                if not isinstance(pid, str) or "label" not in req:
+                    raise ValueError("feedback needs a string 'prediction_id' and a 'label'")
+                return {"ok": True, **self.host.feedback.label(pid, req["label"])}
             if op == "ping":
                 return {"ok": True}
-        except NoModelError as exc:
+        except (NoModelError, UnknownPredictionError) as exc:
             return {"ok": False, "error": str(exc)}
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": f"bad input: {exc}"}
         except Exception as exc:  # a runtime failure must not kill the server
             log.exception("inference failed")
             return {"ok": False, "error": f"inference failed: {exc}"}
-        return {"ok": False, "error": f"unknown op {op!r}; expected predict, info or ping"}
+        return {"ok": False, "error": f"unknown op {op!r}; expected predict, info, feedback or ping"}
 
 
 def _info(model: Any) -> dict[str, Any]:
@@ -114,3 +125,72 @@ class SocketServer:
         self._server.shutdown()
         self._server.server_close()
         self.path.unlink(missing_ok=True)
+
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    """``POST /v1/<op>`` with the request's JSON body (``op`` taken from the path); ``GET /v1/info``."""
+
+    server: _HttpServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("http: " + fmt, *args)
+
+    def do_GET(self) -> None:
+        if self.path in ("/v1/info", "/v1/ping"):
+            self._reply(self.server.api.handle({"op": self.path.removeprefix("/v1/")}))
+        else:
+            self._reply({"ok": False, "error": f"no such resource {self.path[:100]!r}"}, 404)
+
+    def do_POST(self) -> None:
+        op = self.path.removeprefix("/v1/")
+        if op not in ("predict", "feedback", "info", "ping"):
+            self._reply({"ok": False, "error": f"no such resource {self.path[:100]!r}"}, 404)
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_REQUEST_BYTES:
+            self._reply({"ok": False, "error": f"Content-Length must be 0..{MAX_REQUEST_BYTES}"}, 413)
+            return
+        body = self.rfile.read(length) if length else b"{}"
+        try:
+            req = json.loads(body)
+            if not isinstance(req, dict):
+                raise ValueError("request must be a JSON object")
+        except ValueError as exc:
+            self._reply({"ok": False, "error": f"bad request: {exc}"}, 400)
+            return
+        res = self.server.api.handle({**req, "op": op})
+        self._reply(res, 200 if res.get("ok") else 422)
+
+    def _reply(self, obj: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    api: LocalApi
+
+
+class HttpServer:
+    """The same API over HTTP on the loopback interface only (``http_port`` in the config)."""
+
+    def __init__(self, port: int, api: LocalApi) -> None:
+        self._server = _HttpServer(("127.0.0.1", port), _HttpHandler)
+        self._server.api = api
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,33 +1,38 @@
-"""What is installed on disk, and which bundle is active in each role.
+"""What is installed on disk: A/B slots per role, the OTA record, the bundles.
 
 Layout under ``data_dir``::
 
-    bundles/<sha256>.tar     verified bundles, content-addressed
-    models/<sha256>/<file>   the unpacked model file the runtime loads
-    download.part            the download in progress (the candidate slot)
-    state.json               per role: active and previous; desired counter
+    bundles/<sha256>.tar     verified bundles, content-addressed (the slots point here)
+    download.part            the candidate being downloaded (kept across restarts: resumed with Range)
+    state.json               per role the slots ``active``, ``previous``, ``candidate``; the desired counter
+    ota.json                 the OTA state machine's record (agent/ota/state.py)
+    tuf/                     verified TUF metadata (tuf.ngclient's cache)
     seq                      high-water mark of the message sequence
 
-``state.json`` is replaced atomically, so after a crash it names either the
-old or the new active bundle, never half of each.
+Both JSON files are replaced atomically (temp file, fsync, rename, fsync dir),
+so after a crash each names the old or the new value, never half of each.
+Models are loaded from the verified bundle bytes, never from a separate
+unpacked file that could change behind the check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.fsutil import atomic_write_bytes, atomic_write_json
+from agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from agent.ota.state import AT_REST, OtaRecord
 from shared import bundle as bundle_fmt
 from shared.messages import RunningModel
 
 log = logging.getLogger(__name__)
+SLOTS = ("active", "previous", "candidate")
 
 
 @dataclass(frozen=True)
@@ -47,25 +52,44 @@ class Store:
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir
         self.bundles = data_dir / "bundles"
-        self.models = data_dir / "models"
-        for d in (self.root, self.bundles, self.models):
+        for d in (self.root, self.bundles):
             d.mkdir(parents=True, exist_ok=True)
         self._state_path = data_dir / "state.json"
+        self._ota_path = data_dir / "ota.json"
         self._lock = threading.Lock()
         self.state = self._load_state()
+        self.ota = self._load_ota()
 
     # -- state ---------------------------------------------------------------
-    def _load_state(self) -> dict[str, Any]:
+    def _load_json(self, path: Path) -> Any:
         try:
-            data = json.loads(self._state_path.read_bytes())
-            if isinstance(data, dict):
-                return data
-            log.error("state.json is not an object; starting empty")
+            return json.loads(path.read_bytes())
         except FileNotFoundError:
-            pass
+            return None
         except ValueError as exc:
-            log.error("state.json is corrupt (%s); starting empty", exc)
+            log.error("%s is corrupt (%s); ignoring it", path.name, exc)
+            return None
+
+    def _load_state(self) -> dict[str, Any]:
+        data = self._load_json(self._state_path)
+        if isinstance(data, dict):
+            return data
         return {"counter": 0, "roles": {}}
+
+    def _load_ota(self) -> OtaRecord:
+        data = self._load_json(self._ota_path)
+        if data is None:
+            return OtaRecord()
+        try:
+            return OtaRecord.from_dict(data)
+        except ValueError as exc:
+            log.error("ota.json unusable (%s); starting at rest", exc)
+            return OtaRecord()
+
+    def save_ota(self, rec: OtaRecord) -> None:
+        with self._lock:
+            atomic_write_json(self._ota_path, rec.to_dict())
+            self.ota = rec
 
     def _save(self) -> None:
         atomic_write_json(self._state_path, self.state)
@@ -74,9 +98,14 @@ class Store:
     def counter(self) -> int:
         return int(self.state.get("counter", 0))
 
-    def set_counter(self, counter: int) -> None:
+    @property
+    def desired_digest(self) -> str:
+        return str(self.state.get("desired_digest", ""))
+
+    def set_counter(self, counter: int, digest: str = "") -> None:
         with self._lock:
             self.state["counter"] = counter
+            self.state["desired_digest"] = digest
             self._save()
 
     def slot(self, role: str, which: str = "active") -> Installed | None:
@@ -89,19 +118,46 @@ class Store:
             log.error("state.json entry for %s/%s is malformed: %r", role, which, entry)
             return None
 
-    def activate(self, role: str, inst: Installed) -> None:
-        """Make ``inst`` active in ``role``; the old active becomes previous."""
+    def set_slot(self, role: str, which: str, inst: Installed | None) -> None:
         with self._lock:
-            roles = self.state.setdefault("roles", {})
-            old = roles.get(role, {}).get("active")
-            new = {"active": asdict(inst)}
-            if old and old.get("sha256") != inst.sha256:
-                new["previous"] = old
-            elif roles.get(role, {}).get("previous"):
-                new["previous"] = roles[role]["previous"]
-            roles[role] = new
+            slots = self.state.setdefault("roles", {}).setdefault(role, {})
+            if inst is None:
+                slots.pop(which, None)
+            else:
+                slots[which] = asdict(inst)
+            self._save()
+
+    def commit(self, role: str, sha256: str, since: float) -> None:
+        """Candidate ``sha256`` becomes active; the old active becomes previous. Idempotent."""
+        with self._lock:
+            slots = self.state.setdefault("roles", {}).setdefault(role, {})
+            cand, active = slots.get("candidate"), slots.get("active")
+            if active and active.get("sha256") == sha256:
+                slots.pop("candidate", None)
+            elif cand and cand.get("sha256") == sha256:
+                if active:
+                    slots["previous"] = active
+                slots["active"] = {**cand, "since": since, "reason": ""}
+                slots.pop("candidate", None)
+            else:
+                raise KeyError(f"no candidate {sha256[:12]} in role {role} to commit")
             self._save()
         self.collect_garbage()
+
+    def roll_back(self, role: str, previous_sha256: str | None, reason: str, since: float) -> Installed | None:
+        """Make the slot holding ``previous_sha256`` active again and drop the candidate. Idempotent."""
+        with self._lock:
+            slots = self.state.setdefault("roles", {}).setdefault(role, {})
+            slots.pop("candidate", None)
+            active, prev = slots.get("active"), slots.get("previous")
+            if previous_sha256 is None:
+                slots.pop("active", None)  # nothing ran before this update
+            elif active and active.get("sha256") != previous_sha256 and prev and prev.get("sha256") == previous_sha256:
+                slots["active"], slots["previous"] = prev, active
+            if slots.get("active"):
+                slots["active"] = {**slots["active"], "reason": reason, "since": since}
+            self._save()
+        return self.slot(role)
 
     # -- files ---------------------------------------------------------------
     @property
@@ -115,35 +171,37 @@ class Store:
         """Move a verified download into the content-addressed store."""
         dest = self.bundle_path(sha256)
         os.replace(self.download_path, dest)
+        fsync_dir(self.bundles)
+        fsync_dir(self.root)
         return dest
-
-    def unpack(self, sha256: str, b: bundle_fmt.Bundle) -> Path:
-        path = self.models / sha256 / b.manifest.model_file
-        if not path.exists():
-            atomic_write_bytes(path, b.model)
-        return path
 
     def verify_bundle(self, sha256: str) -> bundle_fmt.Bundle:
         """Re-check a stored bundle's hash before loading it (disk may have changed)."""
         path = self.bundle_path(sha256)
-        got = bundle_fmt.sha256_file(path)
+        if not path.exists():
+            raise bundle_fmt.BundleError(f"stored bundle {sha256[:12]} is missing")
+        data = path.read_bytes()
+        got = hashlib.sha256(data).hexdigest()
         if got != sha256:
             raise bundle_fmt.BundleError(f"stored bundle {sha256[:12]} was altered on disk (sha256 now {got[:12]})")
-        return bundle_fmt.read(path)
+        return bundle_fmt.read(data)
 
-    def collect_garbage(self) -> None:
+    def referenced(self) -> set[str]:
         keep = {
             e["sha256"]
             for slots in self.state.get("roles", {}).values()
             for e in slots.values()
             if isinstance(e, dict) and "sha256" in e
         }
+        if self.ota.target is not None and self.ota.state not in AT_REST:
+            keep.add(self.ota.target.sha256)  # an update in flight keeps its bundle
+        return keep
+
+    def collect_garbage(self) -> None:
+        keep = self.referenced()
         for p in self.bundles.glob("*.tar"):
             if p.stem not in keep:
                 p.unlink(missing_ok=True)
-        for p in self.models.iterdir():
-            if p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
 
 
 class SeqCounter:

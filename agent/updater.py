@@ -1,30 +1,55 @@
-"""From a desired-state message to a verified, loaded, health-checked model.
+"""From a desired-state message to a verified, health-checked, committed model.
 
-``check_desired`` is pure policy (signature, device, counter, expiry);
-``Updater`` does the I/O through its seams (fetcher, store, model host) and
-reports every decision through ``report(kind, severity, message, detail)``.
-A rejection at any step leaves the running model untouched.
+``check_desired`` is pure policy for the director's envelope (signature,
+device, counter, expiry). ``Updater`` drives the OTA state machine
+(agent/ota/state.py): it persists every record the machine returns before it
+acts on it, and does the I/O through seams: the image-repository client
+(TUF), the fetcher, the store (slots on disk) and the model host. Every
+decision is reported through ``report(kind, severity, message, detail)``; a
+rejection at any step leaves the running model untouched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.fetcher import DownloadError, Fetcher
+from agent.config import AgentConfig
+from agent.fetcher import DiskFullError, DownloadError, Fetcher, HashError, LengthError, SlowRetrievalError
 from agent.host import ModelHost
-from agent.runtime import ModelLoadError, golden_check, load_model
+from agent.ota import testhook
+from agent.ota.state import (
+    AT_REST,
+    Activate,
+    Activated,
+    Assign,
+    Downloaded,
+    Event,
+    Fail,
+    HealthPassed,
+    OtaRecord,
+    Restarted,
+    RolledBack,
+    State,
+    Target,
+    Verified,
+    transition,
+)
+from agent.ota.trust import ImageRepoClient, TrustError
+from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
 from agent.store import Installed, Store
 from shared import bundle as bundle_fmt
 from shared.errors import ProtocolError, SchemaError
-from shared.messages import Assignment, Desired, decode_desired_envelope
+from shared.messages import Assignment, Desired, RunningModel, decode_desired_envelope
 from shared.schema import Reader
 from shared.signing import verify_document
 
@@ -34,6 +59,13 @@ Report = Callable[[str, str, str, dict[str, Any]], None]
 
 class RejectedError(Exception):
     """A desired state or bundle was refused; the message is the reason."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthPolicy:
+    live_inferences: int = 20  # live inferences without error that confirm a candidate
+    live_window: float = 30.0  # seconds; with fewer live inferences and no error, commit at the end
+    latency_runs: int = 20  # golden-vector runs whose median is held to the latency budget
 
 
 def check_desired(
@@ -54,6 +86,26 @@ def check_desired(
     return desired
 
 
+def latency_p50_ms(model: LoadedModel, runs: int, *, cpu_clock: bool = True) -> float:
+    """Median latency of the golden vectors' inputs over ``runs`` inferences.
+
+    With one inference thread the runtime computes on the calling thread, so
+    its CPU time (``time.thread_time``) is the model's cost on this hardware,
+    undisturbed by live traffic holding the GIL during the check. With more
+    threads the wall clock is used.
+    """
+    clock = time.thread_time if cpu_clock else time.perf_counter
+    vectors = model.manifest.golden
+    model.predict(vectors[0].inputs)  # warm-up
+    times = []
+    for i in range(max(runs, 1)):
+        inputs = vectors[i % len(vectors)].inputs
+        t0 = clock()
+        model.predict(inputs)
+        times.append((clock() - t0) * 1000.0)
+    return float(statistics.median(times))
+
+
 class Updater:
     def __init__(
         self,
@@ -64,42 +116,87 @@ class Updater:
         store: Store,
         host: ModelHost,
         fetcher: Fetcher,
+        image_repo: ImageRepoClient | None,
         report: Report,
         on_change: Callable[[], None],
         threads: int = 1,
+        health: HealthPolicy | None = None,
+        download_attempts: int = 3,
     ) -> None:
+        self.download_attempts = download_attempts
         self.device_id = device_id
         self.arch = arch
         self.trusted = trusted
         self.store = store
         self.host = host
         self.fetcher = fetcher
+        self.image_repo = image_repo
         self.report = report
         self.on_change = on_change
         self.threads = threads
+        self.health = health or HealthPolicy()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
+        self._candidate: LoadedModel | None = None  # loaded beside the running model
+        self._displaced: LoadedModel | None = None  # what the candidate replaced, for an instant swap back
+
+    # -- what runs -----------------------------------------------------------
+    def running(self) -> dict[str, RunningModel]:
+        """The truth for the retained status: what each role serves right now, and why."""
+        out = {}
+        for role, model in self.host.roles().items():
+            m = model.manifest
+            slot = self.store.slot(role)
+            reason = slot.reason if slot is not None and slot.sha256 == model.sha256 else ""
+            if self.store.ota.state is State.HEALTH_CHECK and self.store.ota.role == role:
+                reason = "candidate under health check"
+            out[role] = RunningModel(m.name, m.version, model.sha256, m.runtime, model.loaded_at, reason)
+        return out
+
+    def ota_status(self) -> dict[str, Any]:
+        rec = self.store.ota
+        t = rec.target
+        return {
+            "state": rec.state.value,
+            "role": rec.role,
+            "target": None if t is None else {"model": t.model, "version": t.version, "sha256": t.sha256},
+            "reason": rec.reason,
+        }
 
     # -- start-up ------------------------------------------------------------
     def restore(self) -> None:
-        """Load the active model of each role, falling back to previous if it fails."""
+        """Finish what a crash interrupted, then load each role's active slot (or previous)."""
+        rec = self.store.ota
+        if rec.state is State.COMMITTED and rec.role and rec.target:
+            try:
+                self.store.commit(rec.role, rec.target.sha256, time.time())  # idempotent: the commit may have been cut short
+            except KeyError:
+                pass
+        if rec.state not in AT_REST:
+            self._step(Restarted())
+            if self.store.ota.state is State.ROLLING_BACK and self.store.ota.role:
+                # Persist the rolled-back slots before loading anything.
+                self.store.roll_back(self.store.ota.role, self.store.ota.previous_sha256, self.store.ota.reason, time.time())
         for role in list(self.store.state.get("roles", {})):
-            for which in ("active", "previous"):
-                inst = self.store.slot(role, which)
-                if inst is None:
-                    continue
-                try:
-                    self._load(inst.sha256, role)
-                except (RejectedError, bundle_fmt.BundleError, ModelLoadError, OSError) as exc:
-                    self.report(
-                        "slot.invalid", "error", f"{which} model in {role} unusable: {exc}", {"role": role, "sha256": inst.sha256}
-                    )
-                    continue
-                if which == "previous":
-                    self.store.activate(
-                        role, replace(inst, since=time.time(), reason="active slot failed verification at start-up")
-                    )
-                break
+            self._restore_role(role)
+
+    def _restore_role(self, role: str) -> None:
+        for which in ("active", "previous"):
+            inst = self.store.slot(role, which)
+            if inst is None:
+                continue
+            try:
+                self.host.swap(role, self._load(inst.sha256))
+            except RejectedError as exc:
+                self.report(
+                    "slot.invalid", "error", f"{which} model in {role} unusable: {exc}", {"role": role, "sha256": inst.sha256}
+                )
+                continue
+            if which == "previous":
+                reason = f"active slot failed verification at start-up; serving previous v{inst.version}"
+                self.store.set_slot(role, "active", Installed(**{**inst.__dict__, "since": time.time(), "reason": reason}))
+                self.store.set_slot(role, "previous", None)
+            return
 
     # -- desired-state handling ----------------------------------------------
     def submit(self, payload: bytes) -> None:
@@ -117,6 +214,12 @@ class Updater:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        try:
+            if self.store.ota.state not in AT_REST:
+                self._drive()  # resume an update a restart interrupted
+        except Exception as exc:
+            log.exception("unexpected error resuming the update")
+            self.report("ota.error", "error", f"unexpected error: {exc}", {})
         while (payload := self._queue.get()) is not None:
             try:
                 self.apply(payload)
@@ -125,6 +228,10 @@ class Updater:
                 self.report("desired.error", "error", f"unexpected error: {exc}", {})
 
     def apply(self, payload: bytes) -> None:
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest == self.store.desired_digest:
+            log.debug("desired state already applied (retained copy re-delivered)")
+            return
         try:
             desired = check_desired(
                 payload, device_id=self.device_id, trusted=self.trusted, last_counter=self.store.counter, at=time.time()
@@ -133,52 +240,229 @@ class Updater:
             log.warning("rejected desired state: %s", exc)
             self.report("desired.rejected", "warning", str(exc), {})
             return
-        self.store.set_counter(desired.counter)
+        self.store.set_counter(desired.counter, digest)
         for role, a in desired.assignments.items():
             active = self.store.slot(role)
             if active is not None and active.sha256 == a.sha256:
                 continue
-            try:
-                self.install(role, a)
-            except RejectedError as exc:
-                log.warning("rejected %s v%s for %s: %s", a.model, a.version, role, exc)
-                self.report(
-                    "ota.rejected", "error", str(exc), {"role": role, "model": a.model, "version": a.version, "sha256": a.sha256}
-                )
+            self.install(role, a)
 
-    def install(self, role: str, a: Assignment) -> None:
-        detail = {"role": role, "model": a.model, "version": a.version, "sha256": a.sha256}
-        self.report("ota.downloading", "info", f"downloading {a.model} v{a.version} ({a.length} bytes)", detail)
+    def install(self, role: str, a: Assignment) -> OtaRecord:
+        """Run one update to its end (committed, rolled back or rejected) and return the final record."""
+        active = self.store.slot(role)
+        target = Target(a.model, a.version, a.sha256, a.length, a.url)
+        self._step(Assign(role, target, None if active is None else active.sha256))
+        self._drive()
+        return self.store.ota
+
+    # -- the machine -----------------------------------------------------------
+    def _step(self, event: Event) -> OtaRecord:
+        rec = transition(self.store.ota, event)
+        self.store.save_ota(rec)  # persisted before anything acts on it
+        log.info("OTA %s -> %s", type(event).__name__, rec.state.value)
+        testhook.pause_at(rec.state.value, self.store.root, None if rec.target is None else rec.target.version)
+        return rec
+
+    def _drive(self) -> None:
+        handlers = {
+            State.DOWNLOADING: self._download,
+            State.VERIFYING: self._verify,
+            State.STAGED: lambda rec: Activate(),
+            State.ACTIVATING: self._activate,
+            State.HEALTH_CHECK: self._health_check,
+            State.ROLLING_BACK: self._roll_back,
+        }
+        while (rec := self.store.ota).state not in AT_REST:
+            try:
+                event = handlers[rec.state](rec)
+            except Exception as exc:  # an unexpected failure fails the update, never wedges the machine
+                log.exception("unexpected error in OTA state %s", rec.state.value)
+                event = (
+                    RolledBack() if rec.state is State.ROLLING_BACK else Fail(f"unexpected error: {type(exc).__name__}: {exc}")
+                )
+            self._step(event)
+        self._finish(self.store.ota)
+
+    def _detail(self, rec: OtaRecord) -> dict[str, Any]:
+        t = rec.target
+        assert t is not None
+        return {"role": rec.role, "model": t.model, "version": t.version, "sha256": t.sha256, "state": rec.state.value}
+
+    def _download(self, rec: OtaRecord) -> Event:
+        t = rec.target
+        assert t is not None and rec.role is not None
+        a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
+        if self.image_repo is None:
+            return Fail("no image repository configured: cannot verify the release signature")
         try:
-            self.fetcher.fetch(a.url, self.store.download_path, length=a.length, sha256=a.sha256)
-        except DownloadError as exc:
+            self.image_repo.target_for(a, arch=self.arch)
+        except TrustError as exc:
+            return Fail(str(exc))
+        self.report("ota.downloading", "info", f"downloading {t.model} v{t.version} ({t.length} bytes)", self._detail(rec))
+        half = t.length // 2
+
+        def progress(got: int, total: int) -> None:
+            if got >= half:
+                testhook.pause_at("DOWNLOADING.half", self.store.root, t.version)
+
+        for attempt in range(1, self.download_attempts + 1):
+            try:
+                self.fetcher.download(t.url, self.store.download_path, length=t.length, sha256=t.sha256, progress=progress)
+                return Downloaded()
+            except (LengthError, HashError, DiskFullError, SlowRetrievalError) as exc:
+                return Fail(f"download failed: {type(exc).__name__}: {exc}")
+            except DownloadError as exc:  # transient: resume from what is on disk
+                if attempt == self.download_attempts:
+                    return Fail(f"download failed after {attempt} attempts: {type(exc).__name__}: {exc}")
+                log.warning("download attempt %d failed (%s); resuming", attempt, exc)
+                time.sleep(min(2.0**attempt, 30.0))
+        raise AssertionError("unreachable")
+
+    def _verify(self, rec: OtaRecord) -> Event:
+        t = rec.target
+        assert t is not None and rec.role is not None
+        if not self.store.bundle_path(t.sha256).exists():
+            p = self.store.download_path
+            if not p.exists() or p.stat().st_size != t.length or bundle_fmt.sha256_file(p) != t.sha256:
+                p.unlink(missing_ok=True)
+                return Fail("downloaded bundle does not match the signed length and sha256")
+            self.store.keep_download(t.sha256)
+        try:
+            b = self.store.verify_bundle(t.sha256)
+        except (bundle_fmt.BundleError, SchemaError, OSError) as exc:
+            return Fail(f"bundle invalid: {exc}")
+        m = b.manifest
+        if (m.name, m.version) != (t.model, t.version):
+            return Fail(f"bundle is {m.name} v{m.version}, the assignment says {t.model} v{t.version}")
+        if not m.supports(self.arch):
+            return Fail(f"wrong hardware: bundle supports {m.hardware.get('arch')}, this device is {self.arch}")
+        self.store.set_slot(rec.role, "candidate", Installed(m.name, m.version, t.sha256, m.runtime, time.time()))
+        return Verified()
+
+    def _activate(self, rec: OtaRecord) -> Event:
+        """Load the candidate beside the running model (nothing switches yet)."""
+        t = rec.target
+        assert t is not None
+        try:
+            self._candidate = self._load(t.sha256)
+        except RejectedError as exc:
+            return Fail(str(exc))
+        return Activated()
+
+    def _health_check(self, rec: OtaRecord) -> Event:
+        """Golden vectors and latency budget beside the old model, then live inferences after the switch."""
+        assert rec.role is not None
+        cand = self._candidate
+        if cand is None:
+            return Fail("candidate was not loaded")
+        try:
+            golden_check(cand)
+            p50 = latency_p50_ms(cand, self.health.latency_runs, cpu_clock=self.threads == 1)
+        except (ModelLoadError, ValueError) as exc:
+            return Fail(f"health check failed: {exc}")
+        budget = cand.manifest.latency_budget_ms
+        if budget and p50 > budget:
+            return Fail(f"health check failed: latency p50 {p50:.3f} ms exceeds the budget of {budget:.3f} ms")
+        probe = self.host.probe(rec.role, cand)
+        self._displaced = self.host.swap(rec.role, cand)
+        self.on_change()  # the status says the candidate serves while it is checked
+        deadline = time.monotonic() + self.health.live_window
+        while probe.errors == 0 and probe.ok < self.health.live_inferences and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.host.unprobe(rec.role)
+        if probe.errors:
+            return Fail(
+                f"health check failed: {probe.errors} of {probe.errors + probe.ok} live inferences failed ({probe.first_error})"
+            )
+        return HealthPassed()
+
+    def _roll_back(self, rec: OtaRecord) -> Event:
+        assert rec.role is not None
+        role = rec.role
+        restored = self.store.roll_back(role, rec.previous_sha256, f"rolled back: {rec.reason}", time.time())
+        if self._displaced is not None and restored is not None and self._displaced.sha256 == restored.sha256:
+            self.host.swap(role, self._displaced)
+        elif restored is not None:
+            current = self.host.roles().get(role)
+            if current is None or current.sha256 != restored.sha256:
+                try:
+                    self.host.swap(role, self._load(restored.sha256))
+                except RejectedError as exc:
+                    self.report("slot.invalid", "error", f"previous model in {role} unusable: {exc}", {"role": role})
+        else:
+            self.host.remove(role)
+        return RolledBack()
+
+    def _finish(self, rec: OtaRecord) -> None:
+        """Report the end of an update and reset the in-memory candidate."""
+        self._candidate = None
+        self._displaced = None
+        if rec.target is None or rec.role is None:
+            return
+        detail = {**self._detail(rec), "reason": rec.reason, "history": list(rec.history)}
+        t = rec.target
+        if rec.state is State.COMMITTED:
+            self.store.commit(rec.role, t.sha256, time.time())
+            log.info("now serving %s v%s in %s", t.model, t.version, rec.role)
+            self.report("ota.committed", "info", f"now serving {t.model} v{t.version} in {rec.role}", detail)
+        elif rec.state is State.ROLLED_BACK:
+            log.warning("rolled back %s v%s in %s: %s", t.model, t.version, rec.role, rec.reason)
+            self.report("ota.rolled_back", "error", f"rolled back {t.model} v{t.version}: {rec.reason}", detail)
+        else:
             self.store.download_path.unlink(missing_ok=True)
-            raise RejectedError(f"download failed: {exc}") from None
-        self.store.keep_download(a.sha256)
-        model = self._load(a.sha256, role, expect=a)
-        self.host.swap(role, model)
-        m = model.manifest
-        self.store.activate(role, Installed(m.name, m.version, a.sha256, m.runtime, time.time()))
-        log.info("now serving %s v%s in %s", m.name, m.version, role)
-        self.report("ota.committed", "info", f"now serving {m.name} v{m.version} in {role}", detail)
+            self.store.set_slot(rec.role, "candidate", None)
+            log.warning("rejected %s v%s for %s: %s", t.model, t.version, rec.role, rec.reason)
+            self.report("ota.rejected", "error", rec.reason, detail)
+        self.store.collect_garbage()
         self.on_change()
 
-    def _load(self, sha256: str, role: str, expect: Assignment | None = None) -> Any:
+    def _load(self, sha256: str) -> LoadedModel:
+        """Re-verify a stored bundle against its signed hash and load it; raise RejectedError."""
         try:
             b = self.store.verify_bundle(sha256)
         except (bundle_fmt.BundleError, SchemaError, OSError) as exc:
             raise RejectedError(f"bundle invalid: {exc}") from None
-        m = b.manifest
-        if expect is not None and (m.name, m.version) != (expect.model, expect.version):
-            raise RejectedError(f"bundle is {m.name} v{m.version}, the assignment says {expect.model} v{expect.version}")
-        if not m.supports(self.arch):
-            raise RejectedError(f"bundle supports {m.hardware.get('arch')}, this device is {self.arch}")
-        path = self.store.unpack(sha256, b)
+        if not b.manifest.supports(self.arch):
+            raise RejectedError(f"wrong hardware: bundle supports {b.manifest.hardware.get('arch')}, this device is {self.arch}")
         try:
-            model = load_model(m, path, sha256, threads=self.threads)
-            golden_check(model)
+            return load_model(b.manifest, b.model, sha256, threads=self.threads)
         except ModelLoadError as exc:
-            raise RejectedError(f"health check failed: {exc}") from None
-        if expect is None:
-            self.host.swap(role, model)
-        return model
+            raise RejectedError(f"cannot load: {exc}") from None
+
+
+def make_updater(
+    cfg: AgentConfig,
+    store: Store,
+    host: ModelHost,
+    trusted: dict[str, Ed25519PublicKey],
+    report: Report,
+    on_change: Callable[[], None],
+) -> Updater:
+    """Build the updater and its seams from the agent configuration."""
+    d = cfg.download
+    fetcher = Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace)
+    image_repo = None
+    if cfg.image_repo is not None:
+        image_repo = ImageRepoClient(
+            metadata_dir=cfg.data_dir / "tuf",
+            metadata_url=cfg.image_repo.url,
+            bootstrap_root=cfg.image_repo.root.read_bytes(),
+            fetcher=fetcher,
+        )
+    else:
+        log.warning("no [image_repository] configured: assignments will be rejected (no release signature to check)")
+    h = cfg.health
+    return Updater(
+        device_id=cfg.device_id,
+        arch=cfg.arch,
+        trusted=trusted,
+        store=store,
+        host=host,
+        fetcher=fetcher,
+        image_repo=image_repo,
+        report=report,
+        on_change=on_change,
+        threads=cfg.inference_threads,
+        health=HealthPolicy(live_inferences=h.live_inferences, live_window=h.live_window, latency_runs=h.latency_runs),
+        download_attempts=d.attempts,
+    )

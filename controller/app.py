@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from controller import __version__
-from controller.api.routes import bundles, devices, models
+from controller.api.routes import bundles, devices, models, tuf  # issue-3 hook: tuf route
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
 from controller.director import Director
+from controller.imagerepo import ImageRepoService  # issue-3 hook
 from controller.ingest import Ingestor
 from controller.mqtt import ControllerMqtt
 
@@ -51,7 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.mqtt = (
         ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine)) if settings.mqtt_enabled else None
     )
-    for r in (models.router, devices.router, bundles.router):
+    app.state.imagerepo = ImageRepoService.open(settings.data_dir)  # issue-3 hook: TUF image repository
+    for r in (models.router, devices.router, bundles.router, tuf.router):  # issue-3 hook: + tuf.router
         app.include_router(r)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,101 @@ def make_onnx_bundle(
                 "parent_version": version - 1 if version > 1 else None,
                 "metrics": {"accuracy": accuracy},
             },
+        }
+    )
+    return bundle_fmt.pack(manifest, model)
+
+
+# --- LiteRT (TFLite) ----------------------------------------------------------------
+
+
+def make_tflite_model(*, epochs: int = 200, seed: int = 0) -> bytes:
+    """Train the same softmax regression and convert it to a full-integer int8 TFLite model.
+
+    Uses TensorFlow's converter (the ``train`` extra; slow to import), with a
+    representative dataset for calibration; input and output tensors are int8.
+    """
+    import tensorflow as tf
+
+    x, y = load_digits()
+    w, b = train_softmax(x, y, epochs=epochs, seed=seed)
+    inputs = tf.keras.Input(shape=(N_FEATURES,), batch_size=1, name="input")
+    dense = tf.keras.layers.Dense(N_CLASSES, activation="softmax", name="probs")
+    model = tf.keras.Model(inputs, dense(inputs))
+    dense.set_weights([w, b])
+
+    def representative() -> Any:
+        for i in range(200):
+            yield [x[i : i + 1]]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        # The converter warns about input statistics for int8 inputs even with a representative dataset.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return bytes(conv.convert())
+
+
+def make_tflite_bundle(
+    model: bytes, *, version: int = 1, name: str = "digits-lite", golden: int = 4, arch: list[str] | None = None
+) -> bytes:
+    """Pack an int8 TFLite model with quantization parameters and golden vectors read through LiteRT."""
+    from agent.runtime.litert import interpreter_class
+
+    _, interpreter = interpreter_class()
+    interp = interpreter(model_content=model)
+    interp.allocate_tensors()
+    din, dout = interp.get_input_details()[0], interp.get_output_details()[0]
+    (si, zi), (so, zo) = din["quantization"], dout["quantization"]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        q = np.clip(np.round(batch / si) + zi, -128, 127).astype(np.int8)
+        interp.set_tensor(din["index"], q)
+        interp.invoke()
+        out: np.ndarray = (np.asarray(interp.get_tensor(dout["index"])).astype(np.float32) - zo) * np.float32(so)
+        return out
+
+    x, y = load_digits()
+    probs = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
+    preds = probs.argmax(axis=1)
+    vectors = [
+        {"inputs": {"input": x[i : i + 1].tolist()}, "outputs": {"probs": run(x[i : i + 1]).tolist()}} for i in range(golden)
+    ]
+    manifest = Manifest.from_dict(
+        {
+            "schema": 1,
+            "name": name,
+            "version": version,
+            "label": f"{name} softmax full-integer int8 (TFLite)",
+            "runtime": "tflite",
+            "model_file": "model.tflite",
+            "model_sha256": hashlib.sha256(model).hexdigest(),
+            "inputs": [
+                {
+                    "name": "input",
+                    "dtype": "int8",
+                    "shape": [1, N_FEATURES],
+                    "quantization": {"scale": float(si), "zero_point": int(zi)},
+                }
+            ],
+            "outputs": [
+                {
+                    "name": "probs",
+                    "dtype": "int8",
+                    "shape": [1, N_CLASSES],
+                    "quantization": {"scale": float(so), "zero_point": int(zo)},
+                }
+            ],
+            "golden": {"vectors": vectors, "atol": 1e-6},
+            "latency_budget_ms": 5.0,
+            "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
+            "reference": _histograms(x, preds),
+            "hardware": {"arch": arch or []},
+            "lineage": {"code_version": "firmware_sim.modelgen", "metrics": {"accuracy": float((preds == y).mean())}},
         }
     )
     return bundle_fmt.pack(manifest, model)

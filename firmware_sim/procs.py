@@ -120,12 +120,30 @@ class AgentProc(Proc):
 
 
 def write_agent_config(
-    workdir: Path, device_id: str, *, broker_host: str, broker_port: int, director_keys: list[str], extra: str = ""
+    workdir: Path,
+    device_id: str,
+    *,
+    broker_host: str,
+    broker_port: int,
+    director_keys: list[str],
+    extra: str = "",
+    controller_url: str | None = None,
+    image_repo: tuple[str, bytes] | None = None,
 ) -> Path:
+    """Write an agent config. ``controller_url`` (or ``image_repo`` = (metadata URL, root bytes))
+    pins the controller's TUF root, without which the agent installs nothing."""
     data_dir = workdir / device_id
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg = data_dir / "agent.toml"
     keys = ", ".join(f'"{k}"' for k in director_keys)
+    if controller_url is not None and image_repo is None:
+        base = f"{controller_url.rstrip('/')}/v1/tuf/metadata/"
+        r = httpx.get(f"{base}1.root.json", timeout=10)
+        r.raise_for_status()
+        image_repo = (base, r.content)
+    if image_repo is not None:
+        (data_dir / "root.json").write_bytes(image_repo[1])
+        extra = f'{extra}\n[image_repository]\nurl = "{image_repo[0]}"\nroot = "{data_dir / "root.json"}"\n'
     cfg.write_text(
         f'device_id = "{device_id}"\n'
         f'data_dir = "{data_dir}"\n'
@@ -137,10 +155,12 @@ def write_agent_config(
     return cfg
 
 
-def start_agent(workdir: Path, device_id: str, config_path: Path | None = None, **cfg_kw: object) -> AgentProc:
+def start_agent(
+    workdir: Path, device_id: str, config_path: Path | None = None, env: dict[str, str] | None = None, **cfg_kw: object
+) -> AgentProc:
     cfg = config_path or write_agent_config(workdir, device_id, **cfg_kw)  # type: ignore[arg-type]
     data_dir = cfg.parent
-    p = _spawn(f"agent-{device_id}", ["-m", "agent", "--config", str(cfg)], data_dir / "agent.log", {})
+    p = _spawn(f"agent-{device_id}", ["-m", "agent", "--config", str(cfg)], data_dir / "agent.log", env or {})
     return AgentProc(
         p.name, p.popen, p.log_path, device_id=device_id, socket_path=data_dir / "agent.sock", data_dir=data_dir, config_path=cfg
     )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
 from shared.manifest import Manifest
 
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 _DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64}
 
 
@@ -38,7 +39,36 @@ class LoadedModel:
     loaded_at: float
 
     def predict(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
-        return self.runtime.run(self.coerce_inputs(inputs))
+        """Run the model: float inputs are quantized and int8 outputs dequantized per the manifest."""
+        return self.run_coerced(self.coerce_inputs(inputs))
+
+    def run_coerced(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``predict`` for inputs that already went through ``coerce_inputs``."""
+        if not self._quantized:
+            return self.runtime.run(inputs)
+        return self.dequantize(self.runtime.run(self.quantize(inputs)))
+
+    @cached_property
+    def _quantized(self) -> bool:
+        return any(t.quantization is not None and t.dtype in _INT_RANGE for t in (*self.manifest.inputs, *self.manifest.outputs))
+
+    def quantize(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for spec in self.manifest.inputs:
+            arr = inputs[spec.name]
+            q = spec.quantization
+            if q is not None and spec.dtype in _INT_RANGE:
+                lo, hi = _INT_RANGE[spec.dtype]
+                arr = np.clip(np.round(arr / q.scale) + q.zero_point, lo, hi).astype(_DTYPES[spec.dtype])
+            out[spec.name] = arr
+        return out
+
+    def dequantize(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec in self.manifest.outputs:
+            q = spec.quantization
+            if q is not None and spec.name in outputs and spec.dtype in _INT_RANGE:
+                outputs[spec.name] = (outputs[spec.name].astype(np.float32) - q.zero_point) * np.float32(q.scale)
+        return outputs
 
     def coerce_inputs(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
         """Turn JSON-ish inputs (a list for a single-input model, or a dict) into arrays."""
@@ -48,26 +78,41 @@ class LoadedModel:
                 raise ValueError(f"model has {len(specs)} inputs; pass a dict of {[s.name for s in specs]}")
             inputs = {specs[0].name: inputs}
         out = {}
-        for spec in specs:
-            if spec.name not in inputs:
-                raise ValueError(f"missing input {spec.name!r}")
-            arr = np.asarray(inputs[spec.name], dtype=np.float32 if spec.quantization else _DTYPES[spec.dtype])
-            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape, strict=False)):
-                raise ValueError(f"input {spec.name!r}: expected shape {spec.shape}, got {list(arr.shape)}")
-            out[spec.name] = arr
+        for name, dtype, ndim, fixed, shape in self._input_checks:
+            if name not in inputs:
+                raise ValueError(f"missing input {name!r}")
+            arr = np.asarray(inputs[name], dtype=dtype)
+            if arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed):
+                raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+            out[name] = arr
         return out
 
+    @cached_property
+    def _input_checks(self) -> list[tuple[str, Any, int, tuple[tuple[int, int], ...], list[int | None]]]:
+        """Per input: name, dtype the caller's values become, rank, fixed dimensions, declared shape."""
+        return [
+            (
+                t.name,
+                np.float32 if t.quantization else _DTYPES[t.dtype],
+                len(t.shape),
+                tuple((i, d) for i, d in enumerate(t.shape) if d is not None),
+                t.shape,
+            )
+            for t in self.manifest.inputs
+        ]
 
-def load_model(manifest: Manifest, model_path: Path, sha256: str, *, threads: int = 1) -> LoadedModel:
+
+def load_model(manifest: Manifest, model: bytes, sha256: str, *, threads: int = 1) -> LoadedModel:
+    """Load ``model`` (the verified bytes from the bundle) with the manifest's runtime."""
     try:
         if manifest.runtime == "onnx":
             from agent.runtime.onnx_rt import OnnxRuntime
 
-            rt: Runtime = OnnxRuntime(model_path, manifest, threads=threads)
+            rt: Runtime = OnnxRuntime(model, manifest, threads=threads)
         elif manifest.runtime == "tflite":
             from agent.runtime.litert import LiteRtRuntime
 
-            rt = LiteRtRuntime(model_path, manifest, threads=threads)
+            rt = LiteRtRuntime(model, manifest, threads=threads)
         else:
             raise ModelLoadError(f"unsupported runtime {manifest.runtime!r}")
     except ModelLoadError:

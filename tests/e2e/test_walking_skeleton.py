@@ -19,6 +19,7 @@ from shared.topics import Kind, device_topic
 from tests.mqttwatch import Watcher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+FAST_HEALTH = "[health]\nlive_window = 0.5\n"
 
 
 def production_version(status: dict) -> int | None:
@@ -51,7 +52,15 @@ def test_model_delivered_verified_and_served_end_to_end(mosquitto, controller, f
         key = api.get("/v1/trust").json()["director_public_key"]
 
         watch = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.STATUS), device_topic(device, Kind.EVENTS))
-        agent = start_agent(tmp_path, device, broker_host=mosquitto.host, broker_port=mosquitto.port, director_keys=[key])
+        agent = start_agent(
+            tmp_path,
+            device,
+            broker_host=mosquitto.host,
+            broker_port=mosquitto.port,
+            director_keys=[key],
+            controller_url=controller.url,
+            extra=FAST_HEALTH,
+        )
         fleet.append(agent)
         watch.wait_for(lambda m: m.get("state") == "online", "/status")
 
@@ -90,7 +99,15 @@ def test_bad_input_is_rejected_and_the_old_model_keeps_serving(mosquitto, contro
         api.post("/v1/devices", json={"id": device})
         key = api.get("/v1/trust").json()["director_public_key"]
         watch = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.STATUS), device_topic(device, Kind.EVENTS))
-        agent = start_agent(tmp_path, device, broker_host=mosquitto.host, broker_port=mosquitto.port, director_keys=[key])
+        agent = start_agent(
+            tmp_path,
+            device,
+            broker_host=mosquitto.host,
+            broker_port=mosquitto.port,
+            director_keys=[key],
+            controller_url=controller.url,
+            extra=FAST_HEALTH,
+        )
         fleet.append(agent)
         api.put(f"/v1/devices/{device}/desired", json={"model": "digits", "version": 1})
         watch.wait_for(lambda m: production_version(m) == 1, "/status")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from agent.cli import main
@@ -40,3 +42,42 @@ def test_check_config_cli(tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
     assert main(["--config", str(tmp_path / "missing.toml"), "--check-config"]) == 2
     assert "cannot read config" in capsys.readouterr().err
+
+
+def _root(tmp_path):
+    p = tmp_path / "root.json"
+    p.write_text(json.dumps({"signed": {"_type": "root"}, "signatures": []}))
+    return p
+
+
+def test_image_repository_health_and_download_keys(tmp_path):
+    root = _root(tmp_path)
+    p = write(
+        tmp_path,
+        f'device_id = "pi-1"\ndata_dir = "{tmp_path}"\ndirector_public_keys = ["{KEY}"]\n'
+        f'[image_repository]\nurl = "https://c.example/v1/tuf/metadata/"\nroot = "{root}"\n'
+        "[download]\nmin_speed = 2048\ngrace = 1\n[health]\nlive_inferences = 5\nlive_window = 2.5\n",
+    )
+    cfg = load_config(p)
+    assert cfg.image_repo is not None and cfg.image_repo.root == root
+    assert cfg.download.min_speed == 2048.0 and cfg.download.attempts == 3
+    assert cfg.health.live_inferences == 5 and cfg.health.live_window == 2.5
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ('[image_repository]\nurl = "ftp://x"\nroot = "{root}"', "must start with http"),
+        ('[image_repository]\nurl = "http://x/"\nroot = "/nonexistent/root.json"', "cannot read root metadata"),
+        ('[image_repository]\nurl = "http://x/"\nroot = "{bad}"', "must be TUF root metadata"),
+        ("[health]\nlatency_runs = 0", "'latency_runs' must be at least 1"),
+        ('[download]\nmin_speed = "fast"', "'min_speed' must be int or float"),
+    ],
+)
+def test_bad_new_keys_name_the_problem(tmp_path, section, match):
+    root = _root(tmp_path)
+    bad = tmp_path / "targets.json"
+    bad.write_text('{"signed": {"_type": "targets"}}')
+    text = f'device_id = "pi-1"\ndata_dir = "{tmp_path}"\ndirector_public_keys = ["{KEY}"]\n' + section.format(root=root, bad=bad)
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text))

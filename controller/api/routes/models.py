@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlmodel import select
 
 from controller.api.deps import Authenticated, BlobsDep, SessionDep, SettingsDep
+from controller.imagerepo import ImageRepoError  # issue-3 hook
 from controller.models import ModelVersion, ModelVersionPublic
 from shared import bundle as bundle_fmt
 
@@ -35,6 +36,13 @@ async def upload_bundle(request: Request, session: SessionDep, blobs: BlobsDep, 
     mv = ModelVersion(
         name=m.name, version=m.version, label=m.label, runtime=m.runtime, sha256=sha, length=len(data), manifest=m.to_dict()
     )
+    # issue-3 hook: list the bundle in the TUF image repository (targets signed by the release keys).
+    try:
+        request.app.state.imagerepo.release_bundle(
+            model=m.name, version=m.version, sha256=sha, length=len(data), runtime=m.runtime, hardware=m.hardware
+        )
+    except ImageRepoError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"image repository refused the release: {exc}") from None
     session.add(mv)
     session.commit()
     session.refresh(mv)

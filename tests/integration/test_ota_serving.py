@@ -1,0 +1,137 @@
+"""Serving while updating: hot swap under load over the real Unix socket, disk full, label feedback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+from agent.client import AgentClient
+from agent.ota.state import State
+from agent.server import LocalApi, SocketServer
+from agent.updater import HealthPolicy
+from firmware_sim.modelgen import load_digits
+from tests.otalab import Lab
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path / "lab")
+    yield lab
+    lab.close()
+
+
+def test_hot_swap_under_continuous_load_loses_no_request(lab, tmp_path, make_bundle):
+    bundles = [make_bundle(1), make_bundle(2), make_bundle(3)]
+    assignments = [lab.publish(b) for b in bundles]
+    up = lab.updater(tmp_path / "dev", health=HealthPolicy(live_inferences=30, live_window=5.0, latency_runs=5))
+    up.apply(lab.desired("lab-dev", assignments[0]))
+    server = SocketServer(tmp_path / "agent.sock", LocalApi(up.host))
+    server.start()
+    x, _ = load_digits()
+    stop = threading.Event()
+    failures: list[object] = []
+    seen: set[int] = set()
+    counts = [0]
+
+    def hammer(i: int) -> None:
+        with AgentClient(tmp_path / "agent.sock") as c:
+            while not stop.is_set():
+                r = c.predict(x[i : i + 1].tolist())
+                counts[0] += 1
+                if not r.get("ok"):
+                    failures.append(r)
+                else:
+                    seen.add(r["version"])
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for a in [assignments[1], assignments[2], assignments[0], assignments[1]]:
+            up.apply(lab.desired("lab-dev", a))
+            assert up.store.ota.state is State.COMMITTED, lab.events
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        server.stop()
+    assert failures == []
+    assert seen == {1, 2, 3}
+    assert counts[0] > 200
+
+
+def test_label_feedback_is_matched_to_the_prediction(lab, tmp_path, make_bundle):
+    up = lab.updater(tmp_path / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    api = LocalApi(up.host)
+    x, y = load_digits()
+    r = api.handle({"op": "predict", "inputs": x[:1].tolist()})
+    fb = api.handle({"op": "feedback", "prediction_id": r["prediction_id"], "label": int(y[0])})
+    assert fb == {"ok": True, "model": "digits", "version": 1, "role": "production", "correct": True}
+    again = api.handle({"op": "feedback", "prediction_id": r["prediction_id"], "label": 3})
+    assert again["ok"] is False and "unknown prediction_id" in again["error"]
+    assert api.handle({"op": "feedback", "label": 3})["error"].startswith("bad input: feedback needs")
+    assert up.host.feedback.counts == {"production": {"count": 1, "correct": 1}}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_download_fails_cleanly_and_the_old_model_serves(lab, small_disk, make_bundle):
+    up = lab.updater(small_disk / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    assert up.host.get().manifest.version == 1
+    a2 = lab.publish(make_bundle(2))
+    st = os.statvfs(small_disk)
+    free = st.f_bavail * st.f_frsize
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * max(free - 20 * 1024, 0))  # leaves 20 kB: metadata fits, the 30 kB bundle does not
+    lab.events.clear()
+    up.apply(lab.desired("lab-dev", a2))
+    ev = lab.last("ota.rejected")
+    assert "DiskFullError" in ev["message"], ev
+    assert up.host.get().manifest.version == 1
+    assert up.store.slot("production").version == 1
+    assert not up.store.download_path.exists()
+    filler.unlink()  # space comes back: the same release installs
+    up.apply(lab.desired("lab-dev", a2))
+    assert up.store.ota.state is State.COMMITTED and up.host.get().manifest.version == 2
+
+
+def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
+    import httpx
+
+    from agent.server import HttpServer
+
+    up = lab.updater(tmp_path / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    srv = HttpServer(0, LocalApi(up.host))
+    srv.start()
+    try:
+        base = f"http://127.0.0.1:{srv.port}/v1"
+        x, y = load_digits()
+        r = httpx.post(f"{base}/predict", json={"inputs": x[:1].tolist()})
+        assert r.status_code == 200 and r.json()["version"] == 1
+        fb = httpx.post(f"{base}/feedback", json={"prediction_id": r.json()["prediction_id"], "label": int(y[0])})
+        assert fb.json()["correct"] is True
+        assert httpx.get(f"{base}/info").json()["models"]["production"]["runtime"] == "onnx"
+        bad = httpx.post(f"{base}/predict", content=b"{]")
+        assert bad.status_code == 400 and "bad request" in bad.json()["error"]
+        wrong = httpx.post(f"{base}/predict", json={"inputs": [[1.0] * 3]})
+        assert wrong.status_code == 422 and "expected shape" in wrong.json()["error"]
+        assert httpx.post(f"{base}/shutdown", json={}).status_code == 404
+    finally:
+        srv.stop()

@@ -1,0 +1,221 @@
+"""A real OTA test bench: TUF repository with real keys, a real HTTP server, a real director.
+
+``RepoServer`` serves ``/metadata/<name>`` from an :class:`ImageRepository` and
+``/bundles/<sha256>.tar`` from a directory over HTTP, with ``Range`` support
+and switchable misbehaviour (slow trickle, endless data, replaced files) so
+attack tests exercise the agent's real fetcher, ngclient and updater.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.fetcher import Fetcher
+from agent.host import ModelHost
+from agent.ota.trust import ImageRepoClient
+from agent.store import Store
+from agent.updater import HealthPolicy, Updater
+from controller.director import Director
+from controller.imagerepo import DevKeys, ImageRepository
+from shared import bundle as bundle_fmt
+from shared.canonical import canonical_json
+from shared.messages import Assignment
+from shared.signing import key_id
+
+
+@dataclass
+class Faults:
+    trickle: float = 0.0  # seconds between 64-byte pieces of a bundle (slow retrieval)
+    extra_bytes: int = 0  # appended to every bundle (endless data)
+    replace: dict[str, bytes] = field(default_factory=dict)  # metadata name -> bytes served instead
+    fail_after: int | None = None  # bundle bytes sent before the connection drops (once)
+    range_requests: list[str] = field(default_factory=list)
+
+
+class RepoServer:
+    def __init__(self, metadata_dir: Path, bundle_dir: Path) -> None:
+        self.metadata_dir = metadata_dir
+        self.bundle_dir = bundle_dir
+        self.faults = Faults()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        f = self.faults
+        try:
+            if h.path.startswith("/metadata/"):
+                name = h.path.removeprefix("/metadata/")
+                data = f.replace.get(name)
+                if data is None:
+                    p = self.metadata_dir / name
+                    if "/" in name or not p.is_file():
+                        h.send_error(404)
+                        return
+                    data = p.read_bytes()
+                self._send(h, 200, data)
+                return
+            if h.path.startswith("/bundles/"):
+                p = self.bundle_dir / h.path.removeprefix("/bundles/")
+                if not p.is_file():
+                    h.send_error(404)
+                    return
+                data = p.read_bytes() + b"\0" * f.extra_bytes
+                start = 0
+                rng = h.headers.get("Range")
+                if rng:
+                    f.range_requests.append(rng)
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                body = data[start:]
+                if f.fail_after is not None:
+                    cut, f.fail_after = f.fail_after, None
+                    h.send_response(206 if rng else 200)
+                    h.send_header("Content-Length", str(len(body)))
+                    h.end_headers()
+                    h.wfile.write(body[:cut])
+                    h.wfile.flush()
+                    return  # connection closes short
+                if f.trickle:
+                    h.send_response(200)
+                    h.send_header("Content-Length", str(len(body)))
+                    h.end_headers()
+                    for i in range(0, len(body), 64):
+                        h.wfile.write(body[i : i + 64])
+                        h.wfile.flush()
+                        time.sleep(f.trickle)
+                    return
+                status = 206 if rng else 200
+                extra = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if rng else {}
+                self._send(h, status, body, extra)
+                return
+            h.send_error(404)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        h.send_response(status)
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Lab:
+    """Keys, image repository, director, HTTP server; makes updaters and desired states."""
+
+    def __init__(self, root: Path, expiry: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.keys = DevKeys.load_or_create(root / "keys")
+        self.repo = ImageRepository.create(root / "repo", self.keys, expiry=expiry)
+        self.bundle_dir = root / "served"
+        self.bundle_dir.mkdir()
+        self.server = RepoServer(self.repo.metadata_dir, self.bundle_dir)
+        self.director = Director(Ed25519PrivateKey.generate())
+        self.counter = 0
+        self.events: list[dict[str, Any]] = []
+
+    # -- the release side --------------------------------------------------------
+    def publish(self, bundle: bytes, *, hardware: dict[str, Any] | None = None, signers: Any = None) -> Assignment:
+        """Serve ``bundle`` and list it in the TUF targets (release threshold by default)."""
+        m = bundle_fmt.read(bundle).manifest
+        sha = hashlib.sha256(bundle).hexdigest()
+        (self.bundle_dir / f"{sha}.tar").write_bytes(bundle)
+        self.repo.add_bundle(
+            model=m.name,
+            version=m.version,
+            sha256=sha,
+            length=len(bundle),
+            runtime=m.runtime,
+            hardware=m.hardware if hardware is None else hardware,
+            signers=signers if signers is not None else self.keys.release[: self.keys.release_threshold],
+            online=self.keys.online,
+        )
+        return self.assignment(bundle)
+
+    def assignment(self, bundle: bytes) -> Assignment:
+        m = bundle_fmt.read(bundle).manifest
+        sha = hashlib.sha256(bundle).hexdigest()
+        return Assignment(
+            model=m.name, version=m.version, sha256=sha, length=len(bundle), url=f"{self.server.url}/bundles/{sha}.tar"
+        )
+
+    # -- the director side -------------------------------------------------------
+    def desired(self, device_id: str, a: Assignment, *, role: str = "production", counter: int | None = None) -> bytes:
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        return canonical_json(self.director.sign_desired(device_id, counter, {role: a}, 3600))
+
+    @property
+    def director_key_hex(self) -> str:
+        return self.director.public_key_hex
+
+    # -- the device side ---------------------------------------------------------
+    def updater(self, data_dir: Path, *, arch: str = "x86_64", health: HealthPolicy | None = None, **fetch_kw: Any) -> Updater:
+        store = Store(data_dir)
+        host = ModelHost()
+        fetcher = Fetcher(timeout=fetch_kw.pop("timeout", 5.0), **fetch_kw)
+        client = ImageRepoClient(
+            metadata_dir=data_dir / "tuf",
+            metadata_url=f"{self.server.url}/metadata/",
+            bootstrap_root=self.repo.root_bytes(1),
+            fetcher=fetcher,
+        )
+        pub = self.director._key.public_key()
+
+        def report(kind: str, severity: str, message: str, detail: dict[str, Any]) -> None:
+            self.events.append({"kind": kind, "severity": severity, "message": message, "detail": detail})
+
+        return Updater(
+            device_id="lab-dev",
+            arch=arch,
+            trusted={key_id(pub): pub},
+            store=store,
+            host=host,
+            fetcher=fetcher,
+            image_repo=client,
+            report=report,
+            on_change=lambda: None,
+            health=health or HealthPolicy(live_inferences=0, live_window=0.0, latency_runs=3),
+            download_attempts=2,
+        )
+
+    def kinds(self) -> list[str]:
+        return [e["kind"] for e in self.events]
+
+    def last(self, kind: str) -> dict[str, Any]:
+        matching = [e for e in self.events if e["kind"] == kind]
+        assert matching, f"no {kind} event; got {json.dumps(self.events)[-2000:]}"
+        return matching[-1]
+
+    def close(self) -> None:
+        self.server.close()
