@@ -14,8 +14,9 @@ from agent.config import AgentConfig
 from agent.fetcher import Fetcher
 from agent.host import ModelHost
 from agent.link import MqttLink
-from agent.server import LocalApi, SocketServer
+from agent.server import SocketServer
 from agent.store import SeqCounter, Store
+from agent.telemetry import Telemetry, TelemetryApi
 from agent.updater import Updater
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
 from shared.signing import key_id, load_public_key
@@ -42,8 +43,9 @@ class Agent:
             on_change=self.publish_status,
             threads=cfg.inference_threads,
         )
-        self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
-        self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
+        self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)
+        self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
+        self.api = SocketServer(cfg.socket_path, TelemetryApi(self.host, self.telemetry))
         self._stop = threading.Event()
 
     def _header(self) -> dict[str, Any]:
@@ -66,7 +68,13 @@ class Agent:
     def publish_status(self) -> None:
         self.link.publish(Kind.STATUS, self.status(), retain=True)
 
+    def _on_desired(self, payload: bytes) -> None:
+        self.telemetry.count("desired_received")
+        self.updater.submit(payload)
+
     def report(self, kind: str, severity: str, message: str, detail: dict[str, Any]) -> None:
+        if kind == "desired.rejected":
+            self.telemetry.count("desired_rejected")
         log.log(logging.WARNING if severity != "info" else logging.INFO, "event %s: %s", kind, message)
         self.link.publish(
             Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail}
@@ -76,10 +84,12 @@ class Agent:
         self.updater.restore()
         self.api.start()
         self.updater.start()
+        self.telemetry.start()
         self.link.start()
         log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
 
     def stop(self) -> None:
+        self.telemetry.stop()
         self.link.stop(goodbye=self.status(OFFLINE))
         self.updater.stop()
         self.api.stop()
