@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from controller import __version__
-from controller.api.routes import bundles, devices, models
+from controller.api.routes import bundles, capture, devices, models
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     for r in (models.router, devices.router, bundles.router):
         app.include_router(r)
+    app.include_router(capture.router)  # issue 4: data-capture uploads from agents (controller/api/routes/capture.py)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:

@@ -33,7 +33,11 @@ def test_200_clients_reconnect_spread_over_time_after_a_broker_restart(tmp_path:
         bcfg = BrokerConfig(host=broker.host, port=broker.port, keepalive=10, reconnect_min=0.5, reconnect_max=4.0)
         for i in range(N):
             cfg = AgentConfig(
-                device_id=f"spread-{i:03d}", data_dir=tmp_path, socket_path=tmp_path / "s", director_public_keys=("0" * 64,), broker=bcfg
+                device_id=f"spread-{i:03d}",
+                data_dir=tmp_path,
+                socket_path=tmp_path / "s",
+                director_public_keys=("0" * 64,),
+                broker=bcfg,
             )
 
             def on_connect(i: int = i) -> None:

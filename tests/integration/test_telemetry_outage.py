@@ -3,6 +3,7 @@ meanwhile, broker back: every stored window reaches the receiver exactly once (d
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 
@@ -49,7 +50,9 @@ def test_windows_survive_broker_outage_and_agent_sigkill(tmp_path):
 
         broker.start()  # outage over
         wait_until(
-            lambda: stored_during_outage <= receiver.snapshot().keys() and not (queued_seqs(data_dir) - receiver.snapshot().keys()),
+            lambda: (
+                stored_during_outage <= receiver.snapshot().keys() and not (queued_seqs(data_dir) - receiver.snapshot().keys())
+            ),
             60,
             lambda: f"missing {sorted(stored_during_outage - receiver.snapshot().keys())}; log:\n{agents[1].log()[-2000:]}",
         )
@@ -66,7 +69,7 @@ def test_windows_survive_broker_outage_and_agent_sigkill(tmp_path):
         # Windows cover time without overlap within a boot.
         for boot in by_boot:
             ws = sorted((w for w in windows.values() if w.agent["boot"] == boot), key=lambda w: w.agent["window"])
-            for a, b in zip(ws, ws[1:]):
+            for a, b in itertools.pairwise(ws):
                 assert b.window_start == pytest.approx(a.window_start + a.window_s, abs=0.002)
         assert receiver.received >= len(windows)  # duplicates are allowed on the wire (QoS 1) ...
         assert all(agent.alive() for agent in agents[1:])
