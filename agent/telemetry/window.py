@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from shared.manifest import Manifest
-from shared.telemetry import COUNTERS, LATENCY_EDGES_MS, N_LATENCY_BUCKETS, empty_role_summary
+from shared.telemetry import COUNTERS, N_LATENCY_BUCKETS, empty_role_summary, latency_bucket
 
 log = logging.getLogger(__name__)
-_LAT_EDGES = np.asarray(LATENCY_EDGES_MS)
 
 
 def _edges(value: Any) -> np.ndarray | None:
@@ -98,7 +97,7 @@ class Parts:
     error: bool
     rows: int
     predictions: np.ndarray | None
-    features: list[np.ndarray] | None
+    features: np.ndarray | None  # all feature histograms back to back (see RoleAccumulator._offsets)
 
 
 class RoleAccumulator:
@@ -115,7 +114,9 @@ class RoleAccumulator:
         self._n = {"count": 0, "errors": 0, "samples": 0}
         self._lat = np.zeros(N_LATENCY_BUCKETS, dtype=np.int64)
         self._pred = np.zeros(spec.n_predictions, dtype=np.int64)
-        self._feat = [np.zeros(len(e) + 1, dtype=np.int64) for e in spec.feature_edges]
+        sizes = [len(e) + 1 for e in spec.feature_edges]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # feature i: [off[i], off[i+1])
+        self._feat = np.zeros(int(self._offsets[-1]), dtype=np.int64)
         self._shadow = {"agree": 0, "disagree": 0}
         self._labels = {"count": 0, "correct": 0}
         self._warned = False
@@ -127,19 +128,19 @@ class RoleAccumulator:
 
     def measure(self, latency_ms: float, inputs: Any, output: Any, error: bool = False) -> Parts:
         """Bin one call (its latency, input rows and first output tensor); no shared state touched."""
-        lat_bucket = int(np.searchsorted(_LAT_EDGES, latency_ms, side="left"))
+        lat_bucket = latency_bucket(latency_ms)
         if error or inputs is None or output is None:
             return Parts(lat_bucket, error, 0, None, None)
         x = np.asarray(inputs, dtype=np.float64)
         x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
         rows = x.shape[0]
-        feat: list[np.ndarray] | None = None
+        feat: np.ndarray | None = None
         nf = len(self.spec.feature_names)
         if nf and x.shape[1] == nf:
             if self._shared_edges is not None:
-                feat = list(bin_counts(self._shared_edges, x))
+                feat = bin_counts(self._shared_edges, x).ravel()
             else:
-                feat = [bin_counts(e, x[:, i : i + 1])[0] for i, e in enumerate(self.spec.feature_edges)]
+                feat = np.concatenate([bin_counts(e, x[:, i : i + 1])[0] for i, e in enumerate(self.spec.feature_edges)])
         elif nf and not self._warned:
             self._warned = True
             log.warning(
@@ -172,8 +173,7 @@ class RoleAccumulator:
             if p.predictions is not None:
                 self._pred += p.predictions
             if p.features is not None:
-                for acc, more in zip(self._feat, p.features, strict=True):
-                    acc += more
+                self._feat += p.features
             return True
 
     def record_label(self, predicted: int, label: int) -> bool:
@@ -209,7 +209,9 @@ class RoleAccumulator:
             s.update(self._n)
             s["latency_ms"] = self._lat.tolist()
             s["predictions"] = self._pred.tolist()
-            s["features"] = {n: f.tolist() for n, f in zip(names, self._feat, strict=True)}
+            flat = self._feat.tolist()
+            off = self._offsets.tolist()
+            s["features"] = {n: flat[off[i] : off[i + 1]] for i, n in enumerate(names)}
             s["shadow"] = dict(self._shadow)
             s["labels"] = dict(self._labels)
         return s

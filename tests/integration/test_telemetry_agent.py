@@ -17,10 +17,10 @@ from agent.daemon import Agent
 from agent.runtime import load_model
 from firmware_sim.modelgen import load_digits
 from firmware_sim.procs import start_controller
+from firmware_sim.telemetry_rx import TelemetryReceiver, director_key_hex
 from shared import bundle as bundle_fmt
 from shared.telemetry import merge
 from shared.topics import Kind, device_topic
-from tests.telemetry_helpers import TelemetryReceiver, director_key_hex
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "telem-1"

@@ -1,4 +1,4 @@
-"""Helpers for telemetry tests: a receiver that survives broker restarts, queue snapshots."""
+"""Telemetry receiving for tests and benchmarks: a receiver that survives broker restarts, queue snapshots."""
 
 from __future__ import annotations
 
