@@ -9,6 +9,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.broker import MosquittoConfig, MosquittoProcess, free_port
 from shared.errors import ProtocolError
@@ -36,8 +37,8 @@ class TelemetryReceiver:
         self.malformed = 0
         self._lock = threading.Lock()
         topic = device_topic(device_id, Kind.TELEMETRY)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recv-{uuid.uuid4().hex[:8]}", clean_session=False)
-        c.reconnect_delay_set(0.1, 0.5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recv-{uuid.uuid4().hex[:8]}", clean_session=False)
+        c.reconnect_delay_set(1, 1)
         c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
         c.on_message = self._on_message
         c.connect(host, port)
