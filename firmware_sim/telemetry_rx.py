@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sqlite3
 import threading
 import uuid
@@ -24,8 +25,11 @@ def director_key_hex() -> str:
 
 def persistent_broker(workdir: Path) -> MosquittoProcess:
     """A private broker that keeps sessions across restarts (so the receiver misses nothing)."""
-    (workdir / "data").mkdir(parents=True, exist_ok=True)
-    return MosquittoProcess(workdir, MosquittoConfig(port=free_port(), data_dir=workdir / "data"))
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    # Started as root, mosquitto switches to its own user, which cannot write a private temp dir; stay us.
+    user = (f"user {getpass.getuser()}",)
+    return MosquittoProcess(workdir, MosquittoConfig(port=free_port(), data_dir=data, extra=user))
 
 
 class TelemetryReceiver:
