@@ -11,7 +11,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.errors import ProtocolError
 from shared.topics import validate_device_id
@@ -20,6 +20,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 on Jetson
     import tomli as tomllib
+
+
+_N = TypeVar("_N", int, float)
 
 
 class ConfigError(Exception):
@@ -33,6 +36,27 @@ class BrokerConfig:
     keepalive: int = 30  # seconds
     reconnect_min: float = 1.0  # seconds
     reconnect_max: float = 120.0  # seconds
+    reconnect_jitter: bool = True  # full jitter on the backoff; off only to show why it exists
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    window_s: float = 60.0  # seconds per telemetry window
+    queue_max_windows: int = 10_080  # unsent windows kept on disk (7 days at 60 s); oldest dropped beyond
+    max_inflight: int = 20  # windows published and not yet acknowledged by the broker
+    system_metrics: bool = True  # psutil CPU, memory, disk, temperature
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureConfig:
+    enabled: bool = False  # data capture is off unless the operator turns it on
+    url: str = ""  # controller base URL, e.g. https://controller.example; uploads go to {url}/v1/capture/{device_id}
+    rate: float = 0.01  # fraction of inferences whose inputs are sampled (labelled ones are always candidates)
+    max_bytes_per_day: int = 1024 * 1024  # bytes of samples captured per UTC day
+    unlabelled_share: float = 0.5  # at most this share of the daily budget goes to unlabelled samples
+    spool_max_bytes: int = 8 * 1024 * 1024  # bytes waiting on disk for upload; unlabelled evicted first
+    upload_interval_s: float = 60.0  # seconds between upload attempts
+    batch_max_bytes: int = 256 * 1024  # bytes per upload request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +66,8 @@ class AgentConfig:
     socket_path: Path
     director_public_keys: tuple[str, ...]  # hex Ed25519 keys trusted for desired state
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     arch: str = field(default_factory=platform.machine)
     download_timeout: float = 30.0  # seconds without progress before giving up
     inference_threads: int = 1
@@ -101,7 +127,10 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         keepalive=_get(b, "keepalive", int, bw, 30),
         reconnect_min=float(_get(b, "reconnect_min", (int, float), bw, 1.0)),
         reconnect_max=float(_get(b, "reconnect_max", (int, float), bw, 120.0)),
+        reconnect_jitter=_get(b, "reconnect_jitter", bool, bw, True),
     )
+    telemetry = _telemetry(_get(data, "telemetry", dict, where, {}), f"{where} [telemetry]")
+    capture = _capture(_get(data, "capture", dict, where, {}), f"{where} [capture]")
     data_dir = Path(_get(data, "data_dir", str, where))
     image_repo = None
     ir = _get(data, "image_repository", dict, where, None)
@@ -123,6 +152,8 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         socket_path=Path(_get(data, "socket_path", str, where, str(data_dir / "agent.sock"))),
         director_public_keys=tuple(keys),
         broker=broker,
+        telemetry=telemetry,
+        capture=capture,
         arch=_get(data, "arch", str, where, platform.machine()),
         download_timeout=float(_get(data, "download_timeout", (int, float), where, 30.0)),
         inference_threads=_get(data, "inference_threads", int, where, 1),
@@ -142,9 +173,9 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
     )
 
 
-def _positive(value: int, key: str, where: str) -> int:
-    if value < 1:
-        raise ConfigError(f"{where}: {key!r} must be at least 1, got {value}")
+def _positive(value: _N, key: str, where: str) -> _N:
+    if value <= 0:
+        raise ConfigError(f"{where}: {key!r} must be > 0, got {value!r}")
     return value
 
 
@@ -159,6 +190,39 @@ def _check_root(path: Path, where: str) -> None:
     kind = data.get("signed", {}).get("_type") if isinstance(data, dict) else None
     if kind != "root":
         raise ConfigError(f"{where}: {path} must be TUF root metadata (signed._type 'root'), got {kind!r}")
+
+
+def _telemetry(t: dict[str, Any], where: str) -> TelemetryConfig:
+    d = TelemetryConfig()
+    return TelemetryConfig(
+        window_s=_positive(float(_get(t, "window_s", (int, float), where, d.window_s)), "window_s", where),
+        queue_max_windows=(_positive(_get(t, "queue_max_windows", int, where, d.queue_max_windows), "queue_max_windows", where)),
+        max_inflight=_positive(_get(t, "max_inflight", int, where, d.max_inflight), "max_inflight", where),
+        system_metrics=_get(t, "system_metrics", bool, where, d.system_metrics),
+    )
+
+
+def _capture(c: dict[str, Any], where: str) -> CaptureConfig:
+    d = CaptureConfig()
+    cfg = CaptureConfig(
+        enabled=_get(c, "enabled", bool, where, d.enabled),
+        url=_get(c, "url", str, where, d.url).rstrip("/"),
+        rate=float(_get(c, "rate", (int, float), where, d.rate)),
+        max_bytes_per_day=_get(c, "max_bytes_per_day", int, where, d.max_bytes_per_day),
+        unlabelled_share=float(_get(c, "unlabelled_share", (int, float), where, d.unlabelled_share)),
+        spool_max_bytes=_get(c, "spool_max_bytes", int, where, d.spool_max_bytes),
+        upload_interval_s=_positive(
+            float(_get(c, "upload_interval_s", (int, float), where, d.upload_interval_s)), "upload_interval_s", where
+        ),
+        batch_max_bytes=_positive(_get(c, "batch_max_bytes", int, where, d.batch_max_bytes), "batch_max_bytes", where),
+    )
+    if not 0.0 <= cfg.rate <= 1.0 or not 0.0 <= cfg.unlabelled_share <= 1.0:
+        raise ConfigError(
+            f"{where}: 'rate' and 'unlabelled_share' must be between 0 and 1, got {cfg.rate} and {cfg.unlabelled_share}"
+        )
+    if cfg.enabled and not cfg.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: capture is enabled but 'url' is {cfg.url!r}; expected the controller's http(s) base URL")
+    return cfg
 
 
 def load_config(path: Path) -> AgentConfig:

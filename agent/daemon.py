@@ -15,6 +15,7 @@ from agent.host import ModelHost
 from agent.link import MqttLink
 from agent.server import HttpServer, LocalApi, SocketServer
 from agent.store import SeqCounter, Store
+from agent.telemetry import Telemetry
 from agent.updater import make_updater
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
 from shared.signing import key_id, load_public_key
@@ -31,9 +32,11 @@ class Agent:
         self.host = ModelHost()
         keys = [load_public_key(k) for k in cfg.director_public_keys]
         self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
-        self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
-        self.http = None if cfg.http_port is None else HttpServer(cfg.http_port, LocalApi(self.host))  # issue 3
-        self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
+        self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)
+        self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
+        api = LocalApi(self.host, feedback=self.telemetry.feedback)
+        self.api = SocketServer(cfg.socket_path, api)
+        self.http = None if cfg.http_port is None else HttpServer(cfg.http_port, api)
         self._stop = threading.Event()
 
     def _header(self) -> dict[str, Any]:
@@ -53,7 +56,13 @@ class Agent:
     def publish_status(self) -> None:
         self.link.publish(Kind.STATUS, self.status(), retain=True)
 
+    def _on_desired(self, payload: bytes) -> None:
+        self.telemetry.count("desired_received")
+        self.updater.submit(payload)
+
     def report(self, kind: str, severity: str, message: str, detail: dict[str, Any]) -> None:
+        if kind == "desired.rejected":
+            self.telemetry.count("desired_rejected")
         log.log(logging.WARNING if severity != "info" else logging.INFO, "event %s: %s", kind, message)
         self.link.publish(
             Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail}
@@ -65,10 +74,12 @@ class Agent:
         if self.http is not None:
             self.http.start()
         self.updater.start()
+        self.telemetry.start()
         self.link.start()
         log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
 
     def stop(self) -> None:
+        self.telemetry.stop()
         self.link.stop(goodbye=self.status(OFFLINE))
         self.updater.stop()
         self.api.stop()

@@ -3,19 +3,24 @@
 The new model is loaded and checked beside the old one; ``swap`` then replaces
 the reference, so an inference in flight finishes on the model it started with
 and no request is lost. A :class:`Probe` counts the live inferences one model
-served (and their errors) while it is under health check.
+served (and their errors) while it is under health check. Observers (telemetry)
+see every finished inference as an :class:`InferenceRecord`.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.feedback import FeedbackLog, Made
 from agent.runtime import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 class NoModelError(LookupError):
@@ -32,12 +37,28 @@ class Probe:
     first_error: str = ""
 
 
+@dataclass(frozen=True)
+class InferenceRecord:
+    """One finished ``predict`` call, as observers (telemetry) see it."""
+
+    role: str
+    model: LoadedModel
+    inputs: Any  # tensor name -> array (as given by the caller when coercion failed)
+    outputs: dict[str, Any] | None  # None when the call failed
+    latency_ms: float
+    prediction_id: str = ""
+    error: BaseException | None = None
+
+
+Observer = Callable[[InferenceRecord], None]
+
+
 class ModelHost:
     def __init__(self) -> None:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # guards writers; readers take a snapshot
         self._probes: dict[str, Probe] = {}
-        self.feedback = FeedbackLog()
+        self.observers: list[Observer] = []  # called after every predict; must be quick and must not raise
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-"  # unique per agent run; a counter after it
         self._ids = itertools.count(1)
 
@@ -75,7 +96,13 @@ class ModelHost:
 
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
         model = self.get(role)
-        coerced = model.coerce_inputs(inputs)  # bad input is the caller's error, not the model's
+        t0 = time.perf_counter()
+        try:
+            coerced = model.coerce_inputs(inputs)
+        except (ValueError, TypeError) as exc:  # the caller's error: counted in telemetry, not against the model
+            if self.observers:
+                self._notify(InferenceRecord(role, model, inputs, None, (time.perf_counter() - t0) * 1000, error=exc))
+            raise
         probe = self._probes.get(role)
         try:
             outputs = model.run_coerced(coerced)
@@ -83,12 +110,16 @@ class ModelHost:
             if probe is not None and probe.model is model:
                 probe.errors += 1
                 probe.first_error = probe.first_error or f"{type(exc).__name__}: {exc}"
+            if self.observers:
+                self._notify(InferenceRecord(role, model, coerced, None, (time.perf_counter() - t0) * 1000, error=exc))
             raise
+        latency_ms = (time.perf_counter() - t0) * 1000
         if probe is not None and probe.model is model:
             probe.ok += 1
         m = model.manifest
         pid = f"{self._id_prefix}{next(self._ids):x}"
-        self.feedback.record(pid, Made(role, m.name, m.version, next(iter(outputs.values()), None)))
+        if self.observers:
+            self._notify(InferenceRecord(role, model, coerced, outputs, latency_ms, pid))
         return {
             "prediction_id": pid,
             "model": m.name,
@@ -96,3 +127,10 @@ class ModelHost:
             "role": role,
             "outputs": {k: v.tolist() for k, v in outputs.items()},
         }
+
+    def _notify(self, record: InferenceRecord) -> None:
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:  # an observer must never break inference
+                log.exception("inference observer failed")

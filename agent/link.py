@@ -2,22 +2,39 @@
 
 Wraps paho-mqtt. The Last Will is a retained ``offline`` status so the fleet
 view is right even when the device vanishes without a goodbye.
+
+Reconnecting is driven here, not by paho's ``reconnect_delay_set``: after a
+broker restart every device of a fleet loses its connection at the same
+instant, and a deterministic exponential backoff would bring them all back at
+the same instants too. :func:`backoff_delay` adds full jitter (a uniform
+draw between 0 and the exponential ceiling), which spreads them out.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import AgentConfig
 from shared.messages import OFFLINE, SCHEMA_VERSION, encode, now
 from shared.topics import Kind, device_topic
 
 log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, *, jitter: bool = True, rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): ``min(cap, base * 2**attempt)``, jittered.
+
+    With jitter the delay is uniform in ``[0, ceiling]`` ("full jitter").
+    """
+    ceiling = min(cap, base * 2 ** min(attempt, 32))
+    return (rng or random).uniform(0.0, ceiling) if jitter else ceiling
 
 
 class MqttLink:
@@ -33,6 +50,11 @@ class MqttLink:
         self._on_desired = on_desired
         self._on_connect_cb = on_connect
         self.connected = False
+        self.connects = 0  # successful connections so far (a new value means a new session)
+        self.malformed = 0  # messages that could not be handed over (wrong topic, handler crash)
+        self.on_published: Callable[[int], None] | None = None  # called with the mid of each acknowledged QoS 1 publish
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-{cfg.device_id}",
@@ -40,11 +62,11 @@ class MqttLink:
             clean_session=True,
         )
         c.enable_logger(logging.getLogger("agent.mqtt"))
-        c.reconnect_delay_set(min_delay=int(cfg.broker.reconnect_min), max_delay=int(cfg.broker.reconnect_max))
         c.max_queued_messages_set(10_000)
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        c.on_publish = self._handle_publish
         self._client = c
         self._set_will()
 
@@ -59,25 +81,66 @@ class MqttLink:
         self._client.will_set(device_topic(self.cfg.device_id, Kind.STATUS), encode(will), qos=1, retain=True)
 
     def start(self) -> None:
-        self._client.connect_async(self.cfg.broker.host, self.cfg.broker.port, keepalive=self.cfg.broker.keepalive)
-        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
 
     def stop(self, goodbye: dict[str, Any] | None = None) -> None:
         if goodbye is not None and self.connected:
             info = self._client.publish(device_topic(self.cfg.device_id, Kind.STATUS), encode(goodbye), qos=1, retain=True)
-            info.wait_for_publish(timeout=2.0)
+            try:
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self._stopping.set()
         self._client.disconnect()
-        self._client.loop_stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        """Connect, run the network loop until the connection drops, back off with jitter, repeat."""
+        b = self.cfg.broker
+        attempt = 0
+        while not self._stopping.is_set():
+            connects_before = self.connects
+            try:
+                self._client.connect(b.host, b.port, keepalive=b.keepalive)
+            except (OSError, ValueError) as exc:
+                log.info("cannot reach broker %s:%s: %s", b.host, b.port, exc)
+            else:
+                while not self._stopping.is_set():
+                    rc = self._client.loop(timeout=0.5)
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+            self.connected = False
+            if self.connects != connects_before:
+                attempt = 0  # the broker accepted us; a later drop starts the backoff afresh
+            if self._stopping.is_set():
+                break
+            delay = backoff_delay(attempt, b.reconnect_min, b.reconnect_max, jitter=b.reconnect_jitter)
+            attempt += 1
+            log.info("reconnecting in %.2fs (attempt %d)", delay, attempt)
+            self._stopping.wait(delay)
 
     def publish(self, kind: Kind, message: dict[str, Any], *, retain: bool = False) -> None:
         """Queue a message (QoS 1). paho keeps it while disconnected."""
         self._client.publish(device_topic(self.cfg.device_id, kind), encode(message), qos=1, retain=retain)
 
+    def publish_bytes(self, kind: Kind, payload: bytes) -> int | None:
+        """Publish ready-made bytes (QoS 1) if connected; the mid to match with ``on_published``, else None."""
+        if not self.connected:
+            return None
+        info = self._client.publish(device_topic(self.cfg.device_id, kind), payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
     # -- paho callbacks (network thread) -------------------------------------
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if reason.is_failure:
             log.warning("broker refused connection: %s", reason)
+            client.disconnect()
             return
+        self.connects += 1
         self.connected = True
         log.info("connected to broker %s:%s", self.cfg.broker.host, self.cfg.broker.port)
         client.subscribe(device_topic(self.cfg.device_id, Kind.DESIRED), qos=1)
@@ -87,8 +150,18 @@ class MqttLink:
         self.connected = False
         log.warning("disconnected from broker (%s); reconnecting with backoff", reason)
 
+    def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any = None, props: Any = None) -> None:
+        cb = self.on_published
+        if cb is not None:
+            cb(mid)  # must not block or take locks held around publish(): paho holds its own lock here
+
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != device_topic(self.cfg.device_id, Kind.DESIRED):
+            self.malformed += 1
+            log.warning("message on unexpected topic %r ignored", msg.topic[:200])
+            return
         try:
             self._on_desired(bytes(msg.payload))
         except Exception:  # never let a bad message kill the network thread
+            self.malformed += 1
             log.exception("error handling message on %s", msg.topic)

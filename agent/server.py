@@ -6,7 +6,7 @@ Protocol: one JSON object per line in each direction.
         -> {"ok": true, "prediction_id": "...", "model": "digits", "version": 3, "outputs": {...}}
     {"op": "info"}    -> {"ok": true, "models": {"production": {...}}}
     {"op": "feedback", "prediction_id": "...", "label": 7}
-        -> {"ok": true, "correct": true, "model": "digits", "version": 3, "role": "production"}
+        -> {"ok": true, "correct": true}      (labels feed the telemetry window's accuracy)
     {"op": "ping"}    -> {"ok": true}
 
 Errors come back as {"ok": false, "error": "..."}; the connection stays open.
@@ -21,14 +21,15 @@ import logging
 import os
 import socketserver
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from agent.feedback import UnknownPredictionError
 from agent.host import ModelHost, NoModelError
 
 log = logging.getLogger(__name__)
+Feedback = Callable[[str, int], dict[str, Any]]  # (prediction_id, label) -> {"ok": ..., "correct": ...}
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # bytes per request line
 
 
@@ -57,8 +58,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class LocalApi:
     """Request handling, apart from the socket, so it can be tested directly."""
 
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, feedback: Feedback | None = None) -> None:
         self.host = host
+        self.feedback = feedback  # where true labels go (the telemetry service); None: not enabled
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
         try:
@@ -78,13 +80,16 @@ class LocalApi:
             if op == "info":
                 return {"ok": True, "models": {r: _info(m) for r, m in self.host.roles().items()}}
             if op == "feedback":
-                pid = req.get("prediction_id")
-                if not isinstance(pid, str) or "label" not in req:
-                    raise ValueError("feedback needs a string 'prediction_id' and a 'label'")
-                return {"ok": True, **self.host.feedback.label(pid, req["label"])}
+                pid, label = req.get("prediction_id"), req.get("label")
+                if not isinstance(pid, str) or not isinstance(label, int) or isinstance(label, bool):
+                    got = f"prediction_id {type(pid).__name__}, label {type(label).__name__}"
+                    raise ValueError(f"feedback expects a string prediction_id and an integer label, got {got}")
+                if self.feedback is None:
+                    return {"ok": False, "error": "label feedback is not enabled on this agent"}
+                return self.feedback(pid, label)
             if op == "ping":
                 return {"ok": True}
-        except (NoModelError, UnknownPredictionError) as exc:
+        except NoModelError as exc:
             return {"ok": False, "error": str(exc)}
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": f"bad input: {exc}"}

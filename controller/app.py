@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from controller import __version__
-from controller.api.routes import bundles, devices, models, tuf  # issue-3 hook: tuf route
+from controller.api.routes import bundles, capture, devices, models, tuf
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine)) if settings.mqtt_enabled else None
     )
     app.state.imagerepo = ImageRepoService.open(settings.data_dir)  # issue-3 hook: TUF image repository
-    for r in (models.router, devices.router, bundles.router, tuf.router):  # issue-3 hook: + tuf.router
+    for r in (models.router, devices.router, bundles.router, tuf.router, capture.router):
         app.include_router(r)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

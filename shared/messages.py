@@ -14,13 +14,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shared import compact
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError, SchemaError
 from shared.schema import Reader
+from shared.telemetry import N_LATENCY_BUCKETS
 from shared.topics import Kind, validate_device_id
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024  # bytes; larger payloads are rejected unread
+MAX_INFLATED_BYTES = 1024 * 1024  # bytes a compressed payload may inflate to
 _ROLE = re.compile(r"^(production|canary|shadow|arm-[a-z0-9_-]{1,32})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ONLINE, OFFLINE = "online", "offline"
@@ -160,9 +163,50 @@ class Status:
         )
 
 
+def _counts(value: Any, where: str, length: int | None = None, max_items: int = 100_000) -> list[int]:
+    if not isinstance(value, list) or len(value) > max_items or (length is not None and len(value) != length):
+        want = f"{length} counts" if length is not None else f"a list of at most {max_items} counts"
+        got = f"{len(value)} items" if isinstance(value, list) else type(value).__name__
+        raise SchemaError(f"{where}: expected {want}, got {got}")
+    for i, v in enumerate(value):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise SchemaError(f"{where}[{i}]: expected a non-negative integer, got {v!r:.40}")
+    return value
+
+
+def _count_map(r: Reader, key: str, keys: tuple[str, ...] = ()) -> dict[str, int]:
+    sub = r.obj(key, optional=True)
+    if sub is None:
+        return dict.fromkeys(keys, 0)
+    out = dict.fromkeys(keys, 0)
+    for k in sub.data:
+        out[str(k)] = sub.integer(k, minimum=0)
+    return out
+
+
+def read_role_summary(r: Reader) -> dict[str, Any]:
+    """Validate one role summary (format in ``shared.telemetry``) so ``merge`` cannot fail on types."""
+    feats = r.obj("features", optional=True)
+    features = {} if feats is None else {str(k): _counts(v, f"{feats.where}.{k}") for k, v in feats.data.items()}
+    if len(features) > 4096:
+        raise SchemaError(f"{r.where}.features: expected at most 4096 features, got {len(features)}")
+    return {
+        "model": r.string("model", max_len=128),
+        "version": r.integer("version", minimum=1),
+        "count": r.integer("count", minimum=0),
+        "errors": r.integer("errors", minimum=0),
+        "samples": r.integer("samples", optional=True, minimum=0) or 0,
+        "latency_ms": _counts(r.array("latency_ms"), f"{r.where}.latency_ms", N_LATENCY_BUCKETS),
+        "predictions": _counts(r.array("predictions", optional=True), f"{r.where}.predictions"),
+        "features": features,
+        "shadow": _count_map(r, "shadow", ("agree", "disagree")),
+        "labels": _count_map(r, "labels", ("count", "correct")),
+    }
+
+
 @dataclass(frozen=True)
 class Telemetry:
-    """One window of metrics; the per-role summaries are defined in docs/protocol.md."""
+    """One window of metrics; role summaries and counters are sums (see ``shared.telemetry``)."""
 
     device_id: str
     seq: int
@@ -170,7 +214,9 @@ class Telemetry:
     window_start: float
     window_s: float
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    system: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)  # gauges (psutil), not merged
+    counters: dict[str, int] = field(default_factory=dict)  # agent-level sums, e.g. desired_rejected
+    agent: dict[str, Any] = field(default_factory=dict)  # version, boot id, window index since boot
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -178,7 +224,7 @@ class Telemetry:
         r.schema_version(SCHEMA_VERSION)
         roles = {}
         for role, sub in r.items("roles", optional=True):
-            roles[validate_role(role, sub.where)] = dict(sub.data)
+            roles[validate_role(role, sub.where)] = read_role_summary(sub)
         return cls(
             device_id=_device_id(r),
             seq=r.integer("seq", minimum=0),
@@ -187,6 +233,8 @@ class Telemetry:
             window_s=r.number("window_s", minimum=0),
             roles=roles,
             system=r.raw_obj("system", optional=True),
+            counters=_count_map(r, "counters"),
+            agent=r.raw_obj("agent", optional=True),
         )
 
 
@@ -220,8 +268,11 @@ _READERS: dict[Kind, Any] = {Kind.STATUS: Status, Kind.TELEMETRY: Telemetry, Kin
 
 
 def parse_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    """Parse a payload: JSON, or JSON deflated by ``shared.compact`` (told apart by the first byte)."""
     if len(payload) > max_bytes:
         raise SchemaError(f"payload too large: {len(payload)} bytes, limit {max_bytes}")
+    if payload[:1] == bytes([compact.ZLIB_MAGIC]):
+        payload = compact.decompress(payload, MAX_INFLATED_BYTES)
     try:
         return json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -246,6 +297,11 @@ def decode_desired_envelope(payload: bytes) -> dict[str, Any]:
 def encode(message: DeviceMessage | dict[str, Any]) -> bytes:
     data = message if isinstance(message, dict) else asdict(message)
     return canonical_json(data)
+
+
+def encode_compact(message: DeviceMessage | dict[str, Any]) -> bytes:
+    """``encode`` then deflate with the v1 dictionary (used for telemetry; ``decode`` reads both)."""
+    return compact.compress(encode(message))
 
 
 def now() -> float:

@@ -3,12 +3,30 @@
 A role summary (one per model role per window) looks like::
 
     {"model": "digits", "version": 3,            # identity: not summed
-     "count": 6000, "errors": 2,                 # ints: added
+     "count": 6000, "errors": 2,                 # ints: added (count = calls, errors = failed calls)
+     "samples": 6000,                            # rows predicted (a call may carry a batch)
      "latency_ms": [0, 3, 5800, 190, ...],       # counts per LATENCY_EDGES_MS bucket: added element-wise
-     "predictions": [601, 588, ...],             # counts per class / reference bin
-     "features": {"px0": [..], ...},             # counts over the manifest's reference bin edges
-     "shadow": {"agree": 5900, "disagree": 100},
-     "labels": {"count": 40, "correct": 38}}
+     "predictions": [601, 588, ...],             # counts per class (or per prediction bin, see below)
+     "features": {"px0": [..], ...},             # counts over the manifest's reference bin edges, see below
+     "shadow": {"agree": 5900, "disagree": 100}, # shadow model's top class agrees with this role's
+     "labels": {"count": 40, "correct": 38}}     # ground truth reported by local apps
+
+Histograms over reference bin edges (``features`` and, for regression outputs,
+``predictions``) have ``len(edges) + 1`` counts: index 0 counts values below
+``edges[0]``, index ``i`` counts ``edges[i-1] <= v < edges[i]`` (the last
+reference bin also holds ``v == edges[-1]``, as in ``numpy.histogram``), and the
+last index counts values above ``edges[-1]``. So ``counts[1:-1]`` lines up with
+the manifest's reference counts and out-of-range inputs stay visible.
+
+Latency buckets are fixed and log-spaced: bucket ``i`` holds
+``(LATENCY_EDGES_MS[i-1], LATENCY_EDGES_MS[i]]`` and the last bucket is
+overflow. :func:`percentile_ms` returns the upper edge of the bucket that holds
+the nearest-rank quantile, so for a true value ``v`` within the edges the
+estimate ``e`` satisfies ``v <= e < v * LATENCY_RATIO`` (at most 19 % high);
+below the first edge it returns the first edge.
+
+A window message's ``counters`` object (agent-level counts such as rejected
+desired states) is summable too; ``system`` holds gauges and is not merged.
 
 ``merge`` adds two such summaries (ints add, lists add element-wise, dicts
 merge by key); identity fields must agree. This module is pure and is used by
@@ -18,18 +36,52 @@ both the agent (building windows) and the controller (aggregating them).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import Any
 
 IDENTITY_KEYS = frozenset({"model", "version"})
 # Fixed log-spaced latency bucket upper edges in milliseconds, ~19% apart
 # (2**0.25): a percentile read from the buckets is within that relative error.
+LATENCY_RATIO = 2**0.25
 LATENCY_EDGES_MS: tuple[float, ...] = tuple(round(0.01 * 2 ** (i / 4), 6) for i in range(0, 4 * 20 + 1))
 N_LATENCY_BUCKETS = len(LATENCY_EDGES_MS) + 1  # the last bucket is overflow
+# Agent-level counters every window carries (all sums).
+COUNTERS = (
+    "desired_received",  # desired-state messages received
+    "desired_rejected",  # ... of which refused (bad signature, garbage, replay, expired, ...)
+    "messages_malformed",  # messages the link could not even hand over (wrong topic, handler crash)
+    "windows_dropped",  # telemetry windows dropped because the on-disk queue was full
+    "capture_samples",  # inputs captured for upload
+    "capture_bytes",  # bytes of those samples
+)
 
 
 def latency_bucket(ms: float) -> int:
     """Index of the bucket holding ``ms`` (bucket i holds (edge[i-1], edge[i]])."""
     return bisect.bisect_left(LATENCY_EDGES_MS, ms)
+
+
+def bin_index(edges: Sequence[float], value: float) -> int:
+    """Index of ``value`` in a histogram of ``len(edges) + 1`` counts (see module doc)."""
+    if value == edges[-1]:
+        return len(edges) - 1
+    return bisect.bisect_right(edges, value)
+
+
+def empty_role_summary(model: str, version: int, n_predictions: int, features: dict[str, int]) -> dict[str, Any]:
+    """A zero summary; ``features`` maps feature name to its number of counts."""
+    return {
+        "model": model,
+        "version": version,
+        "count": 0,
+        "errors": 0,
+        "samples": 0,
+        "latency_ms": [0] * N_LATENCY_BUCKETS,
+        "predictions": [0] * n_predictions,
+        "features": {name: [0] * n for name, n in features.items()},
+        "shadow": {"agree": 0, "disagree": 0},
+        "labels": {"count": 0, "correct": 0},
+    }
 
 
 class MergeError(ValueError):
@@ -70,3 +122,20 @@ def percentile_ms(buckets: list[int], q: float) -> float | None:
         if seen >= rank and n:
             return LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else float("inf")
     return float("inf")
+
+
+def derive(summary: dict[str, Any]) -> dict[str, float | None]:
+    """Figures an operator reads, derived from a (possibly merged) role summary."""
+    lat = summary.get("latency_ms", [])
+    count = summary.get("count", 0)
+    labels = summary.get("labels", {})
+    shadow = summary.get("shadow", {})
+    compared = shadow.get("agree", 0) + shadow.get("disagree", 0)
+    return {
+        "p50_ms": percentile_ms(lat, 0.50),
+        "p95_ms": percentile_ms(lat, 0.95),
+        "p99_ms": percentile_ms(lat, 0.99),
+        "error_rate": summary.get("errors", 0) / count if count else None,
+        "accuracy": labels.get("correct", 0) / labels["count"] if labels.get("count") else None,
+        "shadow_agreement": shadow.get("agree", 0) / compared if compared else None,
+    }

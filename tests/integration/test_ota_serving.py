@@ -65,18 +65,21 @@ def test_hot_swap_under_continuous_load_loses_no_request(lab, tmp_path, make_bun
     assert counts[0] > 200
 
 
-def test_label_feedback_is_matched_to_the_prediction(lab, tmp_path, make_bundle):
+def test_label_feedback_is_routed_with_its_prediction_id(lab, tmp_path, make_bundle):
+    """The API validates feedback and hands it on; label accounting is the telemetry
+    service's (tests/integration/test_telemetry_agent.py checks it end to end)."""
     up = lab.updater(tmp_path / "dev")
     up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
-    api = LocalApi(up.host)
+    got = []
+    api = LocalApi(up.host, feedback=lambda pid, label: got.append((pid, label)) or {"ok": True, "correct": None})
     x, y = load_digits()
     r = api.handle({"op": "predict", "inputs": x[:1].tolist()})
-    fb = api.handle({"op": "feedback", "prediction_id": r["prediction_id"], "label": int(y[0])})
-    assert fb == {"ok": True, "model": "digits", "version": 1, "role": "production", "correct": True}
-    again = api.handle({"op": "feedback", "prediction_id": r["prediction_id"], "label": 3})
-    assert again["ok"] is False and "unknown prediction_id" in again["error"]
-    assert api.handle({"op": "feedback", "label": 3})["error"].startswith("bad input: feedback needs")
-    assert up.host.feedback.counts == {"production": {"count": 1, "correct": 1}}
+    assert api.handle({"op": "feedback", "prediction_id": r["prediction_id"], "label": int(y[0])})["ok"]
+    assert got == [(r["prediction_id"], int(y[0]))]
+    assert "integer label" in api.handle({"op": "feedback", "prediction_id": "p", "label": "3"})["error"]
+    assert "string prediction_id" in api.handle({"op": "feedback", "label": 3})["error"]
+    assert "not enabled" in LocalApi(up.host).handle({"op": "feedback", "prediction_id": "p", "label": 1})["error"]
+    assert len(got) == 1
 
 
 @pytest.fixture
@@ -118,7 +121,8 @@ def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
 
     up = lab.updater(tmp_path / "dev")
     up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
-    srv = HttpServer(0, LocalApi(up.host))
+    labels = []
+    srv = HttpServer(0, LocalApi(up.host, feedback=lambda pid, label: labels.append(label) or {"ok": True, "correct": True}))
     srv.start()
     try:
         base = f"http://127.0.0.1:{srv.port}/v1"
@@ -126,7 +130,7 @@ def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
         r = httpx.post(f"{base}/predict", json={"inputs": x[:1].tolist()})
         assert r.status_code == 200 and r.json()["version"] == 1
         fb = httpx.post(f"{base}/feedback", json={"prediction_id": r.json()["prediction_id"], "label": int(y[0])})
-        assert fb.json()["correct"] is True
+        assert fb.json()["correct"] is True and labels == [int(y[0])]
         assert httpx.get(f"{base}/info").json()["models"]["production"]["runtime"] == "onnx"
         bad = httpx.post(f"{base}/predict", content=b"{]")
         assert bad.status_code == 400 and "bad request" in bad.json()["error"]

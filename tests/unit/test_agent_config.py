@@ -70,7 +70,7 @@ def test_image_repository_health_and_download_keys(tmp_path):
         ('[image_repository]\nurl = "ftp://x"\nroot = "{root}"', "must start with http"),
         ('[image_repository]\nurl = "http://x/"\nroot = "/nonexistent/root.json"', "cannot read root metadata"),
         ('[image_repository]\nurl = "http://x/"\nroot = "{bad}"', "must be TUF root metadata"),
-        ("[health]\nlatency_runs = 0", "'latency_runs' must be at least 1"),
+        ("[health]\nlatency_runs = 0", "'latency_runs' must be > 0"),
         ('[download]\nmin_speed = "fast"', "'min_speed' must be int or float"),
     ],
 )

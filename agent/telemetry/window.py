@@ -1,0 +1,263 @@
+"""Window accumulators: per-role sums of what the models saw and did.
+
+``RoleAccumulator`` turns single inferences into the mergeable role summary of
+``shared.telemetry`` (numpy does the binning; the lock only guards the adds).
+``WindowBuilder`` holds one accumulator per role plus the agent counters and
+hands back the whole window in one atomic ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.manifest import Manifest
+from shared.telemetry import COUNTERS, N_LATENCY_BUCKETS, empty_role_summary, latency_bucket
+
+log = logging.getLogger(__name__)
+
+
+def _edges(value: Any) -> np.ndarray | None:
+    """Validated, strictly increasing bin edges, or None."""
+    if (
+        not isinstance(value, list)
+        or len(value) < 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)) or not np.all(np.diff(arr) > 0):
+        return None
+    return arr
+
+
+@dataclass(frozen=True)
+class SummarySpec:
+    """What to histogram, read from a manifest's ``reference`` section.
+
+    Feature ``i`` is column ``i`` of the first input tensor, one row per sample
+    (the first axis). Predictions are the top class of the first output tensor,
+    or, when the reference gives ``bin_edges`` instead of ``classes``, its first
+    value binned like a feature.
+    """
+
+    feature_names: tuple[str, ...]
+    feature_edges: tuple[np.ndarray, ...]
+    classes: int  # > 0: classification with this many classes
+    prediction_edges: np.ndarray | None  # regression bins, when classes == 0
+
+    @classmethod
+    def from_manifest(cls, m: Manifest) -> SummarySpec:
+        ref = m.reference if isinstance(m.reference, dict) else {}
+        names: list[str] = []
+        edges: list[np.ndarray] = []
+        feats = ref.get("features")
+        for i, f in enumerate(feats if isinstance(feats, list) else []):
+            e = _edges(f.get("bin_edges")) if isinstance(f, dict) else None
+            if e is None:
+                log.warning("%s v%s: reference feature %d has no usable bin_edges; feature histograms off", m.name, m.version, i)
+                names, edges = [], []
+                break
+            names.append(str(f.get("name", f"f{i}")))
+            edges.append(e)
+        preds = ref.get("predictions") if isinstance(ref.get("predictions"), dict) else {}
+        classes = preds.get("classes") if isinstance(preds, dict) else None
+        pred_edges = _edges(preds.get("bin_edges")) if isinstance(preds, dict) else None
+        n_classes = len(classes) if isinstance(classes, list) and classes else 0
+        if not n_classes and pred_edges is None:
+            shape = m.outputs[0].shape
+            n_classes = shape[-1] if shape and isinstance(shape[-1], int) else 1
+        return cls(tuple(names), tuple(edges), n_classes, None if n_classes else pred_edges)
+
+    @property
+    def n_predictions(self) -> int:
+        return self.classes if self.classes else len(self.prediction_edges) + 1  # type: ignore[arg-type]
+
+
+def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Vectorised ``shared.telemetry.bin_index`` over columns: shape (cols, len(edges)+1)."""
+    idx = np.searchsorted(edges, values, side="right")
+    idx[values == edges[-1]] = len(edges) - 1
+    nb = len(edges) + 1
+    cols = values.shape[1] if values.ndim == 2 else 1
+    flat = (idx.reshape(-1, cols) + np.arange(cols) * nb).ravel()
+    return np.bincount(flat, minlength=cols * nb).reshape(cols, nb)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """One call, binned: what ``RoleAccumulator.add`` sums."""
+
+    latency_bucket: int
+    error: bool
+    rows: int
+    predictions: np.ndarray | None
+    features: np.ndarray | None  # all feature histograms back to back (see RoleAccumulator._offsets)
+
+
+class RoleAccumulator:
+    """Sums for one model in one role over one window. Thread-safe."""
+
+    def __init__(self, model: str, version: int, sha256: str, spec: SummarySpec) -> None:
+        self.model, self.version, self.sha256, self.spec = model, version, sha256, spec
+        nf = len(spec.feature_names)
+        same = nf > 0 and all(
+            e.shape == spec.feature_edges[0].shape and np.array_equal(e, spec.feature_edges[0]) for e in spec.feature_edges
+        )
+        self._shared_edges = spec.feature_edges[0] if same else None
+        self._lock = threading.Lock()
+        self._n = {"count": 0, "errors": 0, "samples": 0}
+        self._lat = np.zeros(N_LATENCY_BUCKETS, dtype=np.int64)
+        self._pred = np.zeros(spec.n_predictions, dtype=np.int64)
+        sizes = [len(e) + 1 for e in spec.feature_edges]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # feature i: [off[i], off[i+1])
+        self._feat = np.zeros(int(self._offsets[-1]), dtype=np.int64)
+        self._shadow = {"agree": 0, "disagree": 0}
+        self._labels = {"count": 0, "correct": 0}
+        self._warned = False
+        self._closed = False
+
+    @classmethod
+    def for_manifest(cls, m: Manifest, sha256: str) -> RoleAccumulator:
+        return cls(m.name, m.version, sha256, SummarySpec.from_manifest(m))
+
+    def measure(self, latency_ms: float, inputs: Any, output: Any, error: bool = False) -> Parts:
+        """Bin one call (its latency, input rows and first output tensor); no shared state touched."""
+        lat_bucket = latency_bucket(latency_ms)
+        if error or inputs is None or output is None:
+            return Parts(lat_bucket, error, 0, None, None)
+        x = np.asarray(inputs, dtype=np.float64)
+        x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+        rows = x.shape[0]
+        feat: np.ndarray | None = None
+        nf = len(self.spec.feature_names)
+        if nf and x.shape[1] == nf:
+            if self._shared_edges is not None:
+                feat = bin_counts(self._shared_edges, x).ravel()
+            else:
+                feat = np.concatenate([bin_counts(e, x[:, i : i + 1])[0] for i, e in enumerate(self.spec.feature_edges)])
+        elif nf and not self._warned:
+            self._warned = True
+            log.warning(
+                "%s v%s: input has %d columns, reference has %d features; no feature histograms",
+                self.model,
+                self.version,
+                x.shape[1],
+                nf,
+            )
+        out = np.asarray(output)
+        if self.spec.classes:
+            pred = np.bincount(np.minimum(top_classes(out), self.spec.classes - 1), minlength=self.spec.classes)
+        else:
+            first = out.astype(np.float64).reshape(rows, -1)[:, :1]
+            pred = bin_counts(self.spec.prediction_edges, first)[0]  # type: ignore[arg-type]
+        return Parts(lat_bucket, False, rows, pred, feat)
+
+    def record(self, latency_ms: float, inputs: Any, output: Any, error: bool = False) -> bool:
+        return self.add(self.measure(latency_ms, inputs, output, error))
+
+    def add(self, p: Parts) -> bool:
+        """Add measured parts; False if this window is already closed (record into the next one)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._n["count"] += 1
+            self._n["errors"] += int(p.error)
+            self._n["samples"] += p.rows
+            self._lat[p.latency_bucket] += 1
+            if p.predictions is not None:
+                self._pred += p.predictions
+            if p.features is not None:
+                self._feat += p.features
+            return True
+
+    def record_label(self, predicted: int, label: int) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._labels["count"] += 1
+            self._labels["correct"] += int(predicted == label)
+            return True
+
+    def record_shadow(self, agree: bool) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._shadow["agree" if agree else "disagree"] += 1
+            return True
+
+    def close(self) -> dict[str, Any]:
+        """The window's summary; later adds are refused so nothing lands in a sent window."""
+        with self._lock:
+            self._closed = True
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        names = self.spec.feature_names
+        s = empty_role_summary(
+            self.model,
+            self.version,
+            self.spec.n_predictions,
+            {n: len(e) + 1 for n, e in zip(names, self.spec.feature_edges, strict=True)},
+        )
+        with self._lock:
+            s.update(self._n)
+            s["latency_ms"] = self._lat.tolist()
+            s["predictions"] = self._pred.tolist()
+            flat = self._feat.tolist()
+            off = self._offsets.tolist()
+            s["features"] = {n: flat[off[i] : off[i + 1]] for i, n in enumerate(names)}
+            s["shadow"] = dict(self._shadow)
+            s["labels"] = dict(self._labels)
+        return s
+
+
+def top_classes(output: np.ndarray) -> np.ndarray:
+    """Top class per row of a (rows, classes...) output."""
+    rows = output.reshape(output.shape[0] if output.ndim > 1 else 1, -1)
+    return np.asarray(rows.argmax(axis=1))
+
+
+class WindowBuilder:
+    """All accumulators of the current window, and the agent counters.
+
+    ``accumulator`` returns None when a different model now holds the role:
+    the caller closes the window first, so a window has one model per role.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._roles: dict[str, RoleAccumulator] = {}
+        self._counters: Counter[str] = Counter()
+
+    def accumulator(self, role: str, m: Manifest, sha256: str) -> RoleAccumulator | None:
+        acc = self._roles.get(role)
+        if acc is not None:
+            return acc if acc.sha256 == sha256 else None
+        with self._lock:
+            acc = self._roles.get(role)
+            if acc is None:
+                acc = RoleAccumulator.for_manifest(m, sha256)
+                self._roles = {**self._roles, role: acc}
+            return acc if acc.sha256 == sha256 else None
+
+    def current(self, role: str) -> RoleAccumulator | None:
+        return self._roles.get(role)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def close(self) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+        """Summaries and counters of the window; the builder starts a fresh one."""
+        with self._lock:
+            roles, self._roles = self._roles, {}
+            counters, self._counters = self._counters, Counter()
+        out = dict.fromkeys(COUNTERS, 0)
+        out.update(counters)
+        return {r: a.close() for r, a in roles.items()}, out

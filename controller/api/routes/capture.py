@@ -1,0 +1,106 @@
+"""Data capture uploads from agents (sampled inputs, labelled ones preferred) for retraining.
+
+``POST /v1/capture/{device_id}`` takes ``{"samples": [{"id": n, "sample": {...}}]}``
+from a registered device and stores the batch as one JSON-lines file under
+``{data_dir}/capture/{device_id}/``, named by its first and last sample id and
+written atomically, so a batch re-sent after a lost answer replaces itself
+and counting dedupes by id. Device authentication comes with device
+certificates (mTLS); until then, like bundle downloads, the route is open to
+registered device ids. ``GET`` (operator token) summarises what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, Field, ValidationError
+
+from controller.api.deps import Authenticated, SessionDep, SettingsDep
+from controller.models import Device
+from shared.errors import ProtocolError
+from shared.topics import validate_device_id
+
+router = APIRouter(prefix="/v1/capture", tags=["capture"])
+MAX_UPLOAD_BYTES = 1024 * 1024  # bytes per request; the agent sends at most batch_max_bytes (256 KiB)
+
+
+class CapturedSample(BaseModel):
+    ts: float
+    role: str = Field(max_length=40)
+    model: str = Field(max_length=128)
+    version: int = Field(ge=1)
+    inputs: list[Any]
+    prediction: int | None = None
+    label: int | None = None
+
+
+class CaptureItem(BaseModel):
+    id: int = Field(ge=0)
+    sample: CapturedSample
+
+
+class CaptureUpload(BaseModel):
+    samples: Annotated[list[CaptureItem], Field(min_length=1, max_length=10_000)]
+
+
+class CaptureStored(BaseModel):
+    stored: int
+    file: str
+
+
+class CaptureSummary(BaseModel):
+    device_id: str
+    samples: int
+    labelled: int
+    batches: int
+
+
+def _device_dir(data_dir: Path, device_id: str, session: SessionDep) -> Path:
+    try:
+        validate_device_id(device_id)
+    except ProtocolError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    if session.get(Device, device_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not registered")
+    return data_dir / "capture" / device_id
+
+
+@router.post("/{device_id}", response_model=CaptureStored)
+async def upload_capture(device_id: str, request: Request, session: SessionDep, settings: SettingsDep) -> CaptureStored:
+    folder = _device_dir(settings.data_dir, device_id, session)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_UPLOAD_BYTES:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+    try:
+        upload = CaptureUpload.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad capture upload: {exc.errors()[:3]}") from None
+    ids = [s.id for s in upload.samples]
+    name = f"{min(ids):012d}-{max(ids):012d}.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    with open(tmp, "w") as f:
+        for item in upload.samples:
+            f.write(json.dumps({"id": item.id, **item.sample.model_dump()}, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / name)
+    return CaptureStored(stored=len(upload.samples), file=name)
+
+
+@router.get("/{device_id}", response_model=CaptureSummary, dependencies=[Authenticated])
+def capture_summary(device_id: str, session: SessionDep, settings: SettingsDep) -> CaptureSummary:
+    folder = _device_dir(settings.data_dir, device_id, session)
+    seen: dict[int, bool] = {}
+    files = sorted(folder.glob("*.jsonl")) if folder.exists() else []
+    for path in files:
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            seen[rec["id"]] = rec.get("label") is not None
+    return CaptureSummary(device_id=device_id, samples=len(seen), labelled=sum(seen.values()), batches=len(files))
