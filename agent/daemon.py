@@ -13,6 +13,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.fetcher import Fetcher
 from agent.host import ModelHost
+from agent.identity import make_renewer
 from agent.link import MqttLink
 from agent.server import LocalApi, SocketServer
 from agent.store import SeqCounter, Store
@@ -44,6 +45,7 @@ class Agent:
         )
         self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
         self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
+        self.renewer = make_renewer(cfg, self.link.reload_identity)
         self._stop = threading.Event()
 
     def _header(self) -> dict[str, Any]:
@@ -77,9 +79,13 @@ class Agent:
         self.api.start()
         self.updater.start()
         self.link.start()
+        if self.renewer is not None:
+            self.renewer.start()
         log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
 
     def stop(self) -> None:
+        if self.renewer is not None:
+            self.renewer.stop()
         self.link.stop(goodbye=self.status(OFFLINE))
         self.updater.stop()
         self.api.stop()

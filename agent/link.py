@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig
+from agent.identity import broker_tls_context
 from shared.messages import OFFLINE, SCHEMA_VERSION, encode, now
 from shared.topics import Kind, device_topic
 
@@ -45,6 +46,9 @@ class MqttLink:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        self._tls = broker_tls_context(cfg.broker)  # mTLS with the device certificate, when configured
+        if self._tls is not None:
+            c.tls_set_context(self._tls)
         self._client = c
         self._set_will()
 
@@ -57,6 +61,12 @@ class MqttLink:
             "state": OFFLINE,
         }
         self._client.will_set(device_topic(self.cfg.device_id, Kind.STATUS), encode(will), qos=1, retain=True)
+
+    def reload_identity(self) -> None:
+        """Use a renewed certificate from the next (re)connection on."""
+        if self._tls is not None:
+            self._tls.load_cert_chain(str(self.cfg.broker.cert_file), str(self.cfg.broker.key_file))
+            self._client.reconnect()  # the broker sees the new certificate at once
 
     def start(self) -> None:
         self._client.connect_async(self.cfg.broker.host, self.cfg.broker.port, keepalive=self.cfg.broker.keepalive)

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from controller import __version__
-from controller.api.routes import bundles, devices, models
+from controller import __version__, identity
+from controller.api.routes import bundles, devices, enrolment, models
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
@@ -49,9 +49,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.blobs = BlobStore(settings.blob_dir)
     app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
     app.state.mqtt = (
-        ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine)) if settings.mqtt_enabled else None
+        ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine), tls=identity.mqtt_tls_context(settings))
+        if settings.mqtt_enabled
+        else None
     )
-    for r in (models.router, devices.router, bundles.router):
+    identity.install(app, settings, engine)
+    for r in (models.router, devices.router, bundles.router, enrolment.router):
         app.include_router(r)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
