@@ -28,7 +28,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from controller.models import Device, DeviceCertificate, EnrolmentToken
-from controller.pki import DeviceCA, PkiError, common_name, load_csr, utcnow
+from controller.pki import DeviceCA, PkiError, check_device_csr, common_name, load_csr, utcnow
 
 
 class EnrolmentError(Exception):
@@ -98,7 +98,7 @@ def enrol(session: Session, ca: DeviceCA, token: str, csr_pem: bytes, validity: 
     if session.get(Device, row.device_id) is None:
         raise UnknownDevice(f"device {row.device_id!r} is no longer registered")
     try:
-        load_csr(csr_pem)  # validate before spending the token
+        check_device_csr(row.device_id, csr_pem)  # validate before spending the token
     except PkiError as exc:
         raise EnrolmentInvalid(str(exc)) from None
     spent = session.execute(

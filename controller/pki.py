@@ -204,17 +204,7 @@ class DeviceCA:
         self, device_id: str, csr_pem: bytes, *, validity: dt.timedelta = DEFAULT_DEVICE_VALIDITY, now: dt.datetime | None = None
     ) -> Issued:
         """Sign a device's CSR; the CN is ``device_id``, whatever the CSR asked for beyond that."""
-        try:
-            validate_device_id(device_id)
-        except TopicError as exc:
-            raise PkiError(str(exc)) from None
-        csr = load_csr(csr_pem)
-        asked = common_name(csr)
-        if asked != device_id:
-            raise PkiError(f"CSR names {asked!r} but the enrolment is for device {device_id!r}")
-        public_key = csr.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.key_size < 256:
-            raise PkiError(f"expected an EC P-256 (or stronger) key in the CSR, got {type(public_key).__name__}")
+        public_key = check_device_csr(device_id, csr_pem)
         return self._sign(device_id, public_key, ExtendedKeyUsageOID.CLIENT_AUTH, validity, now)
 
     def issue_service(
@@ -262,3 +252,19 @@ def load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     if not csr.is_signature_valid:
         raise PkiError("CSR signature is invalid: it was not signed by the key it carries")
     return csr
+
+
+def check_device_csr(device_id: str, csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """Validate a device's CSR for ``device_id``; return its public key or raise PkiError."""
+    try:
+        validate_device_id(device_id)
+    except TopicError as exc:
+        raise PkiError(str(exc)) from None
+    csr = load_csr(csr_pem)
+    asked = common_name(csr)
+    if asked != device_id:
+        raise PkiError(f"CSR names {asked!r} but the enrolment is for device {device_id!r}")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.key_size < 256:
+        raise PkiError(f"expected an EC P-256 (or stronger) key in the CSR, got {type(public_key).__name__}")
+    return public_key
