@@ -26,7 +26,7 @@ from controller.core.config import Settings
 from controller.pki import DeviceCA, new_key
 
 pytestmark = [pytest.mark.integration]
-TOKEN = "enrolment-test-admin-token"  # noqa: S105 - test only
+TOKEN = "enrolment-test-admin-token"
 
 
 @dataclass
