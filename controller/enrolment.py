@@ -160,6 +160,14 @@ def revoke(session: Session, device_id: str) -> list[str]:
     return [c.serial for c in certs]
 
 
+def mark_offline(session: Session, device_id: str) -> None:
+    device = session.get(Device, device_id)
+    if device is not None and device.online:
+        device.online = False
+        session.add(device)
+        session.commit()
+
+
 def current_crl(session: Session, ca: DeviceCA) -> bytes:
     """The CRL over every revoked certificate that has not expired yet."""
     now = utcnow()

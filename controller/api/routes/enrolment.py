@@ -107,6 +107,7 @@ def revoke(device_id: str, session: SessionDep, ca: CADep, control: BrokerContro
     except enrolment.EnrolmentError as exc:
         raise _http(exc) from None
     reloaded = control.install_crl(enrolment.current_crl(session, ca))
+    enrolment.mark_offline(session, device_id)  # a kicked client's Last Will is not sent
     kicked = mqtt.kick(device_id) if mqtt is not None else False
     log.warning("device %s revoked (%d certificates); broker reloaded=%s kicked=%s", device_id, len(serials), reloaded, kicked)
     return RevocationPublic(device_id=device_id, revoked_serials=serials, broker_reloaded=reloaded, kicked=kicked)
