@@ -7,10 +7,11 @@ side is agent/identity.py (stdlib urllib), as on a device.
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from agent.identity import IdentityError, IdentityPaths, Renewer, enrol, make_cs
 from controller.app import create_app
 from controller.broker import free_port
 from controller.core.config import Settings
-from controller.pki import DeviceCA, new_key
+from controller.pki import DeviceCA, key_pem, new_key
+from controller.server import tls_options
 
 pytestmark = [pytest.mark.integration]
 TOKEN = "enrolment-test-admin-token"
@@ -53,19 +55,30 @@ def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
         admin_token=TOKEN,
         broker_crl_file=tmp_path / "broker" / "crl.pem",
     )
+    url, stop = serve(settings)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as http:
+        yield Api(url, http, settings.data_dir)
+    stop()
+
+
+def serve(settings: Settings) -> tuple[str, Callable[[], None]]:
+    """The controller app in uvicorn on a free port, with the server entry point's TLS options."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", **tls_options(settings))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as http:
-        yield Api(url, http, settings.data_dir)
-    server.should_exit = True
-    thread.join(10)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    scheme = "https" if settings.tls_cert_file else "http"
+    return f"{scheme}://127.0.0.1:{port}", stop
 
 
 def crl_serials(pem: bytes) -> set[str]:
@@ -196,3 +209,37 @@ def test_revocation_lists_the_certificates_and_blocks_renewal(api: Api, tmp_path
     with pytest.raises(IdentityError, match=r"403.*already used"):
         enrol(api.url, spare, "enr-7", IdentityPaths(tmp_path / "e"))
     assert api.http.post("/v1/identity/devices/nope/revoke").status_code == 404
+
+
+def test_enrolment_over_https_trusts_only_the_pinned_ca(tmp_path: Path, database_url: str) -> None:
+    api_ca = DeviceCA.generate(name="edgefleet API CA")
+    key = new_key()
+    (tmp_path / "api.pem").write_bytes(api_ca.issue_service("_api", key, server=True, hosts=("127.0.0.1",)).pem)
+    (tmp_path / "api.key").write_bytes(key_pem(key))
+    (tmp_path / "api.key").chmod(0o600)
+    (tmp_path / "api-ca.pem").write_bytes(api_ca.cert_pem)
+    settings = Settings(
+        data_dir=tmp_path / "controller",
+        database_url=database_url,
+        mqtt_enabled=False,
+        admin_token=TOKEN,
+        tls_cert_file=tmp_path / "api.pem",
+        tls_key_file=tmp_path / "api.key",
+    )
+    url, stop = serve(settings)
+    try:
+        assert url.startswith("https://")
+        with httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            verify=ssl.create_default_context(cafile=str(tmp_path / "api-ca.pem")),
+        ) as h:
+            assert h.post("/v1/devices", json={"id": "enr-tls"}).status_code == 201
+            token = h.post("/v1/identity/tokens", json={"device_id": "enr-tls"}).json()["token"]
+        # Without the pinned CA the device refuses the server (and keeps its token).
+        with pytest.raises(IdentityError, match="cannot reach the controller"):
+            enrol(url, token, "enr-tls", IdentityPaths(tmp_path / "d"), cafile=None)
+        enrol(url, token, "enr-tls", IdentityPaths(tmp_path / "d"), cafile=tmp_path / "api-ca.pem")
+        assert (tmp_path / "d" / "device.pem").exists()
+    finally:
+        stop()
