@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +242,21 @@ def test_brokersetup_writes_a_setup_mosquitto_runs_and_the_controller_can_use(tm
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_device_refuses_a_broker_not_certified_by_the_device_ca(broker, tmp_path, clients) -> None:
+    """A network attacker posing as the broker: the agent's TLS context trusts only the device CA."""
+    from agent.identity import tls_context
+
+    rogue = pki.DeviceCA.generate(name="edgefleet device CA")
+    sec = provision(rogue, tmp_path / "rogue")
+    fake = MosquittoProcess(tmp_path / "rogue-run", MosquittoConfig(port=free_port(), security=sec, run_as=getpass.getuser()))
+    fake.start()
+    try:
+        ident, _ = device_identity(broker.ca, "sec-a7", tmp_path / "dev", trust=broker.sec.cafile)
+        ident.key.chmod(0o600)
+        ctx = tls_context(ident.ca, ident.cert, ident.key)  # what agent/link.py uses
+        with socket.create_connection((fake.host, fake.port), timeout=5) as raw, pytest.raises(ssl.SSLCertVerificationError):
+            ctx.wrap_socket(raw, server_hostname=fake.host)
+    finally:
+        fake.stop()
