@@ -35,7 +35,7 @@ CONTROLLER_IDENTITY = "_controller"  # the controller's MQTT username (certifica
 BROKER_IDENTITY = "_broker"  # CN of the broker's server certificate
 DEFAULT_DEVICE_VALIDITY = dt.timedelta(days=30)
 DEFAULT_CA_VALIDITY = dt.timedelta(days=3650)
-CRL_VALIDITY = dt.timedelta(days=7)  # the CRL is re-signed on every revocation and on start
+CRL_VALIDITY = dt.timedelta(days=365)  # re-signed on every revocation and start; Mosquitto refuses all when expired
 
 
 class PkiError(Exception):
