@@ -66,7 +66,6 @@ class MqttLink:
         """Use a renewed certificate from the next (re)connection on."""
         if self._tls is not None:
             self._tls.load_cert_chain(str(self.cfg.broker.cert_file), str(self.cfg.broker.key_file))
-            self._client.reconnect()  # the broker sees the new certificate at once
 
     def start(self) -> None:
         self._client.connect_async(self.cfg.broker.host, self.cfg.broker.port, keepalive=self.cfg.broker.keepalive)

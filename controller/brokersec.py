@@ -10,10 +10,8 @@ Why this shape (ADR 0040):
   on SIGHUP and refuses the TLS handshake of a revoked certificate.
 - **Disconnect now**: Mosquitto 2.0 can only drop a live client from a plugin,
   so the dynamic-security plugin is loaded for that alone. The controller (its
-  only admin) creates and disables a dynsec client named after the device,
-  which kicks it; a disabled, role-less dynsec client is also denied every
-  topic by dynsec's default access. Devices not in dynsec fall through to the
-  ACL file.
+  only admin) creates, disables (this kicks) and deletes a dynsec client named
+  after the device. Clients without dynsec ACLs fall through to the ACL file.
 
 ``render_*`` functions are pure; ``provision`` writes files; ``BrokerControl``
 applies a revocation to a running broker.
@@ -66,7 +64,7 @@ def render_acl(controller: str = CONTROLLER_IDENTITY) -> str:
 
 
 def render_dynsec(controller: str = CONTROLLER_IDENTITY) -> str:
-    """Dynamic-security state: the controller as admin; every other known client gets nothing."""
+    """Dynamic-security state: the controller as admin, nobody else (devices are decided by the ACL file)."""
     acls: list[dict[str, Any]] = []
     for access, topic in CONTROLLER_GRANTS:
         if "read" in access:
@@ -91,8 +89,16 @@ def render_dynsec(controller: str = CONTROLLER_IDENTITY) -> str:
 
 
 def kick_command(device_id: str) -> bytes:
-    """The dynsec request that disconnects ``device_id`` now and keeps it without rights."""
-    cmds = [{"command": "createClient", "username": device_id}, {"command": "disableClient", "username": device_id}]
+    """The dynsec request that disconnects ``device_id`` now, leaving no state behind.
+
+    ``disableClient`` is what kicks; the client entry exists only for that, and is
+    deleted again so dynsec's state never grows with revocations.
+    """
+    cmds = [
+        {"command": "createClient", "username": device_id},
+        {"command": "disableClient", "username": device_id},
+        {"command": "deleteClient", "username": device_id},
+    ]
     return json.dumps({"commands": cmds}).encode()
 
 

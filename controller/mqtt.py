@@ -67,9 +67,12 @@ class ControllerMqtt:
 
     def kick(self, device_id: str, timeout: float = 5.0) -> bool:
         """Drop a revoked device's live session now (the broker's dynamic-security admin channel)."""
+        return self._dynsec(kick_command(device_id), timeout)
+
+    def _dynsec(self, command: bytes, timeout: float) -> bool:
         if not self.connected.is_set():
             return False
-        info = self._client.publish(DYNSEC_TOPIC, kick_command(device_id), qos=1)
+        info = self._client.publish(DYNSEC_TOPIC, command, qos=1)
         info.wait_for_publish(timeout=timeout)
         return info.is_published()
 

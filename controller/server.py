@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import uvicorn
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def tls_options(settings: Settings) -> dict[str, str]:
+def tls_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's HTTPS options from EDGEFLEET_TLS_CERT_FILE / EDGEFLEET_TLS_KEY_FILE (paths only; never the key)."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return {}

@@ -98,25 +98,16 @@ def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_
     cfg = write_agent_config(
         tmp_path, dev, broker_host=stack.broker.host, broker_port=stack.broker.port, director_keys=[director_key], extra=extra
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(cfg), "--enrol", token],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
+    run_kw = {"cwd": REPO, "capture_output": True, "text": True, "timeout": 60, "env": {"PYTHONPATH": str(REPO)}}
+    out = subprocess.run([sys.executable, "-m", "agent", "--config", str(cfg), "--enrol", token], **run_kw)  # type: ignore[call-overload]
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE((idir / "device.key").stat().st_mode) == 0o600
 
     watch = stack.watcher()
     agent = start_agent(tmp_path, dev, config_path=cfg)
     try:
-        watch.wait(
-            lambda: any(json.loads(p).get("state") == "online" for p in watch.received(device_topic(dev, Kind.STATUS))),
-            30,
-            "agent online",
-        )
+        status = device_topic(dev, Kind.STATUS)
+        watch.wait(lambda: any(json.loads(p).get("state") == "online" for p in watch.received(status)), 30, "agent online")
 
         # A desired state signed by anyone but the director is rejected by the agent,
         # even when it arrives on the right topic through the secured broker.
@@ -167,6 +158,19 @@ def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_
         assert watch.received(device_topic(dev, Kind.STATUS))[online_before:] == []
         assert agent.alive()  # it keeps serving locally; it just cannot reach the fleet
         assert api.get(f"/v1/devices/{dev}").json()["online"] is False
+
+        # The operator re-provisions it: a new token, a new certificate, and it is back in.
+        agent.stop()
+        token = api.post("/v1/identity/tokens", json={"device_id": dev}).json()["token"]
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "--config", str(cfg), "--enrol", token],
+            **run_kw,  # type: ignore[call-overload]
+        )
+        assert out.returncode == 0, out.stderr
+        n = len(watch.received(status))
+        agent = start_agent(tmp_path, dev, config_path=cfg)
+        back = lambda: any(json.loads(p).get("state") == "online" for p in watch.received(status)[n:])  # noqa: E731
+        watch.wait(back, 30, "re-enrolled agent online")
     finally:
         agent.stop()
         watch.close()
