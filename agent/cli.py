@@ -33,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s %(levelname)s [{cfg.device_id}] %(name)s: %(message)s")
     from agent.daemon import Agent
+    from agent.identity import IdentityError
 
-    Agent(cfg).run_forever()
+    try:
+        agent = Agent(cfg)
+    except IdentityError as exc:  # e.g. not enrolled yet, or a key others can read
+        print(f"edgefleet-agent: {exc}", file=sys.stderr)
+        return 2
+    agent.run_forever()
     return 0
 
 

@@ -43,9 +43,9 @@ class Agent:
             on_change=self.publish_status,
             threads=cfg.inference_threads,
         )
-        self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
-        self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)
+        self.link = MqttLink(cfg, self.seq.next, self.updater.submit, self.publish_status)  # first: may refuse the identity
         self.renewer = make_renewer(cfg, self.link.reload_identity)
+        self.api = SocketServer(cfg.socket_path, LocalApi(self.host))
         self._stop = threading.Event()
 
     def _header(self) -> dict[str, Any]:

@@ -260,3 +260,55 @@ def test_device_refuses_a_broker_not_certified_by_the_device_ca(broker, tmp_path
             ctx.wrap_socket(raw, server_hostname=fake.host)
     finally:
         fake.stop()
+
+
+def test_agent_link_uses_a_renewed_certificate_after_reload(broker, clients, tmp_path) -> None:
+    """agent/link.py over mTLS; after renewal the old certificate can be revoked and the link still gets back in."""
+    from agent.config import parse_config
+    from agent.link import MqttLink
+
+    ident, old = device_identity(broker.ca, "sec-a8", tmp_path, trust=broker.sec.cafile)
+    ident.key.chmod(0o600)
+    cfg = parse_config(
+        {
+            "device_id": "sec-a8",
+            "data_dir": str(tmp_path),
+            "director_public_keys": ["11" * 32],
+            "broker": {
+                "host": broker.proc.host,
+                "port": broker.proc.port,
+                "reconnect_min": 1,
+                "reconnect_max": 2,
+                "ca_file": str(ident.ca),
+                "cert_file": str(ident.cert),
+                "key_file": str(ident.key),
+            },
+        }
+    )
+    seq = iter(range(1, 1000))
+    connects: list[float] = []
+    link = MqttLink(cfg, lambda: next(seq), lambda payload: None, lambda: connects.append(time.monotonic()))
+    link.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not connects:
+            assert time.monotonic() < deadline, "agent link did not connect over mTLS"
+            time.sleep(0.05)
+        # Renew (same key, as agent/identity.py does), then make the old certificate useless.
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(ident.key.read_bytes(), password=None)
+        new = broker.ca.issue_device("sec-a8", pki.make_csr(key, "sec-a8"))  # type: ignore[arg-type]
+        ident.cert.write_bytes(new.pem)
+        link.reload_identity()
+        broker.revoked.append((old.serial, pki.utcnow()))
+        assert broker.control.install_crl(broker.ca.crl(broker.revoked))
+        time.sleep(0.3)
+        ctl = connected(broker, clients, None)
+        ctl.publish(DYNSEC_TOPIC, kick_command("sec-a8"))
+        deadline = time.monotonic() + 10
+        while len(connects) < 2:
+            assert time.monotonic() < deadline, "link did not come back with the renewed certificate"
+            time.sleep(0.05)
+    finally:
+        link.stop()

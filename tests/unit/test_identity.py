@@ -162,3 +162,14 @@ def test_ed25519_csr_key_is_refused(ca: pki.DeviceCA) -> None:
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, None)
     with pytest.raises(pki.PkiError, match="expected an EC P-256"):
         ca.issue_device("pi-7", csr.public_bytes(serialization.Encoding.PEM))
+
+
+def test_agent_cli_says_to_enrol_when_the_identity_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'device_id = "pi-1"\ndata_dir = "{tmp_path}"\ndirector_public_keys = ["{KEY}"]\n[identity]\n')
+    assert main(["--config", str(cfg)]) == 2
+    assert "enrol the device first" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "--enrol", "tok"]) == 2
+    assert "no controller URL" in capsys.readouterr().err
