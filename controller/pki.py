@@ -156,7 +156,9 @@ class DeviceCA:
         key_path, cert_path = directory / "ca.key", directory / "ca.pem"
         if not key_path.exists():
             if not create:
-                raise PkiError(f"no device CA at {directory}: expected ca.key and ca.pem (create one with create=True)")
+                raise PkiError(
+                    f"no device CA at {directory}: expected ca.key and ca.pem (python -m controller.brokersetup creates one)"
+                )
             ca = cls.generate()
             _write_private(key_path, key_pem(ca._key))
             write_atomic(cert_path, cert_pem(ca.cert))
