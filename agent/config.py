@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,14 @@ class BrokerConfig:
     reconnect_min: float = 1.0  # seconds
     reconnect_max: float = 120.0  # seconds
     reconnect_jitter: bool = True  # full jitter on the backoff; off only to show why it exists
+    # mTLS: set cert_file to connect over TLS with the device certificate
+    ca_file: Path | None = None  # the device CA; the broker's certificate must chain to it
+    cert_file: Path | None = None  # this device's client certificate (CN = device_id)
+    key_file: Path | None = None  # its private key, mode 0600
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +68,16 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IdentityConfig:
+    """Where the device keeps its key and certificate, and whom it asks to renew it (agent/identity.py)."""
+
+    directory: Path
+    controller_url: str = ""  # empty: no automatic renewal
+    controller_ca_file: Path | None = None  # trust for an https controller_url (default: system store)
+    renew_before_days: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     device_id: str
     data_dir: Path
@@ -68,6 +86,7 @@ class AgentConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    identity: IdentityConfig | None = None
     arch: str = field(default_factory=platform.machine)
     download_timeout: float = 30.0  # seconds without progress before giving up
     inference_threads: int = 1
@@ -128,6 +147,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         reconnect_min=float(_get(b, "reconnect_min", (int, float), bw, 1.0)),
         reconnect_max=float(_get(b, "reconnect_max", (int, float), bw, 120.0)),
         reconnect_jitter=_get(b, "reconnect_jitter", bool, bw, True),
+        **_tls_paths(b, bw),
     )
     telemetry = _telemetry(_get(data, "telemetry", dict, where, {}), f"{where} [telemetry]")
     capture = _capture(_get(data, "capture", dict, where, {}), f"{where} [capture]")
@@ -146,6 +166,10 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
     dw = f"{where} [download]"
     hc = _get(data, "health", dict, where, {})
     hw = f"{where} [health]"
+    identity = _identity(data, where, data_dir)
+    if identity is not None and not broker.tls:
+        d = identity.directory
+        broker = replace(broker, ca_file=d / "ca.pem", cert_file=d / "device.pem", key_file=d / "device.key")
     return AgentConfig(
         device_id=device_id,
         data_dir=data_dir,
@@ -154,6 +178,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         broker=broker,
         telemetry=telemetry,
         capture=capture,
+        identity=identity,
         arch=_get(data, "arch", str, where, platform.machine()),
         download_timeout=float(_get(data, "download_timeout", (int, float), where, 30.0)),
         inference_threads=_get(data, "inference_threads", int, where, 1),
@@ -223,6 +248,27 @@ def _capture(c: dict[str, Any], where: str) -> CaptureConfig:
     if cfg.enabled and not cfg.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: capture is enabled but 'url' is {cfg.url!r}; expected the controller's http(s) base URL")
     return cfg
+
+
+def _tls_paths(b: dict[str, Any], where: str) -> dict[str, Path | None]:
+    paths = {k: Path(_get(b, k, str, where)) if k in b else None for k in ("ca_file", "cert_file", "key_file")}
+    if any(paths.values()) and not all(paths.values()):
+        raise ConfigError(f"{where}: TLS needs all of 'ca_file', 'cert_file' and 'key_file', or none")
+    return paths
+
+
+def _identity(data: dict[str, Any], where: str, data_dir: Path) -> IdentityConfig | None:
+    if "identity" not in data:
+        return None
+    t = _get(data, "identity", dict, where)
+    iw = f"{where} [identity]"
+    ca = _get(t, "controller_ca_file", str, iw, "")
+    return IdentityConfig(
+        directory=Path(_get(t, "directory", str, iw, str(data_dir / "identity"))),
+        controller_url=_get(t, "controller_url", str, iw, ""),
+        controller_ca_file=Path(ca) if ca else None,
+        renew_before_days=float(_get(t, "renew_before_days", (int, float), iw, 10.0)),
+    )
 
 
 def load_config(path: Path) -> AgentConfig:

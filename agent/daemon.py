@@ -12,6 +12,7 @@ from typing import Any
 from agent import __version__
 from agent.config import AgentConfig
 from agent.host import ModelHost
+from agent.identity import make_renewer
 from agent.link import MqttLink
 from agent.server import HttpServer, LocalApi, SocketServer
 from agent.store import SeqCounter, Store
@@ -32,7 +33,8 @@ class Agent:
         self.host = ModelHost()
         keys = [load_public_key(k) for k in cfg.director_public_keys]
         self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
-        self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)
+        self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)  # first: may refuse the identity
+        self.renewer = make_renewer(cfg, self.link.reload_identity)
         self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
         api = LocalApi(self.host, feedback=self.telemetry.feedback)
         self.api = SocketServer(cfg.socket_path, api)
@@ -76,10 +78,14 @@ class Agent:
         self.updater.start()
         self.telemetry.start()
         self.link.start()
+        if self.renewer is not None:
+            self.renewer.start()
         log.info("agent %s started for device %s (socket %s)", __version__, self.cfg.device_id, self.cfg.socket_path)
 
     def stop(self) -> None:
         self.telemetry.stop()
+        if self.renewer is not None:
+            self.renewer.stop()
         self.link.stop(goodbye=self.status(OFFLINE))
         self.updater.stop()
         self.api.stop()

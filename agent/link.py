@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import AgentConfig
+from agent.identity import broker_tls_context
 from shared.messages import OFFLINE, SCHEMA_VERSION, encode, now
 from shared.topics import Kind, device_topic
 
@@ -67,6 +68,9 @@ class MqttLink:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_publish = self._handle_publish
+        self._tls = broker_tls_context(cfg.broker)  # mTLS with the device certificate, when configured
+        if self._tls is not None:
+            c.tls_set_context(self._tls)
         self._client = c
         self._set_will()
 
@@ -79,6 +83,11 @@ class MqttLink:
             "state": OFFLINE,
         }
         self._client.will_set(device_topic(self.cfg.device_id, Kind.STATUS), encode(will), qos=1, retain=True)
+
+    def reload_identity(self) -> None:
+        """Use a renewed certificate from the next (re)connection on."""
+        if self._tls is not None:
+            self._tls.load_cert_chain(str(self.cfg.broker.cert_file), str(self.cfg.broker.key_file))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from controller import __version__
-from controller.api.routes import bundles, capture, devices, models, tuf
+from controller import __version__, identity
+from controller.api.routes import bundles, capture, devices, enrolment, models, tuf
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
@@ -50,10 +50,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.blobs = BlobStore(settings.blob_dir)
     app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
     app.state.mqtt = (
-        ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine)) if settings.mqtt_enabled else None
+        ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine), tls=identity.mqtt_tls_context(settings))
+        if settings.mqtt_enabled
+        else None
     )
-    app.state.imagerepo = ImageRepoService.open(settings.data_dir)  # issue-3 hook: TUF image repository
-    for r in (models.router, devices.router, bundles.router, tuf.router, capture.router):
+    app.state.imagerepo = ImageRepoService.open(settings.data_dir)  # TUF image repository
+    identity.install(app, settings, engine)
+    for r in (models.router, devices.router, bundles.router, tuf.router, capture.router, enrolment.router):
         app.include_router(r)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

@@ -91,3 +91,67 @@ class EventPublic(SQLModel):
     message: str
     detail: dict[str, Any]
     received_at: datetime
+
+
+# --- identity ------------------------------------------------------------------
+# Device enrolment and certificates (issue 6; controller/enrolment.py). Tables:
+# enrolmenttoken, devicecertificate. Kept together at the end for the migration.
+
+
+class EnrolmentToken(SQLModel, table=True):
+    """A one-time enrolment token; only its sha256 is stored."""
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(index=True, max_length=64)
+    expires_at: datetime
+    used_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DeviceCertificate(SQLModel, table=True):
+    """A client certificate issued to a device; revoked ones go into the CRL."""
+
+    serial: str = Field(primary_key=True, max_length=40)  # hex: X.509 serials are up to 159 bits
+    device_id: str = Field(index=True, max_length=64)
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = Field(default=None, index=True)
+    pem: str
+
+
+class EnrolmentTokenCreate(SQLModel):
+    device_id: str = Field(max_length=64)
+    ttl_s: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+
+
+class EnrolmentTokenPublic(SQLModel):
+    device_id: str
+    token: str  # shown once
+    expires_at: datetime
+
+
+class EnrolRequest(SQLModel):
+    token: str = Field(max_length=128)
+    csr: str = Field(max_length=16_384)
+
+
+class RenewRequest(SQLModel):
+    certificate: str = Field(max_length=16_384)
+    csr: str = Field(max_length=16_384)
+
+
+class CertificatePublic(SQLModel):
+    device_id: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    certificate: str
+    ca_certificate: str
+
+
+class RevocationPublic(SQLModel):
+    device_id: str
+    revoked_serials: list[str]
+    broker_reloaded: bool  # the CRL was written and the broker signalled
+    kicked: bool  # the live session was dropped through the broker's admin channel

@@ -8,6 +8,7 @@ and never stops the loop.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.brokersec import DYNSEC_TOPIC, kick_command
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
 from shared.messages import DeviceMessage, decode
@@ -26,7 +28,14 @@ Handler = Callable[[Topic, DeviceMessage], None]
 
 
 class ControllerMqtt:
-    def __init__(self, host: str, port: int, handler: Handler, kinds: tuple[Kind, ...] = (Kind.STATUS, Kind.EVENTS)) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: Handler,
+        kinds: tuple[Kind, ...] = (Kind.STATUS, Kind.EVENTS),
+        tls: ssl.SSLContext | None = None,  # mTLS with the controller's identity (controller/identity.py)
+    ) -> None:
         self._handler = handler
         self._kinds = kinds
         self.malformed = 0
@@ -39,6 +48,8 @@ class ControllerMqtt:
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        if tls is not None:
+            c.tls_set_context(tls)
         self._client = c
         self._host, self._port = host, port
 
@@ -53,6 +64,17 @@ class ControllerMqtt:
     def publish_desired(self, device_id: str, envelope: dict[str, Any], timeout: float = 10.0) -> None:
         info = self._client.publish(device_topic(device_id, Kind.DESIRED), canonical_json(envelope), qos=1, retain=True)
         info.wait_for_publish(timeout=timeout)
+
+    def kick(self, device_id: str, timeout: float = 5.0) -> bool:
+        """Drop a revoked device's live session now (the broker's dynamic-security admin channel)."""
+        return self._dynsec(kick_command(device_id), timeout)
+
+    def _dynsec(self, command: bytes, timeout: float) -> bool:
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(DYNSEC_TOPIC, command, qos=1)
+        info.wait_for_publish(timeout=timeout)
+        return info.is_published()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if reason.is_failure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import uvicorn
 
@@ -18,6 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    settings = Settings()  # refuses placeholder secrets and plain HTTP outside development
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, **tls_options(settings))
     return 0
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's HTTPS options from EDGEFLEET_TLS_CERT_FILE / EDGEFLEET_TLS_KEY_FILE (paths only; never the key)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return {}
+    return {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}

@@ -84,6 +84,7 @@ def start_controller(
     database_url: str | None = None,
     token: str = "test-admin-token",  # noqa: S107 - local test stacks only
     timeout: float = 30.0,
+    env: dict[str, str] | None = None,  # more EDGEFLEET_* settings (e.g. broker mTLS)
 ) -> ControllerProc:
     port = free_port()
     data_dir = workdir / "controller"
@@ -94,6 +95,7 @@ def start_controller(
         "EDGEFLEET_BROKER_PORT": str(broker_port),
         "EDGEFLEET_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "EDGEFLEET_ADMIN_TOKEN": token,
+        **(env or {}),
     }
     p = _spawn("controller", ["-m", "controller", "--port", str(port), "--log-level", "warning"], workdir / "controller.log", env)
     proc = ControllerProc(p.name, p.popen, p.log_path, url=f"http://127.0.0.1:{port}", token=token, data_dir=data_dir)

@@ -1,0 +1,65 @@
+"""``python -m controller.brokersetup``: write a secure Mosquitto setup from the controller's device CA.
+
+Writes into ``--out``: ``ca.pem``, ``broker.pem``/``broker.key``, ``crl.pem``,
+``acl``, ``dynsec.json`` and ``mosquitto.conf``; and the controller's MQTT
+client identity into ``<data-dir>/identity/``. Prints the ``EDGEFLEET_*``
+settings the controller then needs. No secret is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+from pathlib import Path
+
+from controller.broker import MosquittoConfig
+from controller.brokersec import provision, write_identity
+from controller.pki import CONTROLLER_IDENTITY, DeviceCA
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m controller.brokersetup", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=Path("./edgefleet-data"), help="the controller's EDGEFLEET_DATA_DIR")
+    p.add_argument("--out", type=Path, required=True, help="directory for the broker's files")
+    p.add_argument("--port", type=int, default=8883)
+    p.add_argument("--bind", default="0.0.0.0")  # a broker listens for devices
+    p.add_argument("--host", action="append", default=[], help="name or IP devices use for the broker (repeatable)")
+    p.add_argument("--run-as", default=None, help="user Mosquitto runs as (default: mosquitto when started as root)")
+    args = p.parse_args(argv)
+
+    ca = DeviceCA.open(args.data_dir / "ca", create=True)
+    sec = provision(ca, args.out.resolve(), hosts=tuple(args.host or ["127.0.0.1", "localhost"]))
+    pid = args.out.resolve() / "mosquitto.pid"
+    conf = MosquittoConfig(port=args.port, bind=args.bind, security=sec, pid_file=pid, run_as=args.run_as)
+    (args.out / "mosquitto.conf").write_text(conf.render())
+    ident = write_identity(ca, CONTROLLER_IDENTITY, args.data_dir.resolve() / "identity")
+    if args.run_as:
+        import pwd
+
+        uid = pwd.getpwnam(args.run_as).pw_uid
+        for f in (sec.keyfile, sec.dynsec_config, sec.crlfile):
+            if f is not None and os.geteuid() == 0:
+                os.chown(f, uid, -1)
+    print(f"wrote {args.out / 'mosquitto.conf'}; start it with: mosquitto -c {args.out / 'mosquitto.conf'}")
+    print("controller settings:")
+    for k, v in {
+        "EDGEFLEET_BROKER_PORT": args.port,
+        "EDGEFLEET_BROKER_TLS": "true",
+        "EDGEFLEET_BROKER_CA_FILE": sec.cafile,
+        "EDGEFLEET_BROKER_CERT_FILE": ident.cert,
+        "EDGEFLEET_BROKER_KEY_FILE": ident.key,
+        "EDGEFLEET_BROKER_CRL_FILE": sec.crlfile,
+        "EDGEFLEET_BROKER_PID_FILE": pid,
+    }.items():
+        print(f"  {k}={v}")
+    if os.geteuid() == 0 and not args.run_as:
+        print(
+            f"note: as root Mosquitto switches to user 'mosquitto'; "
+            f"pass --run-as or chown {args.out} (e.g. to {getpass.getuser()})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

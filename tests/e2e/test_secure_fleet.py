@@ -1,0 +1,177 @@
+"""A secured fleet end to end: real Mosquitto with the generated mTLS config, the real
+controller and agent as processes, a device enrolled with a one-time token.
+
+Shows: enrolment through the agent's CLI; the agent online over mTLS; a desired
+state not signed by the director is rejected by the agent; a device that puts
+another device's id in its payload is rejected by the controller; revocation
+through the API disconnects the agent at once and it cannot reconnect.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller import pki
+from controller.broker import BrokerSecurity, MosquittoConfig, MosquittoProcess, free_port
+from controller.brokersec import ClientIdentity, provision, write_identity
+from controller.director import Director
+from firmware_sim.procs import REPO, ControllerProc, start_agent, start_controller, write_agent_config
+from shared.messages import SCHEMA_VERSION, now
+from shared.topics import Kind, device_topic
+from tests.tlsmqtt import TlsClient, device_identity
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@dataclass
+class Stack:
+    root: Path
+    ca: pki.DeviceCA
+    sec: BrokerSecurity
+    broker: MosquittoProcess
+    controller: ControllerProc
+    ctl_identity: ClientIdentity
+
+    def watcher(self) -> TlsClient:
+        w = TlsClient(self.broker.host, self.broker.port, self.ctl_identity.ca, self.ctl_identity.cert, self.ctl_identity.key)
+        assert w.connect(), w.events
+        w.subscribe("edgefleet/v1/dev/+/status")
+        w.subscribe("edgefleet/v1/dev/+/events")
+        return w
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    ca = pki.DeviceCA.open(tmp_path / "controller" / "ca", create=True)  # the controller's own CA
+    sec = provision(ca, tmp_path / "broker")
+    ident = write_identity(ca, pki.CONTROLLER_IDENTITY, tmp_path / "controller-identity")
+    pid = tmp_path / "run" / "mosquitto.pid"
+    broker = MosquittoProcess(
+        tmp_path / "run", MosquittoConfig(port=free_port(), security=sec, pid_file=pid, run_as=getpass.getuser())
+    )
+    broker.start()
+    env = {
+        "EDGEFLEET_BROKER_TLS": "true",
+        "EDGEFLEET_BROKER_CA_FILE": str(sec.cafile),
+        "EDGEFLEET_BROKER_CERT_FILE": str(ident.cert),
+        "EDGEFLEET_BROKER_KEY_FILE": str(ident.key),
+        "EDGEFLEET_BROKER_CRL_FILE": str(sec.crlfile),
+        "EDGEFLEET_BROKER_PID_FILE": str(pid),
+    }
+    try:
+        controller = start_controller(tmp_path, broker_host=broker.host, broker_port=broker.port, env=env)
+    except Exception:
+        broker.stop()
+        raise
+    yield Stack(tmp_path, ca, sec, broker, controller, ident)
+    controller.stop()
+    broker.stop()
+
+
+def event(device_id: str, seq: int, kind: str) -> bytes:
+    msg = {"schema": SCHEMA_VERSION, "device_id": device_id, "seq": seq, "sent_at": now()}
+    return json.dumps({**msg, "kind": kind, "severity": "info", "message": "m", "detail": {}}).encode()
+
+
+def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_path: Path) -> None:
+    dev, other = "secure-1", "secure-2"
+    api = stack.controller.client()
+    assert api.post("/v1/devices", json={"id": dev, "arch": "x86_64"}).status_code == 201
+    assert api.post("/v1/devices", json={"id": other}).status_code == 201
+    director_key = api.get("/v1/trust").json()["director_public_key"]
+    token = api.post("/v1/identity/tokens", json={"device_id": dev}).json()["token"]
+
+    # Enrol through the agent's own CLI: key made on the device, mode 0600.
+    idir = tmp_path / dev / "identity"
+    extra = f'[identity]\ndirectory = "{idir}"\ncontroller_url = "{stack.controller.url}"'
+    cfg = write_agent_config(
+        tmp_path, dev, broker_host=stack.broker.host, broker_port=stack.broker.port, director_keys=[director_key], extra=extra
+    )
+    run_kw = {"cwd": REPO, "capture_output": True, "text": True, "timeout": 60, "env": {"PYTHONPATH": str(REPO)}}
+    out = subprocess.run([sys.executable, "-m", "agent", "--config", str(cfg), "--enrol", token], **run_kw)  # type: ignore[call-overload]
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE((idir / "device.key").stat().st_mode) == 0o600
+
+    watch = stack.watcher()
+    agent = start_agent(tmp_path, dev, config_path=cfg)
+    try:
+        status = device_topic(dev, Kind.STATUS)
+        watch.wait(lambda: any(json.loads(p).get("state") == "online" for p in watch.received(status)), 30, "agent online")
+
+        # A desired state signed by anyone but the director is rejected by the agent,
+        # even when it arrives on the right topic through the secured broker.
+        forged = Director(Ed25519PrivateKey.generate()).sign_desired(dev, 10**6, {}, 3600)
+        assert watch.publish(device_topic(dev, Kind.DESIRED), json.dumps(forged).encode()) == 0
+        watch.wait(
+            lambda: any(
+                json.loads(p).get("kind") == "desired.rejected" and "unknown key" in json.loads(p)["message"]
+                for p in watch.received(device_topic(dev, Kind.EVENTS))
+            ),
+            30,
+            "desired.rejected event",
+        )
+        watch.publish(device_topic(dev, Kind.DESIRED), b"", retain=True)
+
+        # Another enrolled device: its own topics work; speaking for `dev` does not.
+        ident, _ = device_identity(stack.ca, other, tmp_path / "other", trust=stack.sec.cafile)
+        imp = TlsClient(stack.broker.host, stack.broker.port, ident.ca, ident.cert, ident.key)
+        assert imp.connect(), imp.events
+        assert imp.publish(device_topic(dev, Kind.EVENTS), event(dev, 1, "forged.direct")) == 135  # broker ACL
+        assert imp.publish(device_topic(other, Kind.EVENTS), event(dev, 2, "forged.payload")) == 0  # controller check
+        assert imp.publish(device_topic(other, Kind.EVENTS), event(other, 3, "genuine")) == 0
+        deadline = time.monotonic() + 15
+        while [e["kind"] for e in api.get(f"/v1/devices/{other}/events").json()] != ["genuine"]:
+            assert time.monotonic() < deadline, api.get(f"/v1/devices/{other}/events").json()
+            time.sleep(0.2)
+        kinds = {e["kind"] for e in api.get(f"/v1/devices/{dev}/events").json()}
+        assert not kinds & {"forged.direct", "forged.payload"}
+        imp.close()
+        assert api.get(f"/v1/devices/{dev}").json()["online"] is True
+
+        # Revoke: the broker drops the agent now and refuses it after (CRL re-read on SIGHUP).
+        online_before = len(watch.received(device_topic(dev, Kind.STATUS)))
+        r = api.post(f"/v1/identity/devices/{dev}/revoke")
+        assert r.status_code == 200, r.text
+        assert r.json()["broker_reloaded"] is True and r.json()["kicked"] is True
+        t0 = time.monotonic()
+        while "edgefleet-secure-1 been disconnected by administrative action" not in stack.broker.log_path.read_text():
+            assert time.monotonic() - t0 < 5, "revoked agent was not disconnected"
+            time.sleep(0.05)
+        while "certificate revoked" not in agent.log():  # its next attempt: the TLS handshake fails
+            assert time.monotonic() - t0 < 15, agent.log()[-2000:]
+            time.sleep(0.2)
+        time.sleep(3)  # more retries (every 1-5 s), none gets in
+        log = stack.broker.log_path.read_text()
+        after = log[log.index("disconnected by administrative action") :]
+        assert "certificate verify failed" in after and "as edgefleet-secure-1" not in after, after
+        assert watch.received(device_topic(dev, Kind.STATUS))[online_before:] == []
+        assert agent.alive()  # it keeps serving locally; it just cannot reach the fleet
+        assert api.get(f"/v1/devices/{dev}").json()["online"] is False
+
+        # The operator re-provisions it: a new token, a new certificate, and it is back in.
+        agent.stop()
+        token = api.post("/v1/identity/tokens", json={"device_id": dev}).json()["token"]
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "--config", str(cfg), "--enrol", token],
+            **run_kw,  # type: ignore[call-overload]
+        )
+        assert out.returncode == 0, out.stderr
+        n = len(watch.received(status))
+        agent = start_agent(tmp_path, dev, config_path=cfg)
+        back = lambda: any(json.loads(p).get("state") == "online" for p in watch.received(status)[n:])  # noqa: E731
+        watch.wait(back, 30, "re-enrolled agent online")
+    finally:
+        agent.stop()
+        watch.close()
+        api.close()

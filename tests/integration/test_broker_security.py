@@ -1,0 +1,314 @@
+"""The generated secure Mosquitto config, against a real Mosquitto and real certificates.
+
+Each test names the attack it shows fails (docs/threat-model.md points here).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller import pki
+from controller.broker import MosquittoConfig, MosquittoProcess, free_port
+from controller.brokersec import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
+from shared.topics import Kind, device_topic
+from tests.tlsmqtt import TlsClient, device_identity
+
+pytestmark = [pytest.mark.integration]
+
+NOT_AUTHORIZED = 135  # MQTT 5 reason code in PUBACK / SUBACK
+
+
+class SecureBroker:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = pki.DeviceCA.generate()
+        self.sec = provision(self.ca, root / "broker")
+        self.proc = MosquittoProcess(
+            root / "run",
+            MosquittoConfig(
+                port=free_port(), security=self.sec, pid_file=root / "run" / "mosquitto.pid", run_as=getpass.getuser()
+            ),
+        )
+        self.controller = write_identity(self.ca, pki.CONTROLLER_IDENTITY, root / "controller")
+        self.control = BrokerControl(self.sec.crlfile, root / "run" / "mosquitto.pid")
+        self.revoked: list[tuple[int, dt.datetime]] = []
+
+    def client(self, device_id: str | None = None, **kw: object) -> TlsClient:
+        if device_id is None:
+            ident = self.controller
+        else:
+            ident, _ = device_identity(self.ca, device_id, self.root / "devices", trust=self.sec.cafile, **kw)  # type: ignore[arg-type]
+        return TlsClient(self.proc.host, self.proc.port, ident.ca, ident.cert, ident.key)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    b = SecureBroker(tmp_path_factory.mktemp("securebroker"))
+    b.proc.start()
+    yield b
+    b.proc.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[TlsClient]]:
+    made: list[TlsClient] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def connected(broker: SecureBroker, clients: list[TlsClient], device_id: str | None) -> TlsClient:
+    c = broker.client(device_id)
+    clients.append(c)
+    assert c.connect(), c.events
+    return c
+
+
+def test_generated_config_is_tls_only_with_certificate_identity(broker: SecureBroker) -> None:
+    text = broker.proc.conf_path.read_text()
+    for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false", "crlfile "):
+        assert line in text
+    assert "pattern write edgefleet/v1/dev/%u/telemetry" in broker.sec.acl_file.read_text()
+    assert broker.sec.keyfile.stat().st_mode & 0o777 == 0o600
+
+
+def test_device_publishes_under_its_own_id_and_the_controller_receives_it(broker, clients) -> None:
+    ctl = connected(broker, clients, None)
+    assert ctl.subscribe("$share/controllers/edgefleet/v1/dev/+/telemetry") == [1]
+    a = connected(broker, clients, "sec-a1")
+    assert a.publish(device_topic("sec-a1", Kind.TELEMETRY), b"own") == 0
+    ctl.wait(lambda: ctl.received(device_topic("sec-a1", Kind.TELEMETRY)) == [b"own"], 5, "own telemetry not delivered")
+
+
+def test_device_cannot_publish_telemetry_as_another_device(broker, clients) -> None:
+    ctl = connected(broker, clients, None)
+    ctl.subscribe("edgefleet/v1/dev/+/telemetry")
+    ctl.subscribe("edgefleet/v1/dev/+/status")
+    a = connected(broker, clients, "sec-a2")
+    victim = "sec-b2"
+    for kind in (Kind.TELEMETRY, Kind.STATUS, Kind.EVENTS):
+        assert a.publish(device_topic(victim, kind), b"forged") == NOT_AUTHORIZED
+    # Nor the controller's topic: desired state of itself or another device.
+    assert a.publish(device_topic("sec-a2", Kind.DESIRED), b"forged") == NOT_AUTHORIZED
+    assert a.publish(device_topic(victim, Kind.DESIRED), b"forged") == NOT_AUTHORIZED
+    assert a.publish(device_topic("sec-a2", Kind.TELEMETRY), b"marker") == 0
+    ctl.wait(lambda: bool(ctl.received(device_topic("sec-a2", Kind.TELEMETRY))), 5, "marker not delivered")
+    assert ctl.received(device_topic(victim, Kind.TELEMETRY)) == []
+    assert ctl.received(device_topic(victim, Kind.STATUS)) == []
+
+
+def test_device_cannot_read_another_devices_desired_state(broker, clients) -> None:
+    ctl = connected(broker, clients, None)
+    a = connected(broker, clients, "sec-a3")
+    b = connected(broker, clients, "sec-b3")
+    ctl.publish(device_topic("sec-b3", Kind.DESIRED), b"retained-for-b", retain=True)
+    codes = a.subscribe(device_topic("sec-b3", Kind.DESIRED))
+    wild = a.subscribe("edgefleet/v1/dev/+/desired")
+    assert b.subscribe(device_topic("sec-b3", Kind.DESIRED)) == [1]
+    assert a.subscribe(device_topic("sec-a3", Kind.DESIRED)) == [1]
+    ctl.publish(device_topic("sec-b3", Kind.DESIRED), b"live-for-b")
+    ctl.publish(device_topic("sec-a3", Kind.DESIRED), b"for-a")
+    b.wait(lambda: b.received(device_topic("sec-b3", Kind.DESIRED)) == [b"retained-for-b", b"live-for-b"], 5, "b's own desired")
+    a.wait(lambda: b"for-a" in a.received(device_topic("sec-a3", Kind.DESIRED)), 5, "a's own desired")
+    time.sleep(0.3)
+    # Mosquitto 2.0 may grant the SUBACK but checks read access on every delivery: nothing of b's arrives.
+    assert [m for t, m in a.messages if t != device_topic("sec-a3", Kind.DESIRED)] == [], (codes, wild)
+    ctl.publish(device_topic("sec-b3", Kind.DESIRED), b"", retain=True)
+
+
+def test_connection_without_a_client_certificate_is_refused(broker, clients) -> None:
+    c = TlsClient(broker.proc.host, broker.proc.port, broker.sec.cafile)
+    clients.append(c)
+    assert not c.connect(timeout=3), c.events
+
+
+def test_plain_mqtt_without_tls_is_refused(broker) -> None:
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    ok: list[object] = []
+    c.on_connect = lambda *a: ok.append(a[3])
+    try:
+        c.connect(broker.proc.host, broker.proc.port, keepalive=5)
+        c.loop_start()
+        time.sleep(1.5)
+    except OSError:
+        pass
+    finally:
+        c.loop_stop()
+    assert not any(not getattr(r, "is_failure", True) for r in ok)
+
+
+def test_certificate_from_another_ca_is_refused(broker, clients, tmp_path) -> None:
+    rogue = pki.DeviceCA.generate(name="edgefleet device CA")  # same name, different key
+    ident, _ = device_identity(rogue, "sec-a4", tmp_path, trust=broker.sec.cafile)
+    c = TlsClient(broker.proc.host, broker.proc.port, ident.ca, ident.cert, ident.key)
+    clients.append(c)
+    assert not c.connect(timeout=3), c.events
+    # ...and a service identity forged by that CA does not make anyone the controller.
+    forged = write_identity(rogue, pki.CONTROLLER_IDENTITY, tmp_path / "forged")
+    f = TlsClient(broker.proc.host, broker.proc.port, broker.sec.cafile, forged.cert, forged.key)
+    clients.append(f)
+    assert not f.connect(timeout=3), f.events
+
+
+def test_expired_certificate_is_refused(broker, clients, tmp_path) -> None:
+    past = pki.utcnow() - dt.timedelta(days=3)
+    ident, issued = device_identity(
+        broker.ca, "sec-a5", tmp_path, validity=dt.timedelta(days=1), now=past, trust=broker.sec.cafile
+    )
+    assert issued.not_after < pki.utcnow()
+    c = TlsClient(broker.proc.host, broker.proc.port, ident.ca, ident.cert, ident.key)
+    clients.append(c)
+    assert not c.connect(timeout=3), c.events
+
+
+def test_revoked_device_is_disconnected_at_once_and_cannot_reconnect(broker, clients, tmp_path) -> None:
+    ident, issued = device_identity(broker.ca, "sec-a6", tmp_path, trust=broker.sec.cafile)
+    a = TlsClient(broker.proc.host, broker.proc.port, ident.ca, ident.cert, ident.key)
+    clients.append(a)
+    assert a.connect()
+    ctl = connected(broker, clients, None)
+    ctl.subscribe(f"{DYNSEC_TOPIC}/response")
+
+    # Revoke: new CRL + SIGHUP first (no way back in), then kick the live session.
+    broker.revoked.append((issued.serial, pki.utcnow()))
+    assert broker.control.install_crl(broker.ca.crl(broker.revoked))
+    time.sleep(0.3)  # the broker handles SIGHUP in its main loop
+    t0 = time.monotonic()
+    ctl.publish(DYNSEC_TOPIC, kick_command("sec-a6"))
+    assert a.disconnected.wait(5), a.events
+    assert time.monotonic() - t0 < 2.0
+    ctl.wait(lambda: bool(ctl.received(f"{DYNSEC_TOPIC}/response")), 5, "no dynsec response")
+    responses = json.loads(ctl.received(f"{DYNSEC_TOPIC}/response")[-1])["responses"]
+    assert all("error" not in r for r in responses), responses
+
+    # paho retries on its own; every attempt fails the TLS handshake.
+    time.sleep(2.5)
+    assert not a.connected.is_set(), a.events
+    again = TlsClient(broker.proc.host, broker.proc.port, ident.ca, ident.cert, ident.key)
+    clients.append(again)
+    assert not again.connect(timeout=3), again.events
+    # Other devices are unaffected.
+    connected(broker, clients, "sec-b6")
+
+
+def test_brokersetup_writes_a_setup_mosquitto_runs_and_the_controller_can_use(tmp_path, clients) -> None:
+    import subprocess
+
+    from controller.brokersetup import main
+
+    port = free_port()
+    out = tmp_path / "mosq"
+    assert (
+        main(
+            [
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--run-as",
+                getpass.getuser(),
+            ]
+        )
+        == 0
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(out / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    try:
+        ident = tmp_path / "data" / "identity"
+        c = TlsClient("127.0.0.1", port, out / "ca.pem", ident / "_controller.pem", ident / "_controller.key")
+        clients.append(c)
+        deadline = time.monotonic() + 10
+        while not c.connect(timeout=2):
+            assert time.monotonic() < deadline and proc.poll() is None, c.events
+            c.close()
+            c = TlsClient("127.0.0.1", port, out / "ca.pem", ident / "_controller.pem", ident / "_controller.key")
+            clients.append(c)
+            time.sleep(0.2)
+        assert c.subscribe("edgefleet/v1/dev/+/status") == [1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_device_refuses_a_broker_not_certified_by_the_device_ca(broker, tmp_path, clients) -> None:
+    """A network attacker posing as the broker: the agent's TLS context trusts only the device CA."""
+    from agent.identity import tls_context
+
+    rogue = pki.DeviceCA.generate(name="edgefleet device CA")
+    sec = provision(rogue, tmp_path / "rogue")
+    fake = MosquittoProcess(tmp_path / "rogue-run", MosquittoConfig(port=free_port(), security=sec, run_as=getpass.getuser()))
+    fake.start()
+    try:
+        ident, _ = device_identity(broker.ca, "sec-a7", tmp_path / "dev", trust=broker.sec.cafile)
+        ident.key.chmod(0o600)
+        ctx = tls_context(ident.ca, ident.cert, ident.key)  # what agent/link.py uses
+        with socket.create_connection((fake.host, fake.port), timeout=5) as raw, pytest.raises(ssl.SSLCertVerificationError):
+            ctx.wrap_socket(raw, server_hostname=fake.host)
+    finally:
+        fake.stop()
+
+
+def test_agent_link_uses_a_renewed_certificate_after_reload(broker, clients, tmp_path) -> None:
+    """agent/link.py over mTLS; after renewal the old certificate can be revoked and the link still gets back in."""
+    from agent.config import parse_config
+    from agent.link import MqttLink
+
+    ident, old = device_identity(broker.ca, "sec-a8", tmp_path, trust=broker.sec.cafile)
+    ident.key.chmod(0o600)
+    cfg = parse_config(
+        {
+            "device_id": "sec-a8",
+            "data_dir": str(tmp_path),
+            "director_public_keys": ["11" * 32],
+            "broker": {
+                "host": broker.proc.host,
+                "port": broker.proc.port,
+                "reconnect_min": 1,
+                "reconnect_max": 2,
+                "ca_file": str(ident.ca),
+                "cert_file": str(ident.cert),
+                "key_file": str(ident.key),
+            },
+        }
+    )
+    seq = iter(range(1, 1000))
+    connects: list[float] = []
+    link = MqttLink(cfg, lambda: next(seq), lambda payload: None, lambda: connects.append(time.monotonic()))
+    link.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not connects:
+            assert time.monotonic() < deadline, "agent link did not connect over mTLS"
+            time.sleep(0.05)
+        # Renew (same key, as agent/identity.py does), then make the old certificate useless.
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(ident.key.read_bytes(), password=None)
+        new = broker.ca.issue_device("sec-a8", pki.make_csr(key, "sec-a8"))  # type: ignore[arg-type]
+        ident.cert.write_bytes(new.pem)
+        link.reload_identity()
+        broker.revoked.append((old.serial, pki.utcnow()))
+        assert broker.control.install_crl(broker.ca.crl(broker.revoked))
+        time.sleep(0.3)
+        ctl = connected(broker, clients, None)
+        ctl.publish(DYNSEC_TOPIC, kick_command("sec-a8"))
+        deadline = time.monotonic() + 10
+        while len(connects) < 2:
+            assert time.monotonic() < deadline, "link did not come back with the renewed certificate"
+            time.sleep(0.05)
+    finally:
+        link.stop()
