@@ -76,9 +76,17 @@ def run(devices: int = 3, workdir: Path = Path(".demo")) -> None:
             device_id = f"pi-{i:04d}"
             api.post("/v1/devices", json={"id": device_id}).raise_for_status()
             agents.append(
-                start_agent(workdir / "devices", device_id, broker_host=broker.host, broker_port=broker.port, director_keys=[key])
+                start_agent(
+                    workdir / "devices",
+                    device_id,
+                    broker_host=broker.host,
+                    broker_port=broker.port,
+                    director_keys=[key],
+                    controller_url=controller.url,  # pins the image repository's TUF root
+                    extra="[health]\nlive_window = 2.0\n[telemetry]\nwindow_s = 10\n",
+                )
             )
-        console.print(f"• started {devices} agent processes (each pins the director key {key[:12]}…)")
+        console.print(f"• started {devices} agent processes (each pins the director key {key[:12]}… and the TUF root)")
         _wait("agents coming online", lambda: all(d["online"] for d in api.get("/v1/devices").json()))
 
         for a in agents:
