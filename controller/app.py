@@ -1,24 +1,44 @@
-"""Application factory: nothing is built at import time."""
+"""Application factory: nothing is built at import time.
+
+Routers are registered in one list (``ROUTERS``); a new resource adds its
+module there. Registry rule violations (``controller.registry.RegistryError``)
+become HTTP errors in one handler.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from controller import __version__
-from controller.api.routes import bundles, devices, models
+from controller.api.routes import approvals, audit, bundles, cohorts, devices, models, monitoring, tokens
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
 from controller.director import Director
-from controller.ingest import Ingestor
+from controller.ingest import Ingestor, TelemetryIngest
+from controller.metrics import Metrics
 from controller.mqtt import ControllerMqtt
+from controller.registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
+
+ROUTERS = [
+    models.router,
+    approvals.router,
+    devices.router,
+    cohorts.router,
+    audit.router,
+    monitoring.router,
+    tokens.router,
+    bundles.router,
+]
+_KINDS = ("status", "events", "telemetry")
 
 
 class Health(BaseModel):
@@ -30,33 +50,60 @@ class Health(BaseModel):
 def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.database_url)
     init_db(engine)
+    metrics = Metrics()
+    telemetry = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mqtt = app.state.mqtt
         if mqtt is not None:
+            telemetry.start()
             mqtt.start()
         try:
             yield
         finally:
             if mqtt is not None:
                 mqtt.stop()
+                telemetry.stop()
             engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.metrics = metrics
     app.state.blobs = BlobStore(settings.blob_dir)
+    app.state.registry = Registry(app.state.blobs)
     app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
+    app.state.telemetry = telemetry
     app.state.mqtt = (
-        ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine)) if settings.mqtt_enabled else None
+        ControllerMqtt(
+            settings.broker_host,
+            settings.broker_port,
+            Ingestor(engine, metrics, telemetry),
+            on_malformed=lambda kind: metrics.count(kind if kind in _KINDS else "other", "malformed"),
+        )
+        if settings.mqtt_enabled
+        else None
     )
-    for r in (models.router, devices.router, bundles.router):
+    for r in ROUTERS:
         app.include_router(r)
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.http_requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
         m = app.state.mqtt
-        return Health(status="ok", version=__version__, mqtt_connected=bool(m and m.connected.is_set()))
+        connected = bool(m and m.connected.is_set())
+        metrics.mqtt_connected.set(1 if connected else 0)
+        return Health(status="ok", version=__version__, mqtt_connected=connected)
 
     return app

@@ -2,7 +2,9 @@
 
 Device topics are read through a shared subscription so several replicas split
 the load. Every payload is validated; a malformed one is counted and logged
-and never stops the loop.
+and never stops the loop. Messages are acknowledged by the handler once they
+are durable (``manual_ack``): a controller that dies mid-batch has not
+acknowledged what it had not written.
 """
 
 from __future__ import annotations
@@ -22,23 +24,37 @@ from shared.messages import DeviceMessage, decode
 from shared.topics import Kind, Topic, device_topic, fleet_filter
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Topic, DeviceMessage], None]
+Ack = Callable[[], None]
+Handler = Callable[[Topic, DeviceMessage, Ack], None]
+ALL_KINDS = (Kind.STATUS, Kind.EVENTS, Kind.TELEMETRY)
 
 
 class ControllerMqtt:
-    def __init__(self, host: str, port: int, handler: Handler, kinds: tuple[Kind, ...] = (Kind.STATUS, Kind.EVENTS)) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: Handler,
+        kinds: tuple[Kind, ...] = ALL_KINDS,
+        on_malformed: Callable[[str], None] | None = None,
+    ) -> None:
         self._handler = handler
         self._kinds = kinds
+        self._on_malformed = on_malformed
         self.malformed = 0
         self.received = 0
         self.connected = threading.Event()
         c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
         )
         c.enable_logger(logging.getLogger("controller.mqtt"))
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        c.on_disconnect = self._on_disconnect
         self._client = c
         self._host, self._port = host, port
 
@@ -63,8 +79,18 @@ class ControllerMqtt:
         self.connected.set()
         log.info("controller connected to broker %s:%s", self._host, self._port)
 
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        self.connected.clear()
+        log.warning("controller disconnected from broker %s:%s (%s); reconnecting", self._host, self._port, reason)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos > 0:
+                client.ack(mid, qos)
+
         try:
             topic = Topic.parse(msg.topic)
             message = decode(topic.kind, bytes(msg.payload))
@@ -73,8 +99,12 @@ class ControllerMqtt:
         except ProtocolError as exc:
             self.malformed += 1
             log.warning("malformed message on %s: %s", msg.topic, exc)
+            if self._on_malformed is not None:
+                self._on_malformed(msg.topic.rsplit("/", 1)[-1])
+            ack()
             return
         try:
-            self._handler(topic, message)
+            self._handler(topic, message, ack)
         except Exception:
             log.exception("failed to handle %s message from %s", topic.kind.value, topic.device_id)
+            ack()
