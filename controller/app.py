@@ -63,8 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             if mqtt is not None:
+                telemetry.stop()  # flush and acknowledge what was taken, then leave the broker
                 mqtt.stop()
-                telemetry.stop()
             engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)

@@ -222,12 +222,17 @@ class TelemetryIngest:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._take()
-            if batch:
-                self.flush(batch)
-        rest = self._take(block=False)
-        if rest:
-            self.flush(rest)
+            self._flush_safely(self._take())
+        self._flush_safely(self._take(block=False))
+
+    def _flush_safely(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        try:
+            self.flush(batch)
+        except Exception:  # a bug must not stop ingestion; the batch stays unacknowledged
+            log.exception("telemetry batch of %d windows failed", len(batch))
+            self.metrics.count("telemetry", "failed", len(batch))
 
     def _take(self, block: bool = True) -> list[_Item]:
         batch: list[_Item] = []
@@ -269,7 +274,10 @@ class TelemetryIngest:
             try:
                 outcomes, new_aggs = self._write(valid)
             except SQLAlchemyError as exc:
-                log.warning("telemetry batch of %d failed (attempt %d): %s", len(valid), attempt + 1, exc.__class__.__name__)
+                # e.g. two replicas creating the same device's cursor at once: the retry sees the winner's row
+                log.info(
+                    "telemetry batch of %d failed (attempt %d): %s; retrying", len(valid), attempt + 1, exc.__class__.__name__
+                )
                 time.sleep(0.05 * (attempt + 1))
                 continue
             self.metrics.flush_seconds.observe(time.perf_counter() - t0)
@@ -331,8 +339,9 @@ class TelemetryIngest:
                 q = q.order_by(col(TelemetryCursor.device_id)).with_for_update()
                 cursors.update({c.device_id: c for c in session.exec(q).all()})
             state: dict[str, tuple[int | None, int]] = {d: (c.high_seq, c.seen_bits) for d, c in cursors.items()}
-            groups: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-            for item, parts in sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq)):
+            groups: dict[Key, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+            fresh = 0
+            for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
                 m = item.msg
                 cohorts = membership[m.device_id]
                 if cohorts is None:
@@ -347,9 +356,12 @@ class TelemetryIngest:
                 ws = window_start(m.window_start, self.window_s)
                 for role, model, version, summary in parts:
                     for cohort in cohorts:
-                        groups[(model, version, role, cohort, ws)].append(summary)
-                outcomes["accepted"] += 1
-            new_aggs = self._merge_groups(session, groups, outcomes)
+                        groups[(model, version, role, cohort, ws)].append((idx, summary))
+                fresh += 1
+            new_aggs, refused = self._merge_groups(session, groups)
+            outcomes["accepted"] = fresh - len(refused)
+            if refused:
+                outcomes["malformed"] += len(refused)
             self._write_cursors(session, cursors, state)
             self._write_aggs(session, new_aggs)
             session.commit()
@@ -358,8 +370,9 @@ class TelemetryIngest:
         return dict(outcomes), new_aggs
 
     def _merge_groups(
-        self, session: Session, groups: dict[Key, list[dict[str, Any]]], outcomes: dict[str, int]
-    ) -> dict[Key, _Agg]:
+        self, session: Session, groups: dict[Key, list[tuple[int, dict[str, Any]]]]
+    ) -> tuple[dict[Key, _Agg], set[int]]:
+        """Merge each key's summaries into its aggregate; also return the messages whose summaries do not merge."""
         missing = [k for k in groups if k not in self._aggs]
         if missing:  # rows of this shard written before and evicted from memory
             windows = sorted({k[4] for k in missing})
@@ -371,25 +384,26 @@ class TelemetryIngest:
             for r in rows:
                 self._aggs.setdefault((r.model, r.version, r.role, r.cohort, r.window_start), _Agg(r.id, r.windows, r.summary))
         out: dict[Key, _Agg] = {}
-        for key, summaries in groups.items():
+        refused: set[int] = set()
+        for key, items in groups.items():
             prev = self._aggs.get(key)
             base = [prev.summary] if prev else []
             try:
-                merged = merge_many([*base, *summaries])
-                n = len(summaries)
+                merged = merge_many([*base, *(s for _, s in items)])
+                n = len(items)
             except MergeError:
                 merged, n = (prev.summary if prev else None), 0
-                for s in summaries:  # find the offenders, keep the rest
+                for idx, s in items:  # find the offenders, keep the rest
                     try:
                         merged = s if merged is None else merge_many([merged, s])
                         n += 1
                     except MergeError as exc:
                         log.warning("telemetry summary for %s does not merge: %s", key, exc)
-                        outcomes["malformed"] += 1
+                        refused.add(idx)
                 if merged is None:
                     continue
             out[key] = _Agg(prev.row_id if prev else None, (prev.windows if prev else 0) + n, merged)
-        return out
+        return out, refused
 
     def _write_cursors(
         self, session: Session, cursors: dict[str, TelemetryCursor], state: dict[str, tuple[int | None, int]]

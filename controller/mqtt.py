@@ -44,6 +44,7 @@ class ControllerMqtt:
         self.malformed = 0
         self.received = 0
         self.connected = threading.Event()
+        self._stopping = False
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
@@ -59,10 +60,12 @@ class ControllerMqtt:
         self._host, self._port = host, port
 
     def start(self) -> None:
+        self._stopping = False
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -81,6 +84,8 @@ class ControllerMqtt:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         self.connected.clear()
+        if self._stopping:
+            return
         log.warning("controller disconnected from broker %s:%s (%s); reconnecting", self._host, self._port, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from controller.app import create_app
 from controller.core.config import Settings
 
-ADMIN_TOKEN = "test-admin-token"  # noqa: S105 - test only
+ADMIN_TOKEN = "test-admin-token"
 
 
 def settings_for(tmp_path: Path, database_url: str, broker_port: int | None = None) -> Settings:
