@@ -29,6 +29,17 @@ Handler = Callable[[Topic, DeviceMessage, Ack], None]
 ALL_KINDS = (Kind.STATUS, Kind.EVENTS, Kind.TELEMETRY)
 
 
+class _DropStopNoise(logging.Filter):
+    """paho 2.2's network thread logs an error when it runs once more after a clean disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger("controller.mqtt.paho")
+_PAHO_LOG.addFilter(_DropStopNoise())
+
+
 class ControllerMqtt:
     def __init__(
         self,
@@ -51,7 +62,7 @@ class ControllerMqtt:
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
-        c.enable_logger(logging.getLogger("controller.mqtt"))
+        c.enable_logger(_PAHO_LOG)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
         c.on_message = self._on_message

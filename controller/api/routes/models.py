@@ -31,7 +31,7 @@ AliasName = Annotated[str, Path(max_length=64, pattern=r"^[a-z][a-z0-9_-]{0,63}$
 _BUNDLE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         "description": "the bundle file (tar with manifest.json and the model)",
     }
 }
