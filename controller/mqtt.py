@@ -79,6 +79,10 @@ class ControllerMqtt:
         self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
+        # paho keeps the loop's wake-up socket pair open until garbage collection; close it now.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset()
 
     def publish_desired(self, device_id: str, envelope: dict[str, Any], timeout: float = 10.0) -> None:
         info = self._client.publish(device_topic(device_id, Kind.DESIRED), canonical_json(envelope), qos=1, retain=True)
