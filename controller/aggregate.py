@@ -10,9 +10,15 @@ checks that both agree on every input, including the errors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
+import numpy as np
+
 from shared.telemetry import IDENTITY_KEYS, MergeError, merge
+
+_INT = frozenset({int})
+_I64_MAX = 2**63 - 1
 
 MAX_DEPTH = 8
 MAX_LEAVES = 20_000  # numbers per summary; larger summaries are refused as malformed
@@ -22,8 +28,12 @@ class SummaryError(ValueError):
     """A role summary is not a mergeable telemetry summary."""
 
 
-def check_summary(summary: Any) -> tuple[str, int]:
-    """Validate one role summary's shape; return its (model, version) identity."""
+def check_summary(summary: Any, *, deep: bool = True) -> tuple[str, int]:
+    """Validate one role summary's shape; return its (model, version) identity.
+
+    ``deep=False`` checks the identity and the top level only, for summaries
+    whose value types were already checked while decoding (``controller.wire``).
+    """
     if not isinstance(summary, dict):
         raise SummaryError(f"expected an object, got {type(summary).__name__}")
     model, version = summary.get("model"), summary.get("version")
@@ -31,6 +41,11 @@ def check_summary(summary: Any) -> tuple[str, int]:
         raise SummaryError(f"model: expected a model name, got {model!r:.60}")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
         raise SummaryError(f"version: expected a positive integer, got {version!r:.60}")
+    if not deep:
+        for k, v in summary.items():
+            if type(v) is str and k not in IDENTITY_KEYS:
+                raise SummaryError(f"$.{k}: expected counts, got a string")
+        return model, version
     leaves = 0
 
     def walk(v: Any, path: str, depth: int) -> None:
@@ -41,7 +56,7 @@ def check_summary(summary: Any) -> tuple[str, int]:
         if t is int:
             leaves += 1
         elif t is list:
-            if v and all(type(x) is int for x in v):
+            if set(map(type, v)) <= _INT:
                 leaves += len(v)
             else:
                 for i, x in enumerate(v):
@@ -76,8 +91,8 @@ def merge_many(items: Sequence[Any], path: str = "$") -> Any:
             if len(x) != n:
                 break
         else:
-            if all(type(v) is int for x in items for v in x):
-                return [sum(col) for col in zip(*items, strict=True)]
+            if set(map(type, chain.from_iterable(items))) <= _INT:
+                return _sum_columns(items)
             return [merge_many(col, f"{path}[{i}]") for i, col in enumerate(zip(*items, strict=True))]
     if t is dict and all(type(x) is dict for x in items):
         keys: dict[str, None] = {}
@@ -99,6 +114,18 @@ def merge_many(items: Sequence[Any], path: str = "$") -> Any:
     for x in items[1:]:
         acc = merge(acc, x, path)
     return acc
+
+
+def _sum_columns(items: Sequence[list[int]]) -> list[int]:
+    """Element-wise sum of equal-length int lists: numpy for big batches, exact Python ints otherwise."""
+    if len(items) >= 8 and len(items[0]) >= 32:
+        try:
+            arr = np.array(items, dtype=np.int64)
+        except OverflowError:
+            arr = None
+        if arr is not None and max(int(arr.max()), -int(arr.min())) <= _I64_MAX // len(items):
+            return [int(v) for v in arr.sum(axis=0)]
+    return [sum(col) for col in zip(*items, strict=True)]
 
 
 def window_start(window_start_s: float, window_s: int) -> int:

@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.broker_port,
             Ingestor(engine, metrics, telemetry),
             on_malformed=lambda kind: metrics.count(kind if kind in _KINDS else "other", "malformed"),
+            client_id=settings.mqtt_client_id,
         )
         if settings.mqtt_enabled
         else None

@@ -33,17 +33,25 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 
 
 class DeviceLike(Protocol):
-    id: str
-    hardware_class: str
-    region: str
-    tags: list[str]
-    agent_version: str
+    @property
+    def id(self) -> str: ...
+    @property
+    def hardware_class(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def agent_version(self) -> str: ...
 
 
 class CohortLike(Protocol):
-    name: str
-    members: list[str]
-    filter: dict[str, Any]
+    @property
+    def name(self) -> str: ...
+    @property
+    def members(self) -> list[str]: ...
+    @property
+    def filter(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,17 @@ class CohortSnapshot:
     name: str
     members: list[str]
     filter: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    """The device fields membership depends on, detached from the database."""
+
+    id: str
+    hardware_class: str
+    region: str
+    tags: list[str]
+    agent_version: str
 
 
 def parse_version_spec(spec: str) -> tuple[str, Version]:

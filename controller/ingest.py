@@ -31,12 +31,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from controller import audit
 from controller.aggregate import SummaryError, check_summary, merge_many, window_start
-from controller.cohorts import FLEET, CohortSnapshot, all_cohorts, cohorts_of
+from controller.cohorts import FLEET, CohortSnapshot, DeviceSnapshot, all_cohorts, cohorts_of
 from controller.metrics import Metrics
 from controller.models import ActualChange, Device, DeviceEvent, TelemetryAggregate, TelemetryCursor
 from shared.messages import ONLINE, DeviceMessage, Event, Status, Telemetry
@@ -169,6 +170,31 @@ class _Agg:
 
 
 @dataclass
+class _Partial:
+    idxs: set[int]  # messages summed here
+    windows: int
+    summary: dict[str, Any]
+
+
+def _merge_items(items: list[tuple[int, dict[str, Any]]], refused: set[int], where: object) -> _Partial | None:
+    """Sum one group's summaries; a summary that does not merge with the others is refused."""
+    try:
+        return _Partial({i for i, _ in items}, len(items), merge_many([s for _, s in items]))
+    except MergeError:
+        pass
+    acc: dict[str, Any] | None = None
+    idxs: set[int] = set()
+    for idx, s in items:
+        try:
+            acc = s if acc is None else merge_many([acc, s])
+            idxs.add(idx)
+        except MergeError as exc:
+            log.warning("telemetry summary for %s does not merge: %s", where, exc)
+            refused.add(idx)
+    return None if acc is None else _Partial(idxs, len(idxs), acc)
+
+
+@dataclass
 class _Item:
     msg: Telemetry
     ack: Ack
@@ -185,7 +211,7 @@ class TelemetryIngest:
         window_s: int = 60,
         batch_max: int = 5000,
         linger_s: float = 0.05,
-        membership_ttl_s: float = 10.0,
+        membership_ttl_s: float = 120.0,
         shard: str | None = None,
     ) -> None:
         self.engine = engine
@@ -302,7 +328,7 @@ class TelemetryIngest:
             out = []
             for role, summary in msg.roles.items():
                 try:
-                    model, version = check_summary(summary)
+                    model, version = check_summary(summary, deep=False)  # value types checked by controller.wire
                 except SummaryError as exc:
                     raise SummaryError(f"roles.{role}: {exc}") from None
                 out.append((role, model, version, summary))
@@ -319,7 +345,9 @@ class TelemetryIngest:
         missing = [d for d in device_ids if d not in self._members or now - self._members[d][0] > self.membership_ttl_s]
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
-            found = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(chunk))).all()}
+            cols: list[Any] = [Device.id, Device.hardware_class, Device.region, Device.tags, Device.agent_version]
+            rows = session.execute(sa_select(*cols).where(col(Device.id).in_(chunk))).all()
+            found = {r[0]: DeviceSnapshot(*r) for r in rows}
             for did in chunk:
                 dev = found.get(did)
                 self._members[did] = (now, None if dev is None else (FLEET, *cohorts_of(dev, self._cohorts[1])))
@@ -333,13 +361,16 @@ class TelemetryIngest:
             device_ids = {item.msg.device_id for item, _ in valid}
             membership = self._cohorts_for(session, device_ids)
             known = sorted(d for d in device_ids if membership[d] is not None)
-            cursors: dict[str, TelemetryCursor] = {}
+            cursors: dict[str, tuple[int, int]] = {}
+            tc = TelemetryCursor
             for i in range(0, len(known), 500):
-                q = select(TelemetryCursor).where(col(TelemetryCursor.device_id).in_(known[i : i + 500]))
-                q = q.order_by(col(TelemetryCursor.device_id)).with_for_update()
-                cursors.update({c.device_id: c for c in session.exec(q).all()})
-            state: dict[str, tuple[int | None, int]] = {d: (c.high_seq, c.seen_bits) for d, c in cursors.items()}
-            groups: dict[Key, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+                q = select(tc.device_id, tc.high_seq, tc.seen_bits).where(col(tc.device_id).in_(known[i : i + 500]))
+                q = q.order_by(col(tc.device_id)).with_for_update()
+                cursors.update({r[0]: (r[1], r[2]) for r in session.execute(q).all()})
+            state: dict[str, tuple[int | None, int]] = dict(cursors)
+            # Devices with the same cohorts share one partial sum per (model, version, role, window),
+            # added once to each of those cohorts' aggregates.
+            groups: dict[tuple[str, int, str, int, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
             fresh = 0
             for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
                 m = item.msg
@@ -355,11 +386,17 @@ class TelemetryIngest:
                 state[m.device_id] = (high, bits)
                 ws = window_start(m.window_start, self.window_s)
                 for role, model, version, summary in parts:
-                    for cohort in cohorts:
-                        groups[(model, version, role, cohort, ws)].append((idx, summary))
+                    groups[(model, version, role, ws, cohorts)].append((idx, summary))
                 fresh += 1
-            new_aggs, refused = self._merge_groups(session, groups)
-            outcomes["accepted"] = fresh - len(refused)
+            partials: dict[Key, list[_Partial]] = defaultdict(list)
+            refused: set[int] = set()
+            for (model, version, role, ws, cohorts), items in groups.items():
+                part = _merge_items(items, refused, (model, version, role, ws))
+                if part is not None:
+                    for cohort in cohorts:
+                        partials[(model, version, role, cohort, ws)].append(part)
+            new_aggs = self._merge_into_aggregates(session, partials, refused)
+            outcomes["accepted"] = fresh - len(refused)  # a refused window may have reached some aggregates
             if refused:
                 outcomes["malformed"] += len(refused)
             self._write_cursors(session, cursors, state)
@@ -369,11 +406,9 @@ class TelemetryIngest:
             log.warning("%d telemetry windows from devices that are not enrolled ignored", outcomes["unknown_device"])
         return dict(outcomes), new_aggs
 
-    def _merge_groups(
-        self, session: Session, groups: dict[Key, list[tuple[int, dict[str, Any]]]]
-    ) -> tuple[dict[Key, _Agg], set[int]]:
-        """Merge each key's summaries into its aggregate; also return the messages whose summaries do not merge."""
-        missing = [k for k in groups if k not in self._aggs]
+    def _merge_into_aggregates(self, session: Session, partials: dict[Key, list[_Partial]], refused: set[int]) -> dict[Key, _Agg]:
+        """Add each key's partial sums to its aggregate; messages in a partial that does not fit are refused."""
+        missing = [k for k in partials if k not in self._aggs]
         if missing:  # rows of this shard written before and evicted from memory
             windows = sorted({k[4] for k in missing})
             rows = session.exec(
@@ -384,35 +419,29 @@ class TelemetryIngest:
             for r in rows:
                 self._aggs.setdefault((r.model, r.version, r.role, r.cohort, r.window_start), _Agg(r.id, r.windows, r.summary))
         out: dict[Key, _Agg] = {}
-        refused: set[int] = set()
-        for key, items in groups.items():
+        for key, parts in partials.items():
             prev = self._aggs.get(key)
             base = [prev.summary] if prev else []
             try:
-                merged = merge_many([*base, *(s for _, s in items)])
-                n = len(items)
+                merged: dict[str, Any] | None = merge_many([*base, *(p.summary for p in parts)])
+                n = sum(p.windows for p in parts)
             except MergeError:
                 merged, n = (prev.summary if prev else None), 0
-                for idx, s in items:  # find the offenders, keep the rest
+                for p in parts:
                     try:
-                        merged = s if merged is None else merge_many([merged, s])
-                        n += 1
+                        merged = p.summary if merged is None else merge_many([merged, p.summary])
+                        n += p.windows
                     except MergeError as exc:
-                        log.warning("telemetry summary for %s does not merge: %s", key, exc)
-                        refused.add(idx)
-                if merged is None:
-                    continue
-            out[key] = _Agg(prev.row_id if prev else None, (prev.windows if prev else 0) + n, merged)
-        return out, refused
+                        log.warning("telemetry summaries for %s do not merge with the aggregate: %s", key, exc)
+                        refused.update(p.idxs)
+            if merged is not None and n:
+                out[key] = _Agg(prev.row_id if prev else None, (prev.windows if prev else 0) + n, merged)
+        return out
 
     def _write_cursors(
-        self, session: Session, cursors: dict[str, TelemetryCursor], state: dict[str, tuple[int | None, int]]
+        self, session: Session, cursors: dict[str, tuple[int, int]], state: dict[str, tuple[int | None, int]]
     ) -> None:
-        updates = [
-            {"b_id": d, "high": h, "bits": b}
-            for d, (h, b) in state.items()
-            if d in cursors and (cursors[d].high_seq, cursors[d].seen_bits) != (h, b)
-        ]
+        updates = [{"b_id": d, "high": h, "bits": b} for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
         if updates:
             stmt = (
                 update(TelemetryCursor)

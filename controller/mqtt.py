@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.wire import decode_telemetry
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
 from shared.messages import DeviceMessage, decode
@@ -48,7 +49,9 @@ class ControllerMqtt:
         handler: Handler,
         kinds: tuple[Kind, ...] = ALL_KINDS,
         on_malformed: Callable[[str], None] | None = None,
+        client_id: str | None = None,
     ) -> None:
+        """``client_id`` given: a persistent session (the broker queues for this replica while it restarts)."""
         self._handler = handler
         self._kinds = kinds
         self._on_malformed = on_malformed
@@ -58,8 +61,9 @@ class ControllerMqtt:
         self._stopping = False
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
+            clean_session=client_id is None,
             manual_ack=True,
         )
         c.enable_logger(_PAHO_LOG)
@@ -113,7 +117,8 @@ class ControllerMqtt:
 
         try:
             topic = Topic.parse(msg.topic)
-            message = decode(topic.kind, bytes(msg.payload))
+            payload = bytes(msg.payload)
+            message = decode_telemetry(payload) if topic.kind is Kind.TELEMETRY else decode(topic.kind, payload)
             if message.device_id != topic.device_id:
                 raise ProtocolError(f"payload device_id {message.device_id!r} does not match topic {topic.device_id!r}")
         except ProtocolError as exc:

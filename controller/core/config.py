@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     admin_token: str = "dev-admin-token"  # noqa: S105 - refused outside development
     desired_ttl_s: int = Field(7 * 24 * 3600, description="validity of a signed desired state, seconds")
     max_bundle_bytes: int = 512 * 1024 * 1024
+    mqtt_client_id: str | None = Field(
+        None, max_length=64, description="stable per replica: the broker keeps its session and queue across restarts"
+    )
     telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
     ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
 
