@@ -94,6 +94,10 @@ def merge_many(items: Sequence[Any], path: str = "$") -> Any:
             if set(map(type, chain.from_iterable(items))) <= _INT:
                 return _sum_columns(items)
             return [merge_many(col, f"{path}[{i}]") for i, col in enumerate(zip(*items, strict=True))]
+    if t is dict and len(items) >= 4:
+        fast = _merge_same_layout(items)
+        if fast is not None:
+            return fast
     if t is dict and all(type(x) is dict for x in items):
         keys: dict[str, None] = {}
         for x in items:
@@ -114,6 +118,76 @@ def merge_many(items: Sequence[Any], path: str = "$") -> Any:
     for x in items[1:]:
         acc = merge(acc, x, path)
     return acc
+
+
+_END = ("",)  # closes a nested object in a layout
+
+
+def _flatten(d: dict[str, Any], flat: list[Any], layout: list[tuple[Any, ...]]) -> bool:
+    """Append ``d``'s counts to ``flat`` and its shape to ``layout``; False if not a plain summary."""
+    for k, v in d.items():
+        tv = type(v)
+        if k in IDENTITY_KEYS:
+            layout.append((k, "=", v))
+        elif tv is list:
+            layout.append((k, "[", len(v)))
+            flat.extend(v)
+        elif tv is int:
+            layout.append((k, "1"))
+            flat.append(v)
+        elif tv is dict:
+            layout.append((k, "{"))
+            if not _flatten(v, flat, layout):
+                return False
+            layout.append(_END)
+        else:
+            return False
+    return True
+
+
+def _unflatten(layout: Sequence[tuple[Any, ...]], flat: list[int]) -> dict[str, Any]:
+    stack: list[dict[str, Any]] = [{}]
+    pos = 0
+    for entry in layout:
+        if entry is _END:
+            stack.pop()
+            continue
+        k, kind = entry[0], entry[1]
+        if kind == "=":
+            stack[-1][k] = entry[2]
+        elif kind == "[":
+            stack[-1][k] = flat[pos : pos + entry[2]]
+            pos += entry[2]
+        elif kind == "1":
+            stack[-1][k] = flat[pos]
+            pos += 1
+        else:
+            child: dict[str, Any] = {}
+            stack[-1][k] = child
+            stack.append(child)
+    return stack[0]
+
+
+def _merge_same_layout(items: Sequence[Any]) -> dict[str, Any] | None:
+    """Fast path: summaries with one shape (same keys in the same order, same list lengths,
+    same identity) flattened to int vectors and summed at once; None when it does not apply."""
+    layout0: list[tuple[Any, ...]] = []
+    flats: list[list[Any]] = []
+    for i, x in enumerate(items):
+        if type(x) is not dict:
+            return None
+        flat: list[Any] = []
+        layout: list[tuple[Any, ...]] = []
+        if not _flatten(x, flat, layout):
+            return None
+        if i == 0:
+            layout0 = layout
+        elif layout != layout0:
+            return None
+        flats.append(flat)
+    if not flats[0] or not set(map(type, chain.from_iterable(flats))) <= _INT:
+        return None
+    return _unflatten(layout0, _sum_columns(flats))
 
 
 def _sum_columns(items: Sequence[list[int]]) -> list[int]:

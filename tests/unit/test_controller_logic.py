@@ -124,3 +124,29 @@ def test_cohort_membership_static_or_every_filter_criterion():
 def test_roles_are_ordered_and_only_serving_roles_need_approval():
     assert Role.ADMIN.allows(Role.APPROVER) and Role.APPROVER.allows(Role.OPERATOR) and not Role.VIEWER.allows(Role.OPERATOR)
     assert [beyond_canary(r) for r in ("production", "arm-b", "canary", "shadow")] == [True, True, False, False]
+
+
+shaped = st.fixed_dictionaries(
+    {
+        "model": st.just("m"),
+        "version": st.just(2),
+        "count": counts,
+        "latency_ms": st.lists(counts, min_size=3, max_size=3),
+        "features": st.fixed_dictionaries(
+            {"a": st.lists(counts, min_size=2, max_size=2), "b": st.fixed_dictionaries({"x": counts})}
+        ),
+    }
+)
+
+
+@given(st.lists(shaped, min_size=4, max_size=40), st.sampled_from([None, 1.5, True, [1, 2], "s", 2**70]))
+def test_merge_many_fast_path_for_one_shape_equals_reduce_merge(items, odd):
+    if odd is not None:
+        items = [*items[:-1], {**items[-1], "count": odd}]
+    try:
+        expected = reference(items)
+    except MergeError:
+        with pytest.raises(MergeError):
+            merge_many(items)
+        return
+    assert merge_many(items) == expected
