@@ -114,4 +114,5 @@ Approver = Annotated[Principal, Depends(require(Role.APPROVER))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 # Kept for route files written before roles existed: the admin role, as before.
+require_token = require(Role.ADMIN)
 Authenticated = needs(Role.ADMIN)
