@@ -32,6 +32,8 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -441,17 +443,17 @@ class TelemetryIngest:
     def _write_cursors(
         self, session: Session, cursors: dict[str, tuple[int, int]], state: dict[str, tuple[int | None, int]]
     ) -> None:
-        updates = [{"b_id": d, "high": h, "bits": b} for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
-        if updates:
-            stmt = (
-                update(TelemetryCursor)
-                .where(col(TelemetryCursor.device_id) == bindparam("b_id"))
-                .values(high_seq=bindparam("high"), seen_bits=bindparam("bits"))
+        """One multi-row upsert per 300 devices (much cheaper than row-by-row updates)."""
+        rows = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if cursors.get(d) != (h, b)]
+        table = TelemetryCursor.__table__  # type: ignore[attr-defined]
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        for i in range(0, len(rows), 300):
+            stmt = insert(table).values(rows[i : i + 300])
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[table.c.device_id],
+                set_={"high_seq": stmt.excluded.high_seq, "seen_bits": stmt.excluded.seen_bits},
             )
-            session.connection().execute(stmt, updates)
-        inserts = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if d not in cursors]
-        if inserts:
-            session.connection().execute(TelemetryCursor.__table__.insert(), inserts)  # type: ignore[attr-defined]
+            session.connection().execute(stmt)
 
     def _write_aggs(self, session: Session, aggs: dict[Key, _Agg]) -> None:
         now = time.time()
