@@ -40,6 +40,7 @@ from sqlmodel import Session, col, select
 from controller import audit
 from controller.aggregate import SummaryError, check_summary, merge_many, window_start
 from controller.cohorts import FLEET, CohortSnapshot, DeviceSnapshot, all_cohorts, cohorts_of
+from controller.core.db import make_engine
 from controller.metrics import Metrics
 from controller.models import ActualChange, Device, DeviceEvent, TelemetryAggregate, TelemetryCursor
 from shared.messages import ONLINE, DeviceMessage, Event, Status, Telemetry
@@ -217,6 +218,9 @@ class TelemetryIngest:
         shard: str | None = None,
     ) -> None:
         self.engine = engine
+        # One batch reads the dedupe cursors, then writes them: on SQLite take the write lock first.
+        sqlite = engine.dialect.name == "sqlite"
+        self._batch_engine = make_engine(engine.url.render_as_string(hide_password=False), immediate=True) if sqlite else engine
         self.metrics = metrics
         self.window_s = window_s
         self.batch_max = batch_max
@@ -247,6 +251,8 @@ class TelemetryIngest:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._batch_engine is not self.engine:
+            self._batch_engine.dispose()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -359,7 +365,7 @@ class TelemetryIngest:
         self, valid: list[tuple[_Item, list[tuple[str, str, int, dict[str, Any]]]]]
     ) -> tuple[dict[str, int], dict[Key, _Agg]]:
         outcomes: dict[str, int] = defaultdict(int)
-        with Session(self.engine) as session:
+        with Session(self._batch_engine) as session:
             device_ids = {item.msg.device_id for item, _ in valid}
             membership = self._cohorts_for(session, device_ids)
             known = sorted(d for d in device_ids if membership[d] is not None)
@@ -443,17 +449,26 @@ class TelemetryIngest:
     def _write_cursors(
         self, session: Session, cursors: dict[str, tuple[int, int]], state: dict[str, tuple[int | None, int]]
     ) -> None:
-        """One multi-row upsert per 300 devices (much cheaper than row-by-row updates)."""
-        rows = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if cursors.get(d) != (h, b)]
+        """Multi-row statements of 300 devices. Existing cursors were read FOR UPDATE (PostgreSQL) or under
+        the write lock (SQLite), so an upsert is a plain update; new ones are plain INSERTs, so two replicas
+        creating the same device's cursor conflict and the loser retries its batch instead of overwriting."""
         table = TelemetryCursor.__table__  # type: ignore[attr-defined]
+        changed = [
+            {"device_id": d, "high_seq": h, "seen_bits": b}
+            for d, (h, b) in state.items()
+            if d in cursors and cursors[d] != (h, b)
+        ]
+        new = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if d not in cursors]
         insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        for i in range(0, len(rows), 300):
-            stmt = insert(table).values(rows[i : i + 300])
+        for i in range(0, len(changed), 300):
+            stmt = insert(table).values(changed[i : i + 300])
             stmt = stmt.on_conflict_do_update(
                 index_elements=[table.c.device_id],
                 set_={"high_seq": stmt.excluded.high_seq, "seen_bits": stmt.excluded.seen_bits},
             )
             session.connection().execute(stmt)
+        for i in range(0, len(new), 300):
+            session.connection().execute(table.insert().values(new[i : i + 300]))
 
     def _write_aggs(self, session: Session, aggs: dict[Key, _Agg]) -> None:
         now = time.time()

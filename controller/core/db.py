@@ -21,7 +21,9 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_ID = 0x6564676566  # "edgef"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, immediate: bool = False) -> Engine:
+    """An engine. ``immediate`` (SQLite only): every transaction starts with BEGIN IMMEDIATE, taking
+    the write lock before its first read, for writers that read then write (the telemetry batches)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -36,6 +38,14 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            if immediate:
+                conn.isolation_level = None  # pysqlite would BEGIN only at the first write
+
+        if immediate:
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn):  # type: ignore[no-untyped-def]
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
