@@ -32,8 +32,6 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -449,26 +447,21 @@ class TelemetryIngest:
     def _write_cursors(
         self, session: Session, cursors: dict[str, tuple[int, int]], state: dict[str, tuple[int | None, int]]
     ) -> None:
-        """Multi-row statements of 300 devices. Existing cursors were read FOR UPDATE (PostgreSQL) or under
-        the write lock (SQLite), so an upsert is a plain update; new ones are plain INSERTs, so two replicas
-        creating the same device's cursor conflict and the loser retries its batch instead of overwriting."""
-        table = TelemetryCursor.__table__  # type: ignore[attr-defined]
-        changed = [
-            {"device_id": d, "high_seq": h, "seen_bits": b}
-            for d, (h, b) in state.items()
-            if d in cursors and cursors[d] != (h, b)
-        ]
-        new = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if d not in cursors]
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        for i in range(0, len(changed), 300):
-            stmt = insert(table).values(changed[i : i + 300])
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[table.c.device_id],
-                set_={"high_seq": stmt.excluded.high_seq, "seen_bits": stmt.excluded.seen_bits},
+        """Existing cursors were read FOR UPDATE (PostgreSQL) or under the write lock (SQLite): plain
+        updates. New ones are plain INSERTs, so two replicas creating the same device's cursor conflict
+        and the loser retries its batch instead of overwriting. (executemany: a multi-row upsert was
+        slower here, its statement is compiled anew for every batch size.)"""
+        updates = [{"b_id": d, "high": h, "bits": b} for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
+        if updates:
+            stmt = (
+                update(TelemetryCursor)
+                .where(col(TelemetryCursor.device_id) == bindparam("b_id"))
+                .values(high_seq=bindparam("high"), seen_bits=bindparam("bits"))
             )
-            session.connection().execute(stmt)
-        for i in range(0, len(new), 300):
-            session.connection().execute(table.insert().values(new[i : i + 300]))
+            session.connection().execute(stmt, updates)
+        inserts = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if d not in cursors]
+        if inserts:
+            session.connection().execute(TelemetryCursor.__table__.insert(), inserts)  # type: ignore[attr-defined]
 
     def _write_aggs(self, session: Session, aggs: dict[Key, _Agg]) -> None:
         now = time.time()
