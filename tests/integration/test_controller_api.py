@@ -248,3 +248,68 @@ def test_enrolment_rejects_bad_ids_and_duplicates(api):
     assert op.get("/v1/devices/nope").status_code == 404
     with Session(api.app.state.engine) as s:
         assert len(s.exec(select(Device)).all()) == 1
+
+
+def test_telemetry_endpoint_merges_replica_shards_and_metrics_are_exported(api):
+    from controller.models import TelemetryAggregate
+    from shared.telemetry import N_LATENCY_BUCKETS
+
+    def lat(i: int, n: int) -> list[int]:
+        out = [0] * N_LATENCY_BUCKETS
+        out[i] = n
+        return out
+
+    with Session(api.app.state.engine) as s:
+        for shard, n in (("a", 90), ("b", 10)):
+            s.add(
+                TelemetryAggregate(
+                    model="digits",
+                    version=3,
+                    role="production",
+                    cohort="*",
+                    window_start=1_800_000_000,
+                    window_s=60,
+                    shard=shard,
+                    windows=n,
+                    summary={
+                        "model": "digits",
+                        "version": 3,
+                        "count": n,
+                        "errors": 1,
+                        "latency_ms": lat(20 if shard == "a" else 40, n),
+                    },
+                )
+            )
+        s.commit()
+    rows = api.as_("vera").get("/v1/telemetry", params={"model": "digits"}).json()
+    assert len(rows) == 1
+    w = rows[0]
+    assert (w["windows"], w["count"], w["errors"]) == (100, 100, 2)
+    assert w["p50_ms"] < w["p99_ms"]
+    assert api.as_("vera").get("/v1/telemetry", params={"model": "digits", "cohort": "eu"}).json() == []
+    metrics = api.as_("vera").get("/metrics")
+    assert metrics.status_code == 200
+    assert 'edgefleet_ingest_messages_total{kind="telemetry",outcome="malformed"}' in metrics.text
+    assert "edgefleet_http_requests_total" in metrics.text
+    assert api.admin.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_concurrent_audit_appends_form_one_gapless_chain(api):
+    import threading
+
+    from controller import audit
+
+    def worker(n: int) -> None:
+        for i in range(8):
+            with Session(api.app.state.engine) as s:
+                audit.record(s, actor=f"t{n}", action="test.append", subject=f"thread:{n}", evidence={"i": i})
+                s.commit()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    v = api.admin.get("/v1/audit/verify").json()
+    assert v["ok"], v["problems"]
+    assert v["entries"] == 4 + 32  # 4 token entries from the fixture
