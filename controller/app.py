@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -23,6 +24,7 @@ from controller.core.db import init_db, make_engine
 from controller.director import Director
 from controller.ingest import Ingestor, TelemetryIngest
 from controller.metrics import Metrics
+from controller.models import ErrorMessage, ValidationErrors
 from controller.mqtt import ControllerMqtt
 from controller.registry import Registry, RegistryError
 
@@ -39,6 +41,14 @@ ROUTERS = [
     bundles.router,
 ]
 _KINDS = ("status", "events", "telemetry")
+# Documented on every operation so clients (and the schemathesis test) know the error shapes.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "missing, unknown or revoked API token"},
+    403: {"model": ErrorMessage, "description": "the token's role does not allow this"},
+    404: {"model": ErrorMessage, "description": "no such resource"},
+    409: {"model": ErrorMessage, "description": "refused by a rule (e.g. not approved, revoked, below the floor)"},
+    422: {"model": ValidationErrors | ErrorMessage, "description": "invalid request"},
+}
 
 
 class Health(BaseModel):
@@ -87,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         else None
     )
     for r in ROUTERS:
-        app.include_router(r)
+        app.include_router(r, responses=ERROR_RESPONSES)
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:

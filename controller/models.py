@@ -186,6 +186,25 @@ class TelemetryAggregate(SQLModel, table=True):
 
 # --- API shapes ------------------------------------------------------------------
 
+
+class ErrorMessage(SQLModel):
+    """Every error the handlers raise: what was wrong and, where useful, what to do."""
+
+    detail: str
+
+
+class ValidationErrorItem(SQLModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrors(SQLModel):
+    """Request validation errors found by FastAPI before a handler runs."""
+
+    detail: list[ValidationErrorItem]
+
+
 _TAG = r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$"
 _LABEL = r"^[A-Za-z0-9._-]{0,64}$"
 
