@@ -22,11 +22,12 @@ from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
 from controller.director import Director
-from controller.ingest import Ingestor, TelemetryIngest
+from controller.ingest import Ingestor
 from controller.metrics import Metrics
 from controller.models import ErrorMessage, ValidationErrors
 from controller.mqtt import ControllerMqtt
 from controller.registry import Registry, RegistryError
+from controller.telemetry_ingest import TelemetryIngest
 
 log = logging.getLogger(__name__)
 

@@ -148,10 +148,11 @@ def ingest(broker: MosquittoProcess, msgs: list[tuple[str, bytes]], database_url
     from sqlmodel import Session
 
     from controller.core.db import init_db, make_engine
-    from controller.ingest import Ingestor, TelemetryIngest
+    from controller.ingest import Ingestor
     from controller.metrics import Metrics
     from controller.models import Cohort, Device
     from controller.mqtt import ControllerMqtt
+    from controller.telemetry_ingest import TelemetryIngest
 
     engine = make_engine(database_url)
     init_db(engine)

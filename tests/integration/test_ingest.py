@@ -11,10 +11,11 @@ import pytest
 from sqlmodel import Session, select
 
 from controller.aggregate import merge_many
-from controller.ingest import Ingestor, TelemetryIngest
+from controller.ingest import Ingestor
 from controller.metrics import Metrics
 from controller.models import Cohort, Device, TelemetryAggregate
 from controller.mqtt import ControllerMqtt
+from controller.telemetry_ingest import TelemetryIngest
 from shared.telemetry import N_LATENCY_BUCKETS, merge
 from shared.topics import Kind, device_topic
 
