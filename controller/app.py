@@ -1,25 +1,71 @@
-"""Application factory: nothing is built at import time."""
+"""Application factory: nothing is built at import time.
+
+Routers are registered in one list (``ROUTERS``); a new resource adds its
+module there. Registry rule violations (``controller.registry.RegistryError``)
+become HTTP errors in one handler.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from controller import __version__, identity
-from controller.api.routes import bundles, capture, devices, enrolment, models, tuf
+from controller.api.routes import (
+    approvals,
+    audit,
+    bundles,
+    capture,
+    cohorts,
+    devices,
+    enrolment,
+    models,
+    monitoring,
+    tokens,
+    tuf,
+)
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
 from controller.director import Director
-from controller.imagerepo import ImageRepoService  # issue-3 hook
+from controller.imagerepo import ImageRepoService
 from controller.ingest import Ingestor
+from controller.metrics import Metrics
+from controller.models import ErrorMessage, ValidationErrors
 from controller.mqtt import ControllerMqtt
+from controller.registry import Registry, RegistryError
+from controller.telemetry_ingest import TelemetryIngest
 
 log = logging.getLogger(__name__)
+
+ROUTERS = [
+    models.router,
+    approvals.router,
+    devices.router,
+    cohorts.router,
+    audit.router,
+    monitoring.router,
+    tokens.router,
+    bundles.router,
+    tuf.router,
+    capture.router,
+    enrolment.router,
+]
+_KINDS = ("status", "events", "telemetry")
+# Documented on every operation so clients (and the schemathesis test) know the error shapes.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "missing, unknown or revoked API token"},
+    403: {"model": ErrorMessage, "description": "the token's role does not allow this"},
+    404: {"model": ErrorMessage, "description": "no such resource"},
+    409: {"model": ErrorMessage, "description": "refused by a rule (e.g. not approved, revoked, below the floor)"},
+    422: {"model": ValidationErrors | ErrorMessage, "description": "invalid request"},
+}
 
 
 class Health(BaseModel):
@@ -31,37 +77,65 @@ class Health(BaseModel):
 def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.database_url)
     init_db(engine)
+    metrics = Metrics()
+    telemetry = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mqtt = app.state.mqtt
         if mqtt is not None:
+            telemetry.start()
             mqtt.start()
         try:
             yield
         finally:
             if mqtt is not None:
+                telemetry.stop()  # flush and acknowledge what was taken, then leave the broker
                 mqtt.stop()
             engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.metrics = metrics
     app.state.blobs = BlobStore(settings.blob_dir)
+    app.state.registry = Registry(app.state.blobs)
     app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
+    app.state.telemetry = telemetry
     app.state.mqtt = (
-        ControllerMqtt(settings.broker_host, settings.broker_port, Ingestor(engine), tls=identity.mqtt_tls_context(settings))
+        ControllerMqtt(
+            settings.broker_host,
+            settings.broker_port,
+            Ingestor(engine, metrics, telemetry),
+            on_malformed=lambda kind: metrics.count(kind if kind in _KINDS else "other", "malformed"),
+            client_id=settings.mqtt_client_id,
+            tls=identity.mqtt_tls_context(settings),
+        )
         if settings.mqtt_enabled
         else None
     )
     app.state.imagerepo = ImageRepoService.open(settings.data_dir)  # TUF image repository
+    app.state.registry.hooks.append(app.state.imagerepo.on_release_change)  # registered/revoked -> signed targets
     identity.install(app, settings, engine)
-    for r in (models.router, devices.router, bundles.router, tuf.router, capture.router, enrolment.router):
-        app.include_router(r)
+    for r in ROUTERS:
+        app.include_router(r, responses=ERROR_RESPONSES)
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.http_requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
         m = app.state.mqtt
-        return Health(status="ok", version=__version__, mqtt_connected=bool(m and m.connected.is_set()))
+        connected = bool(m and m.connected.is_set())
+        metrics.mqtt_connected.set(1 if connected else 0)
+        return Health(status="ok", version=__version__, mqtt_connected=connected)
 
     return app

@@ -55,6 +55,7 @@ class MosquittoConfig:
     max_queued_messages: int = 100_000  # per client; Mosquitto's default is 1000
     max_inflight_messages: int = 100  # per client; Mosquitto's default is 20
     max_packet_size: int = 1024 * 1024  # bytes; larger packets are refused
+    persistent_client_expiration: str = "7d"  # drop persistent sessions (e.g. of a removed controller replica) unused this long
     allow_anonymous: bool = True
     security: BrokerSecurity | None = None  # None: plain listener (development and most tests)
     pid_file: Path | None = None  # lets the controller send SIGHUP after a revocation
@@ -71,6 +72,7 @@ class MosquittoConfig:
             "max_queued_bytes 0",
             f"max_inflight_messages {self.max_inflight_messages}",
             f"max_packet_size {self.max_packet_size}",
+            f"persistent_client_expiration {self.persistent_client_expiration}",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

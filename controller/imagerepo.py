@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
+from sqlmodel import Session
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
+from controller.registry import Conflict, Registry, ReleaseChange
 from shared.signing import generate_private_key_file, load_private_key_file
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -303,3 +305,27 @@ class ImageRepoService:
             signers=signers,
             online=self.keys.online,
         )
+
+    def raise_floor(self, model: str, floor: int) -> None:
+        signers = self.keys.release[: self.keys.release_threshold]
+        self.repo.set_floor(model, floor, signers=signers, online=self.keys.online)
+
+    def on_release_change(self, session: Session, change: ReleaseChange) -> None:
+        """Registry hook (``Registry.hooks``): list each registered bundle in the signed
+        targets and sign each raised floor, inside the registry's transaction; a refusal
+        here refuses the registry change."""
+        try:
+            if change.kind == "registered":
+                mv = Registry.get(session, change.name, change.version)
+                self.release_bundle(
+                    model=change.name,
+                    version=change.version,
+                    sha256=change.sha256,
+                    length=change.length,
+                    runtime=mv.runtime,
+                    hardware=dict(mv.manifest.get("hardware", {})),
+                )
+            elif change.kind == "revoked":
+                self.raise_floor(change.name, change.floor)
+        except ImageRepoError as exc:
+            raise Conflict(f"image repository refused the change: {exc}") from None

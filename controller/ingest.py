@@ -1,43 +1,77 @@
-"""Apply validated device messages to the database."""
+"""Apply validated device messages to the database.
+
+Status and events are rare and applied one by one (:class:`Ingestor`); a
+status whose models differ from the last one records an ``actualchange`` row and
+an audit entry. Telemetry windows are handed to
+:class:`controller.telemetry_ingest.TelemetryIngest`, which batches them.
+Nothing here raises into the MQTT loop; every dropped message is counted in
+``Metrics`` and logged.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from controller.models import Device, DeviceEvent
-from shared.messages import ONLINE, DeviceMessage, Event, Status
+from controller import audit
+from controller.metrics import Metrics
+from controller.models import ActualChange, Device, DeviceEvent
+from controller.telemetry_ingest import MAX_SEQ, TelemetryIngest
+from shared.messages import ONLINE, DeviceMessage, Event, Status, Telemetry
 from shared.topics import Topic
+
+__all__ = ["Ingestor", "TelemetryIngest", "apply_status"]
 
 log = logging.getLogger(__name__)
 
+Ack = Callable[[], None]
+
 
 class Ingestor:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """Routes device messages: status and events applied now, telemetry batched."""
 
-    def __call__(self, topic: Topic, message: DeviceMessage) -> None:
-        with Session(self.engine) as session:
-            device = session.get(Device, topic.device_id)
-            if device is None:
-                log.warning("message from unknown device %s ignored", topic.device_id)
+    def __init__(self, engine: Engine, metrics: Metrics, telemetry: TelemetryIngest | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.telemetry = telemetry
+
+    def __call__(self, topic: Topic, message: DeviceMessage, ack: Ack) -> None:
+        kind = topic.kind.value
+        if isinstance(message, Telemetry):
+            if self.telemetry is None:
+                ack()
                 return
+            self.telemetry.submit(message, ack)
+            return
+        try:
+            outcome = self._apply(message)
+        except SQLAlchemyError:
+            log.exception("database error applying %s from %s; message not acknowledged", kind, topic.device_id)
+            self.metrics.count(kind, "failed")
+            return
+        self.metrics.count(kind, outcome)
+        ack()
+
+    def _apply(self, message: Status | Event) -> str:
+        with Session(self.engine) as session:
+            device = session.get(Device, message.device_id)
+            if device is None:
+                log.warning("%s from unknown device %s ignored (not enrolled)", type(message).__name__.lower(), message.device_id)
+                return "unknown_device"
             if isinstance(message, Status):
-                device.online = message.state == ONLINE
-                if message.state == ONLINE:
-                    device.actual = {role: asdict(m) for role, m in message.models.items()}
-                    device.agent_version = message.agent_version
-                device.last_seen = datetime.now(timezone.utc)
-                session.add(device)
-            elif isinstance(message, Event):
+                apply_status(session, device, message)
+            else:
                 session.add(
                     DeviceEvent(
                         device_id=message.device_id,
-                        seq=message.seq,
+                        seq=min(message.seq, MAX_SEQ),
                         kind=message.kind,
                         severity=message.severity,
                         message=message.message,
@@ -45,3 +79,47 @@ class Ingestor:
                     )
                 )
             session.commit()
+        return "accepted"
+
+
+def _identity(m: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    return None if m is None else (m["model"], m["version"], m["sha256"])
+
+
+def apply_status(session: Session, device: Device, status: Status) -> None:
+    """Presence, inventory and actual state; each change of what runs is recorded and audited."""
+    device.online = status.state == ONLINE
+    device.last_seen = datetime.now(timezone.utc)
+    if status.state == ONLINE:
+        device.agent_version = status.agent_version[:64]
+        if status.hardware:
+            device.hardware = status.hardware
+        new = {role: asdict(m) for role, m in status.models.items()}
+        old = device.actual or {}
+        at = audit.iso()
+        for role in sorted(set(old) | set(new)):
+            before, after = old.get(role), new.get(role)
+            if _identity(before) == _identity(after):
+                continue
+            session.add(
+                ActualChange(
+                    device_id=device.id,
+                    role=role,
+                    at=at,
+                    model=after["model"] if after else None,
+                    version=after["version"] if after else None,
+                    sha256=after["sha256"] if after else None,
+                    since=after["since"] if after else None,
+                    reason=(after or {}).get("reason", "")[:1024],
+                )
+            )
+            audit.record(
+                session,
+                actor=f"device:{device.id}",
+                action="device.actual_changed",
+                subject=f"device:{device.id}",
+                reason=(after or {}).get("reason", "") or ("role emptied" if after is None else "reported by the device"),
+                evidence={"role": role, "before": before, "after": after, "status_seq": status.seq},
+            )
+        device.actual = new
+    session.add(device)

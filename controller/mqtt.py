@@ -2,7 +2,9 @@
 
 Device topics are read through a shared subscription so several replicas split
 the load. Every payload is validated; a malformed one is counted and logged
-and never stops the loop.
+and never stops the loop. Messages are acknowledged by the handler once they
+are durable (``manual_ack``): a controller that dies mid-batch has not
+acknowledged what it had not written.
 """
 
 from __future__ import annotations
@@ -18,13 +20,27 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.brokersec import DYNSEC_TOPIC, kick_command
+from controller.wire import decode_telemetry
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
 from shared.messages import DeviceMessage, decode
 from shared.topics import Kind, Topic, device_topic, fleet_filter
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Topic, DeviceMessage], None]
+Ack = Callable[[], None]
+Handler = Callable[[Topic, DeviceMessage, Ack], None]
+ALL_KINDS = (Kind.STATUS, Kind.EVENTS, Kind.TELEMETRY)
+
+
+class _DropStopNoise(logging.Filter):
+    """paho 2.2's network thread logs an error when it runs once more after a clean disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger("controller.mqtt.paho")
+_PAHO_LOG.addFilter(_DropStopNoise())
 
 
 class ControllerMqtt:
@@ -33,33 +49,49 @@ class ControllerMqtt:
         host: str,
         port: int,
         handler: Handler,
-        kinds: tuple[Kind, ...] = (Kind.STATUS, Kind.EVENTS),
+        kinds: tuple[Kind, ...] = ALL_KINDS,
+        on_malformed: Callable[[str], None] | None = None,
+        client_id: str | None = None,
         tls: ssl.SSLContext | None = None,  # mTLS with the controller's identity (controller/identity.py)
     ) -> None:
+        """``client_id`` given: a persistent session (the broker queues for this replica while it restarts)."""
         self._handler = handler
         self._kinds = kinds
+        self._on_malformed = on_malformed
         self.malformed = 0
         self.received = 0
         self.connected = threading.Event()
+        self._stopping = False
         c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"edgefleet-controller-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+            clean_session=client_id is None,
+            manual_ack=True,
         )
-        c.enable_logger(logging.getLogger("controller.mqtt"))
+        c.enable_logger(_PAHO_LOG)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         if tls is not None:
             c.tls_set_context(tls)
+        c.on_disconnect = self._on_disconnect
         self._client = c
         self._host, self._port = host, port
 
     def start(self) -> None:
+        self._stopping = False
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
+        # paho keeps the loop's wake-up socket pair open until garbage collection; close it now.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset()
 
     def publish_desired(self, device_id: str, envelope: dict[str, Any], timeout: float = 10.0) -> None:
         info = self._client.publish(device_topic(device_id, Kind.DESIRED), canonical_json(envelope), qos=1, retain=True)
@@ -85,18 +117,35 @@ class ControllerMqtt:
         self.connected.set()
         log.info("controller connected to broker %s:%s", self._host, self._port)
 
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        self.connected.clear()
+        if self._stopping:
+            return
+        log.warning("controller disconnected from broker %s:%s (%s); reconnecting", self._host, self._port, reason)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos > 0:
+                client.ack(mid, qos)
+
         try:
             topic = Topic.parse(msg.topic)
-            message = decode(topic.kind, bytes(msg.payload))
+            payload = bytes(msg.payload)
+            message = decode_telemetry(payload) if topic.kind is Kind.TELEMETRY else decode(topic.kind, payload)
             if message.device_id != topic.device_id:
                 raise ProtocolError(f"payload device_id {message.device_id!r} does not match topic {topic.device_id!r}")
         except ProtocolError as exc:
             self.malformed += 1
             log.warning("malformed message on %s: %s", msg.topic, exc)
+            if self._on_malformed is not None:
+                self._on_malformed(msg.topic.rsplit("/", 1)[-1])
+            ack()
             return
         try:
-            self._handler(topic, message)
+            self._handler(topic, message, ack)
         except Exception:
             log.exception("failed to handle %s message from %s", topic.kind.value, topic.device_id)
+            ack()

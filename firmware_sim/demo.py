@@ -71,6 +71,8 @@ def run(devices: int = 3, workdir: Path = Path(".demo")) -> None:
             console.print(
                 f"• registered [bold]{mv['name']} v{mv['version']}[/] ({mv['length']} bytes, sha256 {mv['sha256'][:12]}…)"
             )
+            controller.approve(mv["name"], mv["version"], reason="demo: golden vectors and accuracy checked")
+            console.print("  approved for production by a second principal (the registrant cannot approve its own model)")
         key = api.get("/v1/trust").json()["director_public_key"]
         for i in range(1, devices + 1):
             device_id = f"pi-{i:04d}"
@@ -126,6 +128,9 @@ def run(devices: int = 3, workdir: Path = Path(".demo")) -> None:
             api.put(f"/v1/devices/{a.device_id}/desired", json={"model": "digits", "version": 2}).raise_for_status()
         _wait("devices swapping to v2 without stopping inference", lambda: set(_actual_versions(api).values()) == {2})
         console.print(_fleet_table(api, "after rollout of v2"))
+        v = api.get("/v1/audit/verify").json()
+        verdict = "[green]intact[/]" if v["ok"] else f"[red]BROKEN: {v['problems']}[/]"
+        console.print(f"• audit log: {v['entries']} hash-chained entries (who decided what, on what evidence), {verdict}")
         console.print("[bold green]demo complete:[/] models delivered, verified, served; tampering refused")
     finally:
         for a in agents:

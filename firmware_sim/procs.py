@@ -72,8 +72,18 @@ class ControllerProc(Proc):
     token: str = ""
     data_dir: Path = Path()
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"}, timeout=30)
+
+    def approve(self, model: str, version: int, reason: str = "approved by the test harness") -> None:
+        """Approve a version for production as a second principal (the admin registered it and cannot)."""
+        with self.client() as admin:
+            r = admin.post("/v1/tokens", json={"principal": "harness-approver", "role": "approver", "label": "procs.approve"})
+            r.raise_for_status()
+            token = r.json()["token"]
+        with self.client(token) as approver:
+            r = approver.post("/v1/approvals", json={"model": model, "version": version, "reason": reason})
+            r.raise_for_status()
 
 
 def start_controller(

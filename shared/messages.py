@@ -224,7 +224,8 @@ class Telemetry:
         r.schema_version(SCHEMA_VERSION)
         roles = {}
         for role, sub in r.items("roles", optional=True):
-            roles[validate_role(role, sub.where)] = read_role_summary(sub)
+            validate_role(role, sub.where)  # first, so a bad role is named as such
+            roles[role] = read_role_summary(sub)
         return cls(
             device_id=_device_id(r),
             seq=r.integer("seq", minimum=0),

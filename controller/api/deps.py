@@ -1,19 +1,29 @@
-"""Dependencies in one place: settings, database session, services, auth."""
+"""Dependencies in one place: settings, database session, services, and who may do what.
+
+A route declares the role it needs with one of the aliases below, as a
+parameter (``me: Operator``) when it needs the caller, or for a whole router
+(``APIRouter(dependencies=[needs(Role.VIEWER)])``). Handlers never check roles
+themselves. Wrong role: 403 naming the role needed and the caller's role.
+"""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from controller.blobstore import BlobStore
 from controller.core.config import Settings
+from controller.core.roles import Role
+from controller.core.security import BOOTSTRAP_PRINCIPAL, Principal, hash_token, same_secret
 from controller.director import Director
+from controller.metrics import Metrics
+from controller.models import ApiToken
 from controller.mqtt import ControllerMqtt
+from controller.registry import Registry
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,15 +47,12 @@ def get_mqtt(request: Request) -> ControllerMqtt | None:
     return request.app.state.mqtt  # type: ignore[no-any-return]
 
 
-_bearer = HTTPBearer(auto_error=False)
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def require_token(
-    settings: Annotated[Settings, Depends(get_settings)],
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    if creds is None or not hmac.compare_digest(creds.credentials.encode(), settings.admin_token.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API token", headers={"WWW-Authenticate": "Bearer"})
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -53,4 +60,59 @@ SessionDep = Annotated[Session, Depends(get_session)]
 DirectorDep = Annotated[Director, Depends(get_director)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 MqttDep = Annotated["ControllerMqtt | None", Depends(get_mqtt)]
-Authenticated = Depends(require_token)
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+# --- authentication and roles ----------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="API token (the bootstrap admin token or one made with POST /v1/tokens)")
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def current_principal(
+    settings: SettingsDep,
+    session: SessionDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Resolve the bearer token: the bootstrap admin token, or a stored (hashed) API token."""
+    if creds is None or not creds.credentials:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing API token: send 'Authorization: Bearer <token>'", _UNAUTHORIZED
+        )
+    token = creds.credentials
+    if settings.admin_token and same_secret(token, settings.admin_token):
+        return Principal(BOOTSTRAP_PRINCIPAL, Role.ADMIN)
+    row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is None or row.revoked_at is not None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API token", _UNAUTHORIZED)
+    return Principal(row.principal, Role(row.role), row.id)
+
+
+def require(needed: Role) -> Callable[..., Principal]:
+    """A dependency that returns the caller if their role allows ``needed``, else 403."""
+
+    def check(me: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not me.role.allows(needed):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this action needs the {needed.value} role; {me.name!r} has the {me.role.value} role",
+            )
+        return me
+
+    check.__name__ = f"require_{needed.value}"
+    return check
+
+
+def needs(role: Role) -> Any:
+    """For ``APIRouter(dependencies=[needs(Role.X)])`` and ``@router.get(..., dependencies=[...])``."""
+    return Depends(require(role))
+
+
+Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
+Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+Approver = Annotated[Principal, Depends(require(Role.APPROVER))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+# Kept for route files written before roles existed: the admin role, as before.
+require_token = require(Role.ADMIN)
+Authenticated = needs(Role.ADMIN)

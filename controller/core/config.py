@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = Field(None, description="HTTPS certificate (PEM) for the API")
     tls_key_file: Path | None = Field(None, description="HTTPS private key (PEM, mode 0600) for the API")
     tls_offloaded: bool = Field(False, description="a reverse proxy terminates TLS in front of the API")
+    mqtt_client_id: str | None = Field(
+        None, max_length=64, description="stable per replica: the broker keeps its session and queue across restarts"
+    )
+    telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
+    ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -48,6 +48,7 @@ def test_model_delivered_verified_and_served_end_to_end(mosquitto, controller, f
         r = api.post("/v1/models", content=make_bundle(1))
         assert r.status_code == 201, r.text
         assert r.json()["version"] == 1
+        controller.approve("digits", 1)  # production needs an approver other than the uploader
         assert api.post("/v1/devices", json={"id": device, "arch": "x86_64"}).status_code == 201
         key = api.get("/v1/trust").json()["director_public_key"]
 
@@ -96,6 +97,7 @@ def test_bad_input_is_rejected_and_the_old_model_keeps_serving(mosquitto, contro
     with controller.client() as api:
         for v in (1, 2):
             assert api.post("/v1/models", content=make_bundle(v)).status_code == 201
+            controller.approve("digits", v)
         api.post("/v1/devices", json={"id": device})
         key = api.get("/v1/trust").json()["director_public_key"]
         watch = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.STATUS), device_topic(device, Kind.EVENTS))

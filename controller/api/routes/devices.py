@@ -1,91 +1,152 @@
-"""Devices: register, inspect, assign a model version (signed desired state)."""
+"""Devices: enrol, inventory, desired vs actual state, history, events.
+
+A device must be enrolled here before the controller accepts anything it
+publishes (messages from unknown devices are counted and dropped).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlmodel import col, select
 
-from controller.api.deps import Authenticated, DirectorDep, MqttDep, SessionDep, SettingsDep
-from controller.models import AssignmentRequest, Device, DeviceCreate, DeviceEvent, DevicePublic, EventPublic, ModelVersion
+from controller import assignments, audit
+from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.core.roles import Role
+from controller.models import (
+    ActualChange,
+    ActualChangePublic,
+    AssignmentRequest,
+    Device,
+    DeviceCreate,
+    DeviceEvent,
+    DevicePublic,
+    DeviceUpdate,
+    EventPublic,
+)
 from shared.errors import ProtocolError
-from shared.messages import Assignment, validate_role
+from shared.messages import validate_role
 from shared.topics import validate_device_id
 
-router = APIRouter(prefix="/v1/devices", tags=["devices"], dependencies=[Authenticated])
+router = APIRouter(prefix="/v1/devices", tags=["devices"], dependencies=[needs(Role.VIEWER)])
+DeviceId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def _get_device(session: SessionDep, device_id: str) -> Device:
+def get_device(session: SessionDep, device_id: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not registered")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not enrolled")
     return device
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
-def register_device(body: DeviceCreate, session: SessionDep) -> Device:
+def enrol_device(body: DeviceCreate, session: SessionDep, me: Operator) -> Device:
+    """Enrol a device; until then its messages are ignored."""
     try:
         validate_device_id(body.id)
     except ProtocolError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if session.get(Device, body.id) is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"device {body.id!r} already registered")
-    device = Device(id=body.id, arch=body.arch)
+        raise HTTPException(status.HTTP_409_CONFLICT, f"device {body.id!r} is already enrolled")
+    device = Device(id=body.id, arch=body.arch, hardware_class=body.hardware_class, region=body.region, tags=body.tags)
     session.add(device)
+    audit.record(session, actor=me.name, action="device.enrolled", subject=f"device:{body.id}", evidence=body.model_dump())
     session.commit()
     session.refresh(device)
     return device
 
 
 @router.get("", response_model=list[DevicePublic])
-def list_devices(session: SessionDep) -> list[Device]:
-    return list(session.exec(select(Device).order_by(Device.id)).all())  # type: ignore[arg-type]
+def list_devices(
+    session: SessionDep,
+    region: Annotated[str | None, Query(max_length=64)] = None,
+    hardware_class: Annotated[str | None, Query(max_length=64)] = None,
+    online: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    after: Annotated[str, Query(max_length=64)] = "",
+) -> list[Device]:
+    """Devices ordered by id; page with ``after`` (the last id of the previous page)."""
+    q = select(Device).where(col(Device.id) > after).order_by(col(Device.id)).limit(limit)
+    if region is not None:
+        q = q.where(Device.region == region)
+    if hardware_class is not None:
+        q = q.where(Device.hardware_class == hardware_class)
+    if online is not None:
+        q = q.where(Device.online == online)
+    return list(session.exec(q).all())
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep) -> Device:
-    return _get_device(session, device_id)
+def show_device(device_id: DeviceId, session: SessionDep) -> Device:
+    return get_device(session, device_id)
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(device_id: DeviceId, body: DeviceUpdate, session: SessionDep, me: Operator) -> Device:
+    """Change inventory fields used by cohort filters (hardware class, region, tags)."""
+    device = get_device(session, device_id)
+    changes = body.model_dump(exclude_none=True)
+    before = {k: getattr(device, k) for k in changes}
+    for k, v in changes.items():
+        setattr(device, k, v)
+    session.add(device)
+    audit.record(
+        session,
+        actor=me.name,
+        action="device.updated",
+        subject=f"device:{device_id}",
+        evidence={"before": before, "after": changes},
+    )
+    session.commit()
+    session.refresh(device)
+    return device
 
 
 @router.get("/{device_id}/events", response_model=list[EventPublic])
-def device_events(device_id: str, session: SessionDep, limit: int = 100) -> list[DeviceEvent]:
-    _get_device(session, device_id)
-    q = (
-        select(DeviceEvent)
-        .where(DeviceEvent.device_id == device_id)
-        .order_by(col(DeviceEvent.id).desc())
-        .limit(min(max(limit, 1), 1000))
-    )
+def device_events(device_id: DeviceId, session: SessionDep, limit: Limit = 100) -> list[DeviceEvent]:
+    get_device(session, device_id)
+    q = select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(col(DeviceEvent.id).desc()).limit(limit)
+    return list(session.exec(q).all())
+
+
+@router.get("/{device_id}/history", response_model=list[ActualChangePublic])
+def device_history(device_id: DeviceId, session: SessionDep, limit: Limit = 100) -> list[ActualChange]:
+    """Changes of what the device reported running, newest first."""
+    get_device(session, device_id)
+    q = select(ActualChange).where(ActualChange.device_id == device_id).order_by(col(ActualChange.id).desc()).limit(limit)
     return list(session.exec(q).all())
 
 
 @router.put("/{device_id}/desired", response_model=DevicePublic)
 def assign(
-    device_id: str, body: AssignmentRequest, session: SessionDep, director: DirectorDep, mqtt: MqttDep, settings: SettingsDep
+    device_id: DeviceId,
+    body: AssignmentRequest,
+    session: SessionDep,
+    registry: RegistryDep,
+    director: DirectorDep,
+    mqtt: MqttDep,
+    settings: SettingsDep,
+    me: Operator,
 ) -> Device:
-    """Assign a model version to a role; signs and publishes the desired state (retained)."""
+    """Assign a model version to a role; signs and publishes the desired state (retained).
+
+    Beyond canary (production, experiment arms) the version must be approved.
+    """
     try:
         validate_role(body.role)
     except ProtocolError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    device = _get_device(session, device_id)
-    mv = session.exec(select(ModelVersion).where(ModelVersion.name == body.model, ModelVersion.version == body.version)).first()
-    if mv is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {body.model} v{body.version} is not registered")
+    device = get_device(session, device_id)
+    mv = registry.assignable(session, body.model, body.version, body.role)
     if mqtt is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "MQTT is disabled on this controller; cannot publish")
-    desired = {role: Assignment(**a) for role, a in (device.desired or {}).items()}
-    desired[body.role] = Assignment(
-        model=mv.name,
-        version=mv.version,
-        sha256=mv.sha256,
-        length=mv.length,
-        url=f"{settings.public_url.rstrip('/')}/v1/bundles/{mv.sha256}",
+    published = assignments.assign(
+        session, devices=[device], mv=mv, role=body.role, by=me, reason=body.reason, director=director, settings=settings
     )
-    device.desired_counter += 1
-    envelope = director.sign_desired(device.id, device.desired_counter, desired, settings.desired_ttl_s)
-    device.desired = {role: a.__dict__ for role, a in desired.items()}
-    session.add(device)
     session.commit()
     session.refresh(device)
-    mqtt.publish_desired(device.id, envelope)
+    for did, envelope in published:
+        mqtt.publish_desired(did, envelope)
     return device

@@ -1,54 +1,137 @@
-"""Model registry: upload bundles, list versions."""
+"""Model registry: upload bundles, versions, lineage, aliases, revoke.
+
+The rules live in ``controller/registry.py``; these handlers translate HTTP.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, status
-from sqlmodel import select
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import col, select
 
-from controller.api.deps import Authenticated, BlobsDep, SessionDep, SettingsDep
-from controller.imagerepo import ImageRepoError  # issue-3 hook
-from controller.models import ModelVersion, ModelVersionPublic
-from shared import bundle as bundle_fmt
+from controller.api.deps import Approver, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.core.roles import Role
+from controller.models import (
+    AliasRequest,
+    ModelSummary,
+    ModelVersion,
+    ModelVersionDetail,
+    ModelVersionPublic,
+    ReasonRequest,
+)
+from controller.registry import NotFound, Registry
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authenticated])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[needs(Role.VIEWER)])
+Name = Annotated[str, Path(max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
+AliasName = Annotated[str, Path(max_length=64, pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+
+_BUNDLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "the bundle file (tar with manifest.json and the model)",
+    }
+}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic)
-async def upload_bundle(request: Request, session: SessionDep, blobs: BlobsDep, settings: SettingsDep) -> ModelVersion:
-    """Register a model bundle (the raw bundle file as the request body)."""
-    data = await request.body()
-    if len(data) > settings.max_bundle_bytes:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"bundle exceeds {settings.max_bundle_bytes} bytes")
-    try:
-        b = bundle_fmt.read(data)
-    except bundle_fmt.BundleError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid bundle: {exc}") from None
-    m = b.manifest
-    existing = session.exec(select(ModelVersion).where(ModelVersion.name == m.name, ModelVersion.version == m.version)).first()
-    sha = hashlib.sha256(data).hexdigest()
-    if existing is not None:
-        if existing.sha256 == sha:
-            return existing  # type: ignore[no-any-return]
-        raise HTTPException(status.HTTP_409_CONFLICT, f"{m.name} v{m.version} already exists with different content")
-    blobs.put(data)
-    mv = ModelVersion(
-        name=m.name, version=m.version, label=m.label, runtime=m.runtime, sha256=sha, length=len(data), manifest=m.to_dict()
+def detail(mv: ModelVersion) -> ModelVersionDetail:
+    m = mv.manifest
+    return ModelVersionDetail(
+        **ModelVersionPublic.model_validate(mv).model_dump(),
+        lineage=m.get("lineage", {}),
+        latency_budget_ms=float(m.get("latency_budget_ms", 0.0)),
+        hardware=m.get("hardware", {}),
     )
-    # issue-3 hook: list the bundle in the TUF image repository (targets signed by the release keys).
-    try:
-        request.app.state.imagerepo.release_bundle(
-            model=m.name, version=m.version, sha256=sha, length=len(data), runtime=m.runtime, hardware=m.hardware
-        )
-    except ImageRepoError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"image repository refused the release: {exc}") from None
-    session.add(mv)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic, openapi_extra=_BUNDLE_BODY)
+async def upload_bundle(
+    request: Request, response: Response, session: SessionDep, registry: RegistryDep, settings: SettingsDep, me: Operator
+) -> ModelVersion:
+    """Register a model bundle (the raw bundle file as the request body).
+
+    Refused unless the manifest validates, the version is greater than every
+    earlier version of the name, and the golden vectors reproduce when the
+    controller runs the model. Uploading identical bytes again returns the
+    existing version (200).
+    """
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > settings.max_bundle_bytes:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"bundle exceeds {settings.max_bundle_bytes} bytes")
+    mv, created = await run_in_threadpool(registry.register, session, bytes(data), me)
     session.commit()
     session.refresh(mv)
+    if not created:
+        response.status_code = status.HTTP_200_OK
     return mv
 
 
 @router.get("", response_model=list[ModelVersionPublic])
 def list_versions(session: SessionDep) -> list[ModelVersion]:
-    return list(session.exec(select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)).all())  # type: ignore[arg-type]
+    """Every registered version, by name then version."""
+    return list(session.exec(select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))).all())
+
+
+@router.get("/{name}", response_model=ModelSummary)
+def show_model(name: Name, session: SessionDep) -> ModelSummary:
+    versions = session.exec(select(ModelVersion).where(ModelVersion.name == name).order_by(col(ModelVersion.version))).all()
+    if not versions:
+        raise NotFound(f"no model named {name!r}")
+    return ModelSummary(
+        name=name,
+        latest=versions[-1].version,
+        floor=Registry.floor(session, name),
+        aliases=Registry.aliases(session, name),
+        versions=[ModelVersionPublic.model_validate(v) for v in versions],
+    )
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelVersionDetail)
+def show_version(name: Name, version: Version, session: SessionDep) -> ModelVersionDetail:
+    return detail(Registry.get(session, name, version))
+
+
+@router.get("/{name}/versions/{version}/lineage", response_model=list[ModelVersionDetail])
+def lineage(name: Name, version: Version, session: SessionDep) -> list[ModelVersionDetail]:
+    """The version and its registered ancestors (lineage.parent_version), newest first."""
+    return [detail(mv) for mv in Registry.lineage(session, name, version)]
+
+
+@router.get("/{name}/aliases/{alias}", response_model=ModelVersionDetail)
+def resolve_alias(name: Name, alias: AliasName, session: SessionDep) -> ModelVersionDetail:
+    version = Registry.aliases(session, name).get(alias)
+    if version is None:
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
+    return detail(Registry.get(session, name, version))
+
+
+@router.put("/{name}/aliases/{alias}", response_model=ModelSummary)
+def set_alias(
+    name: Name, alias: AliasName, body: AliasRequest, session: SessionDep, registry: RegistryDep, me: Operator
+) -> ModelSummary:
+    """Point an alias at a version; ``production`` needs an approved version."""
+    registry.set_alias(session, name, alias, body.version, me, body.reason)
+    session.commit()
+    return show_model(name, session)
+
+
+@router.delete("/{name}/aliases/{alias}", response_model=ModelSummary)
+def delete_alias(name: Name, alias: AliasName, session: SessionDep, registry: RegistryDep, me: Operator) -> ModelSummary:
+    registry.delete_alias(session, name, alias, me, "")
+    session.commit()
+    return show_model(name, session)
+
+
+@router.post("/{name}/versions/{version}/revoke", response_model=ModelSummary)
+def revoke(
+    name: Name, version: Version, body: ReasonRequest, session: SessionDep, registry: RegistryDep, me: Approver
+) -> ModelSummary:
+    """Revoke a version: it can no longer be assigned, and the version floor rises above it."""
+    registry.revoke(session, name, version, me, body.reason)
+    session.commit()
+    return show_model(name, session)

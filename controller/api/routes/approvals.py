@@ -1,0 +1,39 @@
+"""Approvals: a version must be approved before it goes beyond canary.
+
+The approver needs the approver role and must not be who registered the version.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlmodel import col, select
+
+from controller.api.deps import Approver, RegistryDep, SessionDep, needs
+from controller.core.roles import Role
+from controller.models import ApprovalRequest, ModelVersion, ModelVersionPublic
+
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"], dependencies=[needs(Role.VIEWER)])
+
+
+@router.get("", response_model=list[ModelVersionPublic])
+def list_approvals(
+    session: SessionDep, state: Annotated[str, Query(pattern=r"^(pending|approved)$")] = "pending"
+) -> list[ModelVersion]:
+    """Versions waiting for approval (``state=pending``, not revoked) or already approved."""
+    q = select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))
+    if state == "pending":
+        q = q.where(col(ModelVersion.approved_by).is_(None), col(ModelVersion.revoked).is_(False))
+    else:
+        q = q.where(col(ModelVersion.approved_by).is_not(None))
+    return list(session.exec(q).all())
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic)
+def approve(body: ApprovalRequest, session: SessionDep, registry: RegistryDep, me: Approver) -> ModelVersion:
+    """Approve a version for use beyond canary, with the reason (recorded in the audit log)."""
+    mv = registry.approve(session, body.model, body.version, me, body.reason)
+    session.commit()
+    session.refresh(mv)
+    return mv

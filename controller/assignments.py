@@ -1,0 +1,71 @@
+"""Desired state: assign a registered version to a role on devices, signed by the director.
+
+One function for a device and for every device of a cohort, so the rules
+(registry's ``assignable``: not revoked, not below the floor, approved beyond
+canary) and the audit record are the same for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from controller import audit
+from controller.core.config import Settings
+from controller.core.security import Principal
+from controller.director import Director
+from controller.models import DesiredChange, Device, ModelVersion
+from shared.messages import Assignment
+
+Envelope = dict[str, Any]
+
+
+def assign(
+    session: Session,
+    *,
+    devices: list[Device],
+    mv: ModelVersion,
+    role: str,
+    by: Principal,
+    reason: str,
+    director: Director,
+    settings: Settings,
+    cohort: str | None = None,
+) -> list[tuple[str, Envelope]]:
+    """Update desired state of ``devices`` (caller commits, then publishes the envelopes)."""
+    out = []
+    for device in devices:
+        desired = {r: Assignment(**a) for r, a in (device.desired or {}).items()}
+        desired[role] = Assignment(
+            model=mv.name,
+            version=mv.version,
+            sha256=mv.sha256,
+            length=mv.length,
+            url=f"{settings.public_url.rstrip('/')}/v1/bundles/{mv.sha256}",
+        )
+        device.desired_counter += 1
+        envelope = director.sign_desired(device.id, device.desired_counter, desired, settings.desired_ttl_s)
+        device.desired = {r: a.__dict__ for r, a in desired.items()}
+        session.add(device)
+        out.append((device.id, envelope))
+    entry = audit.record(
+        session,
+        actor=by.name,
+        action="desired.assigned",
+        subject=f"cohort:{cohort}" if cohort else f"device:{devices[0].id}",
+        reason=reason,
+        evidence={
+            "role": role,
+            "model": mv.name,
+            "version": mv.version,
+            "sha256": mv.sha256,
+            "approved_by": mv.approved_by,
+            "devices": [d.id for d in devices],
+        },
+    )
+    for device in devices:
+        session.add(
+            DesiredChange(device_id=device.id, role=role, at=entry.at, model=mv.name, version=mv.version, audit_seq=entry.seq)
+        )
+    return out

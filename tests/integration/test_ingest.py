@@ -1,0 +1,193 @@
+"""Telemetry ingestion from a real Mosquitto into a real database: two replicas on the shared subscription."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from sqlmodel import Session, select
+
+from controller.aggregate import merge_many
+from controller.ingest import Ingestor
+from controller.metrics import Metrics
+from controller.models import Cohort, Device, TelemetryAggregate
+from controller.mqtt import ControllerMqtt
+from controller.telemetry_ingest import TelemetryIngest
+from shared.telemetry import N_LATENCY_BUCKETS, merge
+from shared.topics import Kind, device_topic
+
+pytestmark = [pytest.mark.integration]
+WINDOW = 1_800_000_000  # aligned to 60 s
+
+
+def summary(i: int, version: int = 3) -> dict:
+    lat = [0] * N_LATENCY_BUCKETS
+    lat[20 + i % 7] = 50 + i
+    return {
+        "model": "digits",
+        "version": version,
+        "count": 50 + i,
+        "errors": i % 2,
+        "latency_ms": lat,
+        "predictions": [i % 3] * 10,
+        "features": {"px0": [1, 2, i, 0], "px1": [0, 0, 1, i]},
+        "shadow": {"agree": i, "disagree": 1},
+        "labels": {"count": i % 4, "correct": i % 2},
+        "samples": 2 * i,
+    }
+
+
+def window(device: str, seq: int, i: int, **roles) -> bytes:
+    return json.dumps(
+        {
+            "schema": 1,
+            "device_id": device,
+            "seq": seq,
+            "sent_at": time.time(),
+            "window_start": WINDOW + 5,
+            "window_s": 60,
+            "roles": roles or {"production": summary(i)},
+            "system": {"cpu": 0.5},
+        }
+    ).encode()
+
+
+def merged_rows(engine, cohort: str) -> tuple[dict, int, int]:
+    with Session(engine) as s:
+        rows = s.exec(select(TelemetryAggregate).where(TelemetryAggregate.cohort == cohort)).all()
+    return merge_many([r.summary for r in rows]), sum(r.windows for r in rows), len({r.shard for r in rows})
+
+
+def wait_until(cond, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def replicas(engine, mosquitto):
+    """Two controller replicas (ingester + MQTT consumer each) sharing one subscription."""
+    made = []
+    for _ in range(2):
+        metrics = Metrics()
+        tele = TelemetryIngest(engine, metrics, batch_max=7, linger_s=0.01)
+        m = ControllerMqtt(
+            mosquitto.host,
+            mosquitto.port,
+            Ingestor(engine, metrics, tele),
+            on_malformed=lambda k, mt=metrics: mt.count(k, "malformed"),
+        )
+        tele.start()
+        m.start()
+        assert m.connected.wait(10)
+        made.append((metrics, tele, m))
+    time.sleep(0.3)  # SUBACKs
+    yield made
+    for _, tele, m in made:
+        tele.stop()
+        m.stop()
+
+
+def publisher(mosquitto) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    return c
+
+
+def total(replicas, kind: str, outcome: str) -> float:
+    return sum(m.value(kind, outcome) for m, _, _ in replicas)
+
+
+def test_windows_are_deduped_validated_and_merged_exactly_across_replicas(engine, mosquitto, replicas):
+    with Session(engine) as s:
+        for i in range(6):
+            s.add(Device(id=f"ing-{i}", region="eu" if i < 3 else "us"))
+        s.add(Cohort(name="eu", filter={"region": ["eu"]}))
+        s.add(Cohort(name="pinned", members=["ing-5"]))
+        s.commit()
+    pub = publisher(mosquitto)
+    sent: dict[str, list[dict]] = {"*": [], "eu": [], "pinned": []}
+    n = 0
+    for i in range(6):
+        for seq in (10, 12, 13, 11):  # out of order is fine
+            n += 1
+            s = summary(n)
+            pub.publish(device_topic(f"ing-{i}", Kind.TELEMETRY), window(f"ing-{i}", seq, n), qos=1).wait_for_publish(5)
+            sent["*"].append(s)
+            if i < 3:
+                sent["eu"].append(s)
+            if i == 5:
+                sent["pinned"].append(s)
+    wait_until(lambda: total(replicas, "telemetry", "accepted") >= 24, what="24 windows accepted")
+    # QoS 1 redelivery and replays: same (device, seq) again, different content; must not count.
+    for i in range(6):
+        pub.publish(device_topic(f"ing-{i}", Kind.TELEMETRY), window(f"ing-{i}", 12, 999), qos=1).wait_for_publish(5)
+    bad = [
+        (device_topic("ing-0", Kind.TELEMETRY), b"{not json"),
+        (device_topic("ing-0", Kind.TELEMETRY), window("ing-1", 50, 1)),  # device_id differs from the topic
+        (
+            device_topic("ing-0", Kind.TELEMETRY),
+            window("ing-0", 51, 1, production={"model": "digits", "version": 3, "count": 1.5}),
+        ),
+        (device_topic("ing-0", Kind.TELEMETRY), window("ing-0", 52, 1, production={"count": 1})),
+        (device_topic("ing-0", Kind.TELEMETRY), window("ing-0", 53, 1, production={**summary(1), "latency_ms": [1, 2]})),
+    ]
+    for topic, payload in bad:
+        pub.publish(topic, payload, qos=1).wait_for_publish(5)
+    pub.publish(device_topic("stranger", Kind.TELEMETRY), window("stranger", 1, 1), qos=1).wait_for_publish(5)
+
+    wait_until(lambda: total(replicas, "telemetry", "malformed") >= 5, what="malformed counted")
+    wait_until(lambda: total(replicas, "telemetry", "duplicate") >= 6, what="duplicates counted")
+    wait_until(lambda: total(replicas, "telemetry", "unknown_device") >= 1, what="unknown device counted")
+    time.sleep(0.3)
+    assert total(replicas, "telemetry", "accepted") == 24
+    # All 5 refused by the MQTT consumer's protocol validation (shared.messages.Telemetry.read): bad JSON,
+    # device_id mismatch, a float count, a summary without model, a latency list of the wrong length.
+    assert total(replicas, "telemetry", "malformed") == 5
+    assert total(replicas, "telemetry", "duplicate") == 6
+    assert sum(m.malformed for _, _, m in replicas) == 5
+    for cohort, summaries in sent.items():
+        got, windows, _ = merged_rows(engine, cohort)
+        assert got == functools.reduce(merge, summaries), cohort
+        assert windows == len(summaries)
+    assert merged_rows(engine, "*")[2] == 2, "both replicas should have taken part"
+    pub.loop_stop()
+    pub.disconnect()
+
+
+def test_status_and_events_update_inventory_and_unknown_devices_are_ignored(engine, mosquitto, replicas):
+    with Session(engine) as s:
+        s.add(Device(id="st-1"))
+        s.commit()
+    pub = publisher(mosquitto)
+    unknown_before = total(replicas, "status", "unknown_device")  # retained statuses of other tests' devices
+    status = {
+        "schema": 1,
+        "device_id": "st-1",
+        "seq": 1,
+        "sent_at": time.time(),
+        "state": "online",
+        "agent_version": "0.2.0",
+        "hardware": {"arch": "aarch64", "model": "Raspberry Pi 4"},
+        "models": {"production": {"model": "digits", "version": 2, "sha256": "a" * 64, "runtime": "onnx", "since": 1.0}},
+    }
+    pub.publish(device_topic("st-1", Kind.STATUS), json.dumps(status).encode(), qos=1).wait_for_publish(5)
+    event = {"schema": 1, "device_id": "st-1", "seq": 2, "sent_at": 1.0, "kind": "ota.committed", "severity": "info"}
+    pub.publish(device_topic("st-1", Kind.EVENTS), json.dumps(event).encode(), qos=1).wait_for_publish(5)
+    pub.publish(device_topic("st-9", Kind.STATUS), json.dumps({**status, "device_id": "st-9"}).encode(), qos=1).wait_for_publish(
+        5
+    )
+    wait_until(lambda: total(replicas, "events", "accepted") == 1, what="event stored")
+    wait_until(lambda: total(replicas, "status", "unknown_device") >= unknown_before + 1, what="unknown device status counted")
+    with Session(engine) as s:
+        d = s.get(Device, "st-1")
+        assert d.online and d.agent_version == "0.2.0" and d.hardware["model"] == "Raspberry Pi 4"
+        assert d.actual["production"]["version"] == 2
+        assert s.get(Device, "st-9") is None
+    pub.loop_stop()
+    pub.disconnect()
