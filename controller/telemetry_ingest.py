@@ -18,6 +18,7 @@ Nothing here raises into the MQTT loop; every dropped message is counted in
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -48,6 +49,11 @@ DEDUPE_WINDOW = 62  # seqs below the highest one remembered per device (fits a s
 _MASK = (1 << DEDUPE_WINDOW) - 1
 MAX_SEQ = 2**63 - 1
 MAX_TIME = 2**40  # unix seconds; anything later is malformed
+# Each decoded window is ~70 lists and dicts, and thousands wait in the queue and the batch:
+# with CPython's default thresholds (700, 10, 10) the collector runs every ~10 windows and keeps
+# re-walking them (~30% of ingestion time in scripts/bench.py ingest). These thresholds keep
+# collections rare; telemetry objects hold no reference cycles, so nothing waits longer to be freed.
+GC_THRESHOLDS = (100_000, 50, 1000)
 
 
 def dedupe(high: int | None, bits: int, seq: int) -> tuple[str, int, int]:
@@ -135,6 +141,7 @@ class TelemetryIngest:
         self._members: dict[str, tuple[float, tuple[str, ...] | None]] = {}  # device -> (loaded_at, cohorts or None)
         self._cohorts: tuple[float, list[Any]] = (0.0, [])
         self._thread: threading.Thread | None = None
+        self._gc_before = gc.get_threshold()
         self._stop = threading.Event()
         self.flushed = 0  # windows merged (for the benchmark and tests)
 
@@ -145,6 +152,8 @@ class TelemetryIngest:
 
     def start(self) -> None:
         self._stop.clear()
+        self._gc_before = gc.get_threshold()
+        gc.set_threshold(*(max(a, b) for a, b in zip(GC_THRESHOLDS, self._gc_before, strict=True)))
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
         self._thread.start()
 
@@ -154,6 +163,7 @@ class TelemetryIngest:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+            gc.set_threshold(*self._gc_before)
         if self._batch_engine is not self.engine:
             self._batch_engine.dispose()
 
