@@ -91,7 +91,7 @@ class _Partial:
 def _merge_items(items: list[tuple[int, dict[str, Any]]], refused: set[int], where: object) -> _Partial | None:
     """Sum one group's summaries; a summary that does not merge with the others is refused."""
     try:
-        return _Partial({i for i, _ in items}, len(items), merge_many([s for _, s in items]))
+        return _Partial({i for i, _ in items}, len(items), merge_many([s for _, s in items], counts_checked=True))
     except MergeError:
         pass
     acc: dict[str, Any] | None = None
@@ -344,7 +344,7 @@ class TelemetryIngest:
             prev = self._aggs.get(key)
             base = [prev.summary] if prev else []
             try:
-                merged: dict[str, Any] | None = merge_many([*base, *(p.summary for p in parts)])
+                merged: dict[str, Any] | None = merge_many([*base, *(p.summary for p in parts)], counts_checked=True)
                 n = sum(p.windows for p in parts)
             except MergeError:
                 merged, n = (prev.summary if prev else None), 0
