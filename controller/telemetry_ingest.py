@@ -54,6 +54,7 @@ MAX_TIME = 2**40  # unix seconds; anything later is malformed
 # re-walking them (~30% of ingestion time in scripts/bench.py ingest). These thresholds keep
 # collections rare; telemetry objects hold no reference cycles, so nothing waits longer to be freed.
 GC_THRESHOLDS = (100_000, 50, 1000)
+_NAP_S = 0.005  # while a batch lingers, look at the queue this often
 
 
 def dedupe(high: int | None, bits: int, seq: int) -> tuple[str, int, int]:
@@ -189,12 +190,19 @@ class TelemetryIngest:
             return batch
         if first is not None:
             batch.append(first)
+        # Drain what is queued, then nap and drain again until the linger ends: waiting in get() for
+        # each window would wake this thread once per message and take the GIL from the MQTT thread.
         deadline = time.monotonic() + self.linger_s
+        get = self._q.get_nowait
         while len(batch) < self.batch_max:
             try:
-                item = self._q.get(timeout=max(deadline - time.monotonic(), 0)) if block else self._q.get_nowait()
+                item = get()
             except queue.Empty:
-                break
+                left = deadline - time.monotonic()
+                if not block or left <= 0 or self._stop.is_set():
+                    break
+                time.sleep(min(left, _NAP_S))
+                continue
             if item is None:
                 break
             batch.append(item)
