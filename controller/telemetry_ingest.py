@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import ARRAY, BigInteger, Engine, String, bindparam, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -71,6 +71,21 @@ def dedupe(high: int | None, bits: int, seq: int) -> tuple[str, int, int]:
         return "duplicate", high, bits
     return "new", high, bits | (1 << off)
 
+
+_pg_rows = (
+    func.unnest(
+        bindparam("ids", type_=ARRAY(String)),
+        bindparam("highs", type_=ARRAY(BigInteger)),
+        bindparam("bits", type_=ARRAY(BigInteger)),
+    )
+    .table_valued("id", "high", "bits")
+    .render_derived()
+)
+_PG_CURSOR_UPDATE = (
+    update(TelemetryCursor)
+    .where(col(TelemetryCursor.device_id) == _pg_rows.c.id)
+    .values(high_seq=_pg_rows.c.high, seen_bits=_pg_rows.c.bits)
+)
 
 Key = tuple[str, int, str, str, int]  # model, version, role, cohort, window_start
 
@@ -374,8 +389,14 @@ class TelemetryIngest:
         updates. New ones are plain INSERTs, so two replicas creating the same device's cursor conflict
         and the loser retries its batch instead of overwriting. (executemany: a multi-row upsert was
         slower here, its statement is compiled anew for every batch size.)"""
-        updates = [{"b_id": d, "high": h, "bits": b} for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
-        if updates:
+        changed = [(d, h, b) for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
+        if changed and session.get_bind().dialect.name == "postgresql":
+            # One statement with three array parameters (the same SQL for every batch size, so the
+            # server prepares it once) instead of a round of per-row executemany work in Python.
+            ids, highs, bits = zip(*changed, strict=True)
+            session.connection().execute(_PG_CURSOR_UPDATE, {"ids": list(ids), "highs": list(highs), "bits": list(bits)})
+        elif changed:
+            updates = [{"b_id": d, "high": h, "bits": b} for d, h, b in changed]
             stmt = (
                 update(TelemetryCursor)
                 .where(col(TelemetryCursor.device_id) == bindparam("b_id"))
