@@ -54,6 +54,33 @@ MAX_TIME = 2**40  # unix seconds; anything later is malformed
 # re-walking them (~30% of ingestion time in scripts/bench.py ingest). These thresholds keep
 # collections rare; telemetry objects hold no reference cycles, so nothing waits longer to be freed.
 GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+class _GcThresholds:
+    """Raised while at least one ingester runs; the last one to stop restores what the first found."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before = gc.get_threshold()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._before = gc.get_threshold()
+                gc.set_threshold(*(max(a, b) for a, b in zip(GC_THRESHOLDS, self._before, strict=True)))
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            if self._users > 0:
+                self._users -= 1
+                if self._users == 0:
+                    gc.set_threshold(*self._before)
+
+
+_gc_thresholds = _GcThresholds()
+
 _NAP_S = 0.005  # while a batch lingers, look at the queue this often
 
 
@@ -157,7 +184,6 @@ class TelemetryIngest:
         self._members: dict[str, tuple[float, tuple[str, ...] | None]] = {}  # device -> (loaded_at, cohorts or None)
         self._cohorts: tuple[float, list[Any]] = (0.0, [])
         self._thread: threading.Thread | None = None
-        self._gc_before = gc.get_threshold()
         self._stop = threading.Event()
         self.flushed = 0  # windows merged (for the benchmark and tests)
 
@@ -168,8 +194,7 @@ class TelemetryIngest:
 
     def start(self) -> None:
         self._stop.clear()
-        self._gc_before = gc.get_threshold()
-        gc.set_threshold(*(max(a, b) for a, b in zip(GC_THRESHOLDS, self._gc_before, strict=True)))
+        _gc_thresholds.acquire()
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
         self._thread.start()
 
@@ -179,7 +204,7 @@ class TelemetryIngest:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-            gc.set_threshold(*self._gc_before)
+            _gc_thresholds.release()
         if self._batch_engine is not self.engine:
             self._batch_engine.dispose()
 
