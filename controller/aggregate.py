@@ -13,12 +13,9 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-import numpy as np
-
 from shared.telemetry import IDENTITY_KEYS, MergeError, merge
 
 _INT = frozenset({int})
-_I64_MAX = 2**63 - 1
 
 MAX_DEPTH = 8
 MAX_LEAVES = 20_000  # numbers per summary; larger summaries are refused as malformed
@@ -75,8 +72,13 @@ def check_summary(summary: Any, *, deep: bool = True) -> tuple[str, int]:
     return model, version
 
 
-def merge_many(items: Sequence[Any], path: str = "$") -> Any:
-    """``functools.reduce(shared.telemetry.merge, items)``, column-wise."""
+def merge_many(items: Sequence[Any], path: str = "$", *, counts_checked: bool = False) -> Any:
+    """``functools.reduce(shared.telemetry.merge, items)``, column-wise.
+
+    ``counts_checked=True``: every number in ``items`` is known to be an int (not a bool), as in
+    summaries read by ``shared.messages.Telemetry.read`` and the aggregates summed from them, so
+    the fast path skips checking each number's type again (~a third of its time).
+    """
     if not items:
         raise ValueError("merge_many needs at least one item")
     if len(items) == 1:
@@ -95,7 +97,7 @@ def merge_many(items: Sequence[Any], path: str = "$") -> Any:
                 return _sum_columns(items)
             return [merge_many(col, f"{path}[{i}]") for i, col in enumerate(zip(*items, strict=True))]
     if t is dict and len(items) >= 4:
-        fast = _merge_same_layout(items)
+        fast = _merge_same_layout(items, counts_checked)
         if fast is not None:
             return fast
     if t is dict and all(type(x) is dict for x in items):
@@ -168,7 +170,7 @@ def _unflatten(layout: Sequence[tuple[Any, ...]], flat: list[int]) -> dict[str, 
     return stack[0]
 
 
-def _merge_same_layout(items: Sequence[Any]) -> dict[str, Any] | None:
+def _merge_same_layout(items: Sequence[Any], counts_checked: bool = False) -> dict[str, Any] | None:
     """Fast path: summaries with one shape (same keys in the same order, same list lengths,
     same identity) flattened to int vectors and summed at once; None when it does not apply."""
     layout0: list[tuple[Any, ...]] = []
@@ -185,20 +187,20 @@ def _merge_same_layout(items: Sequence[Any]) -> dict[str, Any] | None:
         elif layout != layout0:
             return None
         flats.append(flat)
-    if not flats[0] or not set(map(type, chain.from_iterable(flats))) <= _INT:
+    if not flats[0]:
+        return None
+    if counts_checked:
+        sums = _sum_columns(flats)
+        if set(map(type, sums)) <= _INT:  # a float slipped in after all: take the checked path
+            return _unflatten(layout0, sums)
+    if not set(map(type, chain.from_iterable(flats))) <= _INT:
         return None
     return _unflatten(layout0, _sum_columns(flats))
 
 
 def _sum_columns(items: Sequence[list[int]]) -> list[int]:
-    """Element-wise sum of equal-length int lists: numpy for big batches, exact Python ints otherwise."""
-    if len(items) >= 8 and len(items[0]) >= 32:
-        try:
-            arr = np.array(items, dtype=np.int64)
-        except OverflowError:
-            arr = None
-        if arr is not None and max(int(arr.max()), -int(arr.min())) <= _I64_MAX // len(items):
-            return [int(v) for v in arr.sum(axis=0)]
+    """Element-wise sum of equal-length int lists, exact (Python ints; faster here than numpy,
+    whose conversion of Python ints costs more than the sums)."""
     return [sum(col) for col in zip(*items, strict=True)]
 
 

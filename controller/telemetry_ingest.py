@@ -18,6 +18,7 @@ Nothing here raises into the MQTT loop; every dropped message is counted in
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import ARRAY, BigInteger, Engine, String, bindparam, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -48,6 +49,39 @@ DEDUPE_WINDOW = 62  # seqs below the highest one remembered per device (fits a s
 _MASK = (1 << DEDUPE_WINDOW) - 1
 MAX_SEQ = 2**63 - 1
 MAX_TIME = 2**40  # unix seconds; anything later is malformed
+# Each decoded window is ~70 lists and dicts, and thousands wait in the queue and the batch:
+# with CPython's default thresholds (700, 10, 10) the collector runs every ~10 windows and keeps
+# re-walking them (~30% of ingestion time in scripts/bench.py ingest). These thresholds keep
+# collections rare; telemetry objects hold no reference cycles, so nothing waits longer to be freed.
+GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+class _GcThresholds:
+    """Raised while at least one ingester runs; the last one to stop restores what the first found."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before = gc.get_threshold()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._before = gc.get_threshold()
+                gc.set_threshold(*(max(a, b) for a, b in zip(GC_THRESHOLDS, self._before, strict=True)))
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            if self._users > 0:
+                self._users -= 1
+                if self._users == 0:
+                    gc.set_threshold(*self._before)
+
+
+_gc_thresholds = _GcThresholds()
+
+_NAP_S = 0.005  # while a batch lingers, look at the queue this often
 
 
 def dedupe(high: int | None, bits: int, seq: int) -> tuple[str, int, int]:
@@ -64,6 +98,21 @@ def dedupe(high: int | None, bits: int, seq: int) -> tuple[str, int, int]:
         return "duplicate", high, bits
     return "new", high, bits | (1 << off)
 
+
+_pg_rows = (
+    func.unnest(
+        bindparam("ids", type_=ARRAY(String)),
+        bindparam("highs", type_=ARRAY(BigInteger)),
+        bindparam("bits", type_=ARRAY(BigInteger)),
+    )
+    .table_valued("id", "high", "bits")
+    .render_derived()
+)
+_PG_CURSOR_UPDATE = (
+    update(TelemetryCursor)
+    .where(col(TelemetryCursor.device_id) == _pg_rows.c.id)
+    .values(high_seq=_pg_rows.c.high, seen_bits=_pg_rows.c.bits)
+)
 
 Key = tuple[str, int, str, str, int]  # model, version, role, cohort, window_start
 
@@ -85,7 +134,7 @@ class _Partial:
 def _merge_items(items: list[tuple[int, dict[str, Any]]], refused: set[int], where: object) -> _Partial | None:
     """Sum one group's summaries; a summary that does not merge with the others is refused."""
     try:
-        return _Partial({i for i, _ in items}, len(items), merge_many([s for _, s in items]))
+        return _Partial({i for i, _ in items}, len(items), merge_many([s for _, s in items], counts_checked=True))
     except MergeError:
         pass
     acc: dict[str, Any] | None = None
@@ -145,6 +194,7 @@ class TelemetryIngest:
 
     def start(self) -> None:
         self._stop.clear()
+        _gc_thresholds.acquire()
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
         self._thread.start()
 
@@ -154,6 +204,7 @@ class TelemetryIngest:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+            _gc_thresholds.release()
         if self._batch_engine is not self.engine:
             self._batch_engine.dispose()
 
@@ -179,12 +230,19 @@ class TelemetryIngest:
             return batch
         if first is not None:
             batch.append(first)
+        # Drain what is queued, then nap and drain again until the linger ends: waiting in get() for
+        # each window would wake this thread once per message and take the GIL from the MQTT thread.
         deadline = time.monotonic() + self.linger_s
+        get = self._q.get_nowait
         while len(batch) < self.batch_max:
             try:
-                item = self._q.get(timeout=max(deadline - time.monotonic(), 0)) if block else self._q.get_nowait()
+                item = get()
             except queue.Empty:
-                break
+                left = deadline - time.monotonic()
+                if not block or left <= 0 or self._stop.is_set():
+                    break
+                time.sleep(min(left, _NAP_S))
+                continue
             if item is None:
                 break
             batch.append(item)
@@ -334,7 +392,7 @@ class TelemetryIngest:
             prev = self._aggs.get(key)
             base = [prev.summary] if prev else []
             try:
-                merged: dict[str, Any] | None = merge_many([*base, *(p.summary for p in parts)])
+                merged: dict[str, Any] | None = merge_many([*base, *(p.summary for p in parts)], counts_checked=True)
                 n = sum(p.windows for p in parts)
             except MergeError:
                 merged, n = (prev.summary if prev else None), 0
@@ -356,8 +414,14 @@ class TelemetryIngest:
         updates. New ones are plain INSERTs, so two replicas creating the same device's cursor conflict
         and the loser retries its batch instead of overwriting. (executemany: a multi-row upsert was
         slower here, its statement is compiled anew for every batch size.)"""
-        updates = [{"b_id": d, "high": h, "bits": b} for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
-        if updates:
+        changed = [(d, h, b) for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
+        if changed and session.get_bind().dialect.name == "postgresql":
+            # One statement with three array parameters (the same SQL for every batch size, so the
+            # server prepares it once) instead of a round of per-row executemany work in Python.
+            ids, highs, bits = zip(*changed, strict=True)
+            session.connection().execute(_PG_CURSOR_UPDATE, {"ids": list(ids), "highs": list(highs), "bits": list(bits)})
+        elif changed:
+            updates = [{"b_id": d, "high": h, "bits": b} for d, h, b in changed]
             stmt = (
                 update(TelemetryCursor)
                 .where(col(TelemetryCursor.device_id) == bindparam("b_id"))

@@ -150,3 +150,18 @@ def test_merge_many_fast_path_for_one_shape_equals_reduce_merge(items, odd):
             merge_many(items)
         return
     assert merge_many(items) == expected
+
+
+@given(st.lists(shaped, min_size=4, max_size=40), st.sampled_from([None, 1.5, 2**70]))
+def test_merge_many_with_counts_checked_equals_reduce_merge(items, odd):
+    """The trusted fast path (numbers known to be ints) sums exactly like the reference; a float
+    that slips in anyway is still caught, and wrong shapes still fall back to the checked path."""
+    if odd is not None:
+        items = [*items[:-1], {**items[-1], "count": odd}]
+    try:
+        expected = reference(items)
+    except MergeError:
+        with pytest.raises(MergeError):
+            merge_many(items, counts_checked=True)
+        return
+    assert merge_many(items, counts_checked=True) == expected
