@@ -109,3 +109,32 @@ def test_arbitrary_json_objects_never_crash_the_decoder(obj):
             decode(kind, data)
         except SchemaError:
             pass
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        ({"a": [1, 2], "b": [True]}, r"features\.b\[0\]: expected a non-negative integer"),
+        ({"a": [1, -1]}, r"features\.a\[1\]: expected a non-negative integer"),
+        ({"a": [1.0]}, r"features\.a\[0\]"),
+        ({"a": 3}, r"features\.a: expected a list"),
+        ({f"f{i}": [] for i in range(4097)}, "at most 4096 features"),
+    ],
+)
+def test_feature_histograms_are_checked_with_a_precise_error(features, match):
+    from shared.telemetry import N_LATENCY_BUCKETS
+
+    role = {"model": "m", "version": 1, "count": 1, "errors": 0, "latency_ms": [0] * N_LATENCY_BUCKETS, "features": features}
+    window = {
+        "schema": 1,
+        "device_id": "pi-1",
+        "seq": 1,
+        "sent_at": 1.0,
+        "window_start": 1.0,
+        "window_s": 60,
+        "roles": {"production": role},
+    }
+    with pytest.raises(SchemaError, match=match):
+        decode(Kind.TELEMETRY, json.dumps(window).encode())
+    role["features"] = {"a": [0, 5], "b": []}
+    assert decode(Kind.TELEMETRY, json.dumps(window).encode()).roles["production"]["features"] == {"a": [0, 5], "b": []}
