@@ -72,28 +72,36 @@ class LoadedModel:
 
     def coerce_inputs(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
         """Turn JSON-ish inputs (a list for a single-input model, or a dict) into arrays."""
-        specs = self.manifest.inputs
+        checks = self._input_checks
         if not isinstance(inputs, dict):
-            if len(specs) != 1:
-                raise ValueError(f"model has {len(specs)} inputs; pass a dict of {[s.name for s in specs]}")
-            inputs = {specs[0].name: inputs}
+            if len(checks) != 1:
+                raise ValueError(f"model has {len(checks)} inputs; pass a dict of {[c[0] for c in checks]}")
+            name, dtype, exact, ndim, fixed, shape = checks[0]
+            arr = np.asarray(inputs, dtype=dtype)
+            if arr.shape != exact and (arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed)):
+                raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+            return {name: arr}
         out = {}
-        for name, dtype, ndim, fixed, shape in self._input_checks:
+        for name, dtype, exact, ndim, fixed, shape in checks:
             if name not in inputs:
                 raise ValueError(f"missing input {name!r}")
             arr = np.asarray(inputs[name], dtype=dtype)
-            if arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed):
+            if arr.shape != exact and (arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed)):
                 raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
             out[name] = arr
         return out
 
     @cached_property
-    def _input_checks(self) -> list[tuple[str, Any, int, tuple[tuple[int, int], ...], list[int | None]]]:
-        """Per input: name, dtype the caller's values become, rank, fixed dimensions, declared shape."""
+    def _input_checks(
+        self,
+    ) -> list[tuple[str, Any, tuple[int, ...] | None, int, tuple[tuple[int, int], ...], list[int | None]]]:
+        """Per input: name, dtype the caller's values become, the whole shape when every
+        dimension is fixed (one tuple compare on the hot path), rank, fixed dimensions, declared shape."""
         return [
             (
                 t.name,
                 np.float32 if t.quantization else _DTYPES[t.dtype],
+                None if None in t.shape else tuple(t.shape),  # type: ignore[arg-type]
                 len(t.shape),
                 tuple((i, d) for i, d in enumerate(t.shape) if d is not None),
                 t.shape,
