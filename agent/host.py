@@ -108,7 +108,7 @@ class ModelHost:
                 self._notify(InferenceRecord(role, model, inputs, None, (_clock() - t0) * 1000, error=exc))
             raise
         try:
-            outputs = model.run_coerced(coerced)
+            outputs = model.run_coerced_fn(coerced)
         except Exception as exc:
             probe = self._probes.get(role)
             if probe is not None and probe.model is model:

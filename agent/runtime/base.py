@@ -7,6 +7,7 @@ LiteRT and vice versa.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -44,9 +45,15 @@ class LoadedModel:
 
     def run_coerced(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``predict`` for inputs that already went through ``coerce_inputs``."""
+        return self.run_coerced_fn(inputs)
+
+    @cached_property
+    def run_coerced_fn(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """``run_coerced`` as one callable: the runtime's own ``run`` when nothing is (de)quantized
+        here, so the hot path (``ModelHost.predict``) pays no extra Python frame."""
         if not self._quantized:
-            return self.runtime.run(inputs)
-        return self.dequantize(self.runtime.run(self.quantize(inputs)))
+            return self.runtime.run
+        return lambda inputs: self.dequantize(self.runtime.run(self.quantize(inputs)))
 
     @cached_property
     def _quantized(self) -> bool:

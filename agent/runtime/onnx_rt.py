@@ -20,6 +20,7 @@ class OnnxRuntime:
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         self._outputs = [o.name for o in manifest.outputs]
+        self._single = self._outputs[0] if len(self._outputs) == 1 else None
         # ``InferenceSession.run`` re-checks in Python, on every call, what the agent already
         # guarantees (every manifest input present, plain arrays, no GPU graph capture), and
         # the C++ session validates the feed again anyway; calling the session core directly
@@ -28,8 +29,7 @@ class OnnxRuntime:
         self._run: Any = core.run if core is not None and hasattr(core, "run") else self._session.run
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self._outputs
-        results = self._run(names, inputs, None)
-        if len(names) == 1 and len(results) == 1:
-            return {names[0]: results[0]}
-        return dict(zip(names, results, strict=True))
+        results = self._run(self._outputs, inputs, None)
+        if self._single is not None and len(results) == 1:
+            return {self._single: results[0]}
+        return dict(zip(self._outputs, results, strict=True))
