@@ -99,7 +99,7 @@ class ModelHost:
         model = self._models.get(role)
         if model is None:
             raise NoModelError(f"no model loaded in role {role!r}")
-        observed = bool(self.observers)  # observers attached when the call starts see it; probes only count
+        observed = bool(self.observers)  # a snapshot: observers attached when the call starts see it
         t0 = _clock() if observed else 0.0
         try:
             coerced = model.coerce_inputs(inputs)

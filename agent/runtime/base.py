@@ -84,7 +84,8 @@ class LoadedModel:
             if len(checks) != 1:
                 raise ValueError(f"model has {len(checks)} inputs; pass a dict of {[c[0] for c in checks]}")
             name, dtype, exact, ndim, fixed, shape = checks[0]
-            arr = np.asarray(inputs, dtype=dtype)
+            # An array of the right dtype is used as is (what np.asarray returns too, ~0.1 µs later).
+            arr = inputs if type(inputs) is np.ndarray and inputs.dtype is dtype else np.asarray(inputs, dtype=dtype)
             if arr.shape != exact and (arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed)):
                 raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
             return {name: arr}
@@ -107,7 +108,7 @@ class LoadedModel:
         return [
             (
                 t.name,
-                np.float32 if t.quantization else _DTYPES[t.dtype],
+                np.dtype(np.float32 if t.quantization else _DTYPES[t.dtype]),
                 None if None in t.shape else tuple(t.shape),  # type: ignore[arg-type]
                 len(t.shape),
                 tuple((i, d) for i, d in enumerate(t.shape) if d is not None),
