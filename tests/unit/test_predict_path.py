@@ -99,3 +99,41 @@ def test_probe_and_observers_see_every_inference():
     host.unprobe("production")
     host.predict(x)
     assert probe.ok == 1 and len(seen) == 3
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_quantize_and_dequantize_equal_the_manifest_formulas_exactly(dtype):
+    lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+    scale, zp = 0.0627451, (-5 if dtype == "int8" else 131)
+    spec = {"dtype": dtype, "shape": [-1, 4], "quantization": {"scale": scale, "zero_point": zp}}
+    manifest = Manifest.from_dict(
+        {
+            "schema": 1,
+            "name": "q",
+            "version": 1,
+            "label": "q",
+            "runtime": "tflite",
+            "model_file": "model.tflite",
+            "model_sha256": "0" * 64,
+            "inputs": [{"name": "x", **spec}],
+            "outputs": [{"name": "y", **spec}],
+            "golden": {"vectors": [{"inputs": {"x": [[0.0] * 4]}, "outputs": {"y": [[0.0] * 4]}}], "atol": 1e-4},
+            "latency_budget_ms": 5.0,
+        }
+    )
+    m = LoadedModel(manifest, "0" * 64, runtime=None, loaded_at=0.0)  # type: ignore[arg-type]  # pure math only
+    rng = np.random.default_rng(1)
+    ties = (np.arange(-300, 300, dtype=np.float32) + 0.5) * np.float32(scale)  # halfway cases round to even
+    x = np.concatenate([rng.normal(0, 10, 4000).astype(np.float32), ties, [1e9, -1e9, 0.0, -0.0]]).astype(np.float32)
+    x = x[: len(x) // 4 * 4].reshape(-1, 4)
+    expected_q = np.clip(np.round(x / scale) + zp, lo, hi).astype(dtype)
+    got_q = m.quantize({"x": x})["x"]
+    assert got_q.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got_q, expected_q)
+    codes = np.arange(256, dtype=np.uint8).view(dtype).reshape(-1, 4)
+    expected_f = (codes.astype(np.float32) - zp) * np.float32(scale)
+    got_f = m.dequantize({"y": codes.copy()})["y"]
+    assert got_f.dtype == np.float32 and got_f.shape == codes.shape
+    np.testing.assert_array_equal(got_f, expected_f)
+    wide = codes.astype(np.int32)  # a runtime handing back another integer type: the formula itself
+    np.testing.assert_array_equal(m.dequantize({"y": wide})["y"], (wide.astype(np.float32) - zp) * np.float32(scale))
