@@ -79,3 +79,24 @@ def test_median_matches_the_usual_definition():
     assert median([3.0]) == 3.0
     assert median([5.0, 1.0, 3.0]) == 3.0
     assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+
+
+def test_http_server_module_loads_only_with_http_port():
+    assert _run("import sys, agent.daemon; print('http.server' in sys.modules)") == "False"
+    assert _run("import sys, agent.http_server; print('http.server' in sys.modules)") == "True"
+
+
+def test_agent_with_http_port_builds_the_http_server(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'device_id = "dev-1"\ndata_dir = "{tmp_path}"\nsocket_path = "{tmp_path / "a.sock"}"\n'
+        f'director_public_keys = ["{"ab" * 32}"]\nhttp_port = 0\n'
+        '[broker]\nhost = "127.0.0.1"\nport = 9\n[telemetry]\nsystem_metrics = false\n'
+    )
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom agent.config import load_config\nfrom agent.daemon import Agent\n"
+        f"a = Agent(load_config(Path({str(cfg)!r})))\n"
+        "print(type(a.http).__name__, a.http.port > 0, 'psutil' in sys.modules)\n"
+        "a.http.start(); a.http.stop(); a.api.start(); a.api.stop()"
+    )
+    assert _run(code) == "HttpServer True False"
