@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{args.config}: OK (device {cfg.device_id}, broker {cfg.broker.host}:{cfg.broker.port})")
         return 0
+    from agent.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts
     logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s %(levelname)s [{cfg.device_id}] %(name)s: %(message)s")
     from agent.daemon import Agent
     from agent.identity import IdentityError

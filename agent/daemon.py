@@ -14,7 +14,7 @@ from agent.config import AgentConfig
 from agent.host import ModelHost
 from agent.identity import make_renewer
 from agent.link import MqttLink
-from agent.server import HttpServer, LocalApi, SocketServer
+from agent.server import LocalApi, SocketServer
 from agent.store import SeqCounter, Store
 from agent.telemetry import Telemetry
 from agent.updater import make_updater
@@ -38,7 +38,11 @@ class Agent:
         self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
         api = LocalApi(self.host, feedback=self.telemetry.feedback)
         self.api = SocketServer(cfg.socket_path, api)
-        self.http = None if cfg.http_port is None else HttpServer(cfg.http_port, api)
+        self.http = None
+        if cfg.http_port is not None:
+            from agent.http_server import HttpServer
+
+            self.http = HttpServer(cfg.http_port, api)
         self._stop = threading.Event()
 
     def _header(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from agent.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
+_clock = time.perf_counter
 
 
 class NoModelError(LookupError):
@@ -95,38 +96,40 @@ class ModelHost:
         self._probes = {r: p for r, p in self._probes.items() if r != role}
 
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
-        model = self.get(role)
-        t0 = time.perf_counter()
+        model = self._models.get(role)
+        if model is None:
+            raise NoModelError(f"no model loaded in role {role!r}")
+        observed = bool(self.observers)  # a snapshot: observers attached when the call starts see it
+        t0 = _clock() if observed else 0.0
         try:
             coerced = model.coerce_inputs(inputs)
         except (ValueError, TypeError) as exc:  # the caller's error: counted in telemetry, not against the model
-            if self.observers:
-                self._notify(InferenceRecord(role, model, inputs, None, (time.perf_counter() - t0) * 1000, error=exc))
+            if observed:
+                self._notify(InferenceRecord(role, model, inputs, None, (_clock() - t0) * 1000, error=exc))
             raise
-        probe = self._probes.get(role)
         try:
-            outputs = model.run_coerced(coerced)
+            outputs = model.run_coerced_fn(coerced)
         except Exception as exc:
+            probe = self._probes.get(role)
             if probe is not None and probe.model is model:
                 probe.errors += 1
                 probe.first_error = probe.first_error or f"{type(exc).__name__}: {exc}"
-            if self.observers:
-                self._notify(InferenceRecord(role, model, coerced, None, (time.perf_counter() - t0) * 1000, error=exc))
+            if observed:
+                self._notify(InferenceRecord(role, model, coerced, None, (_clock() - t0) * 1000, error=exc))
             raise
-        latency_ms = (time.perf_counter() - t0) * 1000
-        if probe is not None and probe.model is model:
-            probe.ok += 1
-        m = model.manifest
+        latency_ms = (_clock() - t0) * 1000 if observed else 0.0
+        if self._probes:  # only while an update is under health check
+            probe = self._probes.get(role)
+            if probe is not None and probe.model is model:
+                probe.ok += 1
         pid = f"{self._id_prefix}{next(self._ids):x}"
-        if self.observers:
+        if observed:
             self._notify(InferenceRecord(role, model, coerced, outputs, latency_ms, pid))
-        return {
-            "prediction_id": pid,
-            "model": m.name,
-            "version": m.version,
-            "role": role,
-            "outputs": {k: v.tolist() for k, v in outputs.items()},
-        }
+        as_lists = {}
+        for name, arr in outputs.items():
+            as_lists[name] = arr.tolist()
+        m = model.manifest
+        return {"prediction_id": pid, "model": m.name, "version": m.version, "role": role, "outputs": as_lists}
 
     def _notify(self, record: InferenceRecord) -> None:
         for observe in self.observers:

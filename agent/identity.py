@@ -21,17 +21,16 @@ import os
 import ssl
 import stat
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography.x509 and urllib.request (~4 MB resident together) are imported where a
+# certificate or the controller is used: an agent without an [identity] table never loads them.
 
 from agent.config import AgentConfig, BrokerConfig
 from agent.fsutil import atomic_write_bytes as atomic_write
@@ -62,6 +61,9 @@ class IdentityPaths:
 
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load the device key, or create it (mode 0600, never overwritten). Refuse a key others can read."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if path.exists():
         check_key_mode(path)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -80,12 +82,18 @@ def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def not_after(cert_path: Path) -> dt.datetime:
+    from cryptography import x509
+
     return x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc
 
 
@@ -97,6 +105,9 @@ def renewal_due(cert_path: Path, before: dt.timedelta, now: dt.datetime | None =
 def _post(url: str, body: dict[str, Any], *, cafile: Path | None, timeout: float) -> dict[str, Any]:
     if not url.startswith(("https://", "http://")):
         raise IdentityError(f"controller URL must be http(s)://, got {url!r}")
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")  # noqa: S310
     ctx = ssl.create_default_context(cafile=str(cafile)) if cafile is not None and url.startswith("https:") else None
@@ -115,6 +126,9 @@ def _post(url: str, body: dict[str, Any], *, cafile: Path | None, timeout: float
 
 
 def _store(paths: IdentityPaths, result: dict[str, Any], device_id: str) -> dt.datetime:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         cert = x509.load_pem_x509_certificate(result["certificate"].encode())
         x509.load_pem_x509_certificate(result["ca_certificate"].encode())

@@ -11,20 +11,19 @@ rejection at any step leaves the running model untouched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import queue
-import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import AgentConfig
-from agent.fetcher import DiskFullError, DownloadError, Fetcher, HashError, LengthError, SlowRetrievalError
 from agent.host import ModelHost
 from agent.ota import testhook
 from agent.ota.state import (
@@ -44,7 +43,6 @@ from agent.ota.state import (
     Verified,
     transition,
 )
-from agent.ota.trust import ImageRepoClient, TrustError
 from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
 from agent.store import Installed, Store
 from shared import bundle as bundle_fmt
@@ -52,6 +50,10 @@ from shared.errors import ProtocolError, SchemaError
 from shared.messages import Assignment, Desired, RunningModel, decode_desired_envelope
 from shared.schema import Reader
 from shared.signing import verify_document
+
+if TYPE_CHECKING:  # the update stack (python-tuf, urllib3, securesystemslib) loads on the first update
+    from agent.fetcher import Fetcher
+    from agent.ota.trust import ImageRepoClient
 
 log = logging.getLogger(__name__)
 Report = Callable[[str, str, str, dict[str, Any]], None]
@@ -103,7 +105,14 @@ def latency_p50_ms(model: LoadedModel, runs: int, *, cpu_clock: bool = True) -> 
         t0 = clock()
         model.predict(inputs)
         times.append((clock() - t0) * 1000.0)
-    return float(statistics.median(times))
+    return median(times)
+
+
+def median(values: list[float]) -> float:
+    """The middle value (mean of the two middle ones for an even count); ``values`` must not be empty."""
+    s = sorted(values)
+    mid = len(s) // 2
+    return float(s[mid]) if len(s) % 2 else (s[mid - 1] + s[mid]) / 2.0
 
 
 class Updater:
@@ -115,8 +124,8 @@ class Updater:
         trusted: dict[str, Ed25519PublicKey],
         store: Store,
         host: ModelHost,
-        fetcher: Fetcher,
-        image_repo: ImageRepoClient | None,
+        fetcher: Fetcher | Callable[[], Fetcher],
+        image_repo: ImageRepoClient | Callable[[], ImageRepoClient] | None,
         report: Report,
         on_change: Callable[[], None],
         threads: int = 1,
@@ -129,8 +138,8 @@ class Updater:
         self.trusted = trusted
         self.store = store
         self.host = host
-        self.fetcher = fetcher
-        self.image_repo = image_repo
+        self._fetcher = fetcher  # or a factory, called on the first update (see make_updater)
+        self._image_repo = image_repo
         self.report = report
         self.on_change = on_change
         self.threads = threads
@@ -139,6 +148,18 @@ class Updater:
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
         self._candidate: LoadedModel | None = None  # loaded beside the running model
         self._displaced: LoadedModel | None = None  # what the candidate replaced, for an instant swap back
+
+    @property
+    def fetcher(self) -> Fetcher:
+        if callable(self._fetcher):
+            self._fetcher = self._fetcher()
+        return self._fetcher
+
+    @property
+    def image_repo(self) -> ImageRepoClient | None:
+        if callable(self._image_repo):
+            self._image_repo = self._image_repo()
+        return self._image_repo
 
     # -- what runs -----------------------------------------------------------
     def running(self) -> dict[str, RunningModel]:
@@ -292,6 +313,9 @@ class Updater:
         t = rec.target
         assert t is not None and rec.role is not None
         a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
+        from agent.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
+        from agent.ota.trust import TrustError
+
         if self.image_repo is None:
             return Fail("no image repository configured: cannot verify the release signature")
         try:
@@ -440,16 +464,23 @@ def make_updater(
 ) -> Updater:
     """Build the updater and its seams from the agent configuration."""
     d = cfg.download
-    fetcher = Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace)
-    image_repo = None
-    if cfg.image_repo is not None:
-        image_repo = ImageRepoClient(
-            metadata_dir=cfg.data_dir / "tuf",
-            metadata_url=cfg.image_repo.url,
-            bootstrap_root=cfg.image_repo.root.read_bytes(),
-            fetcher=fetcher,
+    root = None if cfg.image_repo is None else cfg.image_repo.root.read_bytes()  # a missing root file fails at start
+
+    @functools.cache
+    def fetcher() -> Fetcher:
+        from agent.fetcher import Fetcher
+
+        return Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace)
+
+    def image_repo() -> ImageRepoClient:
+        from agent.ota.trust import ImageRepoClient
+
+        assert cfg.image_repo is not None and root is not None
+        return ImageRepoClient(
+            metadata_dir=cfg.data_dir / "tuf", metadata_url=cfg.image_repo.url, bootstrap_root=root, fetcher=fetcher()
         )
-    else:
+
+    if cfg.image_repo is None:
         log.warning("no [image_repository] configured: assignments will be rejected (no release signature to check)")
     h = cfg.health
     return Updater(
@@ -458,8 +489,8 @@ def make_updater(
         trusted=trusted,
         store=store,
         host=host,
-        fetcher=fetcher,
-        image_repo=image_repo,
+        fetcher=fetcher,  # both built on the first update: an agent restarting onto the models
+        image_repo=None if cfg.image_repo is None else image_repo,  # it has never loads python-tuf
         report=report,
         on_change=on_change,
         threads=cfg.inference_threads,

@@ -7,6 +7,7 @@ LiteRT and vice versa.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -44,56 +45,107 @@ class LoadedModel:
 
     def run_coerced(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``predict`` for inputs that already went through ``coerce_inputs``."""
+        return self.run_coerced_fn(inputs)
+
+    @cached_property
+    def run_coerced_fn(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """``run_coerced`` as one callable: the runtime's own ``run`` when nothing is (de)quantized
+        here, so the hot path (``ModelHost.predict``) pays no extra Python frame."""
         if not self._quantized:
-            return self.runtime.run(inputs)
-        return self.dequantize(self.runtime.run(self.quantize(inputs)))
+            return self.runtime.run
+        return lambda inputs: self.dequantize(self.runtime.run(self.quantize(inputs)))
 
     @cached_property
     def _quantized(self) -> bool:
         return any(t.quantization is not None and t.dtype in _INT_RANGE for t in (*self.manifest.inputs, *self.manifest.outputs))
 
     def quantize(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``clip(round(x / scale) + zero_point)`` per the manifest, in place on one temporary
+        (``rint``/``minimum``/``maximum``: the same values as ``round``/``clip``, ~3x faster)."""
         out = {}
+        for name, q, lo, hi, dtype in self._quant_specs:
+            arr = inputs[name]
+            if q is not None:
+                t = np.asarray(arr / q.scale)
+                np.rint(t, out=t)
+                t += q.zero_point
+                np.minimum(t, hi, out=t)
+                np.maximum(t, lo, out=t)
+                arr = t.astype(dtype)
+            out[name] = arr
+        return out
+
+    @cached_property
+    def _quant_specs(self) -> list[tuple[str, Any, int, int, Any]]:
+        """Per input: name, quantization (None: passed as is), integer range, integer dtype."""
+        out = []
         for spec in self.manifest.inputs:
-            arr = inputs[spec.name]
-            q = spec.quantization
-            if q is not None and spec.dtype in _INT_RANGE:
-                lo, hi = _INT_RANGE[spec.dtype]
-                arr = np.clip(np.round(arr / q.scale) + q.zero_point, lo, hi).astype(_DTYPES[spec.dtype])
-            out[spec.name] = arr
+            q = spec.quantization if spec.dtype in _INT_RANGE else None
+            lo, hi = _INT_RANGE.get(spec.dtype, (0, 0))
+            out.append((spec.name, q, lo, hi, _DTYPES[spec.dtype]))
         return out
 
     def dequantize(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``(q - zero_point) * scale`` in float32 per the manifest: for the declared 8-bit dtype a
+        lookup in the table of all 256 results (the same float32 values, computed once)."""
+        for name, dtype, zero_point, scale, table in self._dequant_tables:
+            arr = outputs.get(name)
+            if arr is None:
+                continue
+            if arr.dtype == dtype:
+                outputs[name] = table[arr.view(np.uint8)]
+            else:
+                outputs[name] = (arr.astype(np.float32) - zero_point) * scale
+        return outputs
+
+    @cached_property
+    def _dequant_tables(self) -> list[tuple[str, Any, int, np.float32, np.ndarray]]:
+        """Per quantized 8-bit output: name, dtype, zero point, scale, and the float32 result for
+        each of the 256 codes, indexed by the code's bits read as uint8."""
+        out = []
         for spec in self.manifest.outputs:
             q = spec.quantization
-            if q is not None and spec.name in outputs and spec.dtype in _INT_RANGE:
-                outputs[spec.name] = (outputs[spec.name].astype(np.float32) - q.zero_point) * np.float32(q.scale)
-        return outputs
+            if q is None or spec.dtype not in _INT_RANGE:
+                continue
+            dtype = np.dtype(_DTYPES[spec.dtype])
+            scale = np.float32(q.scale)
+            codes = np.arange(256, dtype=np.uint8).view(dtype)
+            out.append((spec.name, dtype, q.zero_point, scale, (codes.astype(np.float32) - q.zero_point) * scale))
+        return out
 
     def coerce_inputs(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
         """Turn JSON-ish inputs (a list for a single-input model, or a dict) into arrays."""
-        specs = self.manifest.inputs
+        checks = self._input_checks
         if not isinstance(inputs, dict):
-            if len(specs) != 1:
-                raise ValueError(f"model has {len(specs)} inputs; pass a dict of {[s.name for s in specs]}")
-            inputs = {specs[0].name: inputs}
+            if len(checks) != 1:
+                raise ValueError(f"model has {len(checks)} inputs; pass a dict of {[c[0] for c in checks]}")
+            name, dtype, exact, ndim, fixed, shape = checks[0]
+            # An array of the right dtype is used as is (what np.asarray returns too, ~0.1 µs later).
+            arr = inputs if type(inputs) is np.ndarray and inputs.dtype is dtype else np.asarray(inputs, dtype=dtype)
+            if arr.shape != exact and (arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed)):
+                raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
+            return {name: arr}
         out = {}
-        for name, dtype, ndim, fixed, shape in self._input_checks:
+        for name, dtype, exact, ndim, fixed, shape in checks:
             if name not in inputs:
                 raise ValueError(f"missing input {name!r}")
             arr = np.asarray(inputs[name], dtype=dtype)
-            if arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed):
+            if arr.shape != exact and (arr.ndim != ndim or any(arr.shape[i] != d for i, d in fixed)):
                 raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
             out[name] = arr
         return out
 
     @cached_property
-    def _input_checks(self) -> list[tuple[str, Any, int, tuple[tuple[int, int], ...], list[int | None]]]:
-        """Per input: name, dtype the caller's values become, rank, fixed dimensions, declared shape."""
+    def _input_checks(
+        self,
+    ) -> list[tuple[str, Any, tuple[int, ...] | None, int, tuple[tuple[int, int], ...], list[int | None]]]:
+        """Per input: name, dtype the caller's values become, the whole shape when every
+        dimension is fixed (one tuple compare on the hot path), rank, fixed dimensions, declared shape."""
         return [
             (
                 t.name,
-                np.float32 if t.quantization else _DTYPES[t.dtype],
+                np.dtype(np.float32 if t.quantization else _DTYPES[t.dtype]),
+                None if None in t.shape else tuple(t.shape),  # type: ignore[arg-type]
                 len(t.shape),
                 tuple((i, d) for i, d in enumerate(t.shape) if d is not None),
                 t.shape,

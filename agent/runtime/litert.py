@@ -42,24 +42,29 @@ class LiteRtRuntime:
         self._lock = threading.Lock()  # an Interpreter is not thread-safe
         by_name_in = {d["name"]: d for d in self._interp.get_input_details()}
         by_name_out = {d["name"]: d for d in self._interp.get_output_details()}
-        self._inputs = [(t.name, _find(by_name_in, t.name, "input")) for t in manifest.inputs]
-        self._outputs = [(t.name, _find(by_name_out, t.name, "output")) for t in manifest.outputs]
+        # Per input: name, tensor index, dtype, current shape (a tuple: one compare per call).
+        self._inputs: list[tuple[str, int, Any, tuple[int, ...]]] = []
+        for t in manifest.inputs:
+            d = _find(by_name_in, t.name, "input")
+            self._inputs.append((t.name, d["index"], np.dtype(d["dtype"]), tuple(int(n) for n in d["shape"])))
+        self._outputs = [(t.name, _find(by_name_out, t.name, "output")["index"]) for t in manifest.outputs]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             return self._run(inputs)
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, d in self._inputs:
+        for i, (name, index, dtype, shape) in enumerate(self._inputs):
             arr = inputs[name]
-            if arr.dtype != d["dtype"]:
-                raise ValueError(f"input {name!r}: expected dtype {np.dtype(d['dtype']).name}, got {arr.dtype.name}")
-            if list(arr.shape) != list(d["shape"]):
-                self._interp.resize_tensor_input(d["index"], list(arr.shape))
+            if arr.dtype != dtype:
+                raise ValueError(f"input {name!r}: expected dtype {dtype.name}, got {arr.dtype.name}")
+            if arr.shape != shape:
+                self._interp.resize_tensor_input(index, list(arr.shape))
                 self._interp.allocate_tensors()
-            self._interp.set_tensor(d["index"], arr)
+                self._inputs[i] = (name, index, dtype, arr.shape)
+            self._interp.set_tensor(index, arr)
         self._interp.invoke()
-        return {name: np.array(self._interp.get_tensor(d["index"])) for name, d in self._outputs}
+        return {name: np.array(self._interp.get_tensor(index)) for name, index in self._outputs}
 
 
 def _find(details: dict[str, Any], name: str, kind: str) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnxruntime as ort
 
@@ -18,6 +20,16 @@ class OnnxRuntime:
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         self._outputs = [o.name for o in manifest.outputs]
+        self._single = self._outputs[0] if len(self._outputs) == 1 else None
+        # ``InferenceSession.run`` re-checks in Python, on every call, what the agent already
+        # guarantees (every manifest input present, plain arrays, no GPU graph capture), and
+        # the C++ session validates the feed again anyway; calling the session core directly
+        # saves ~1 µs a call. Falls back to the public method if a release renames it.
+        core = getattr(self._session, "_sess", None)
+        self._run: Any = core.run if core is not None and hasattr(core, "run") else self._session.run
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(self._outputs, inputs), strict=True))
+        results = self._run(self._outputs, inputs, None)
+        if self._single is not None and len(results) == 1:
+            return {self._single: results[0]}
+        return dict(zip(self._outputs, results, strict=True))

@@ -10,19 +10,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 log = logging.getLogger(__name__)
 
 
 class SystemMetrics:
     def __init__(self, disk_path: Path) -> None:
+        import psutil  # here, not at the top: an agent with system_metrics = false never loads it
+
+        self._ps = psutil
         self.disk_path = disk_path
         self._proc = psutil.Process(os.getpid())
         psutil.cpu_percent(interval=None)  # prime: the next call reports usage since now
         self._proc.cpu_percent(interval=None)
 
     def sample(self) -> dict[str, Any]:
+        psutil = self._ps
         out: dict[str, Any] = {
             "cpu_percent": psutil.cpu_percent(interval=None),
             "agent_cpu_percent": round(self._proc.cpu_percent(interval=None), 2),
@@ -43,6 +45,8 @@ class SystemMetrics:
 
 def max_temperature() -> float | None:
     """Hottest current sensor reading in Celsius, or None where the hardware has no sensors."""
+    import psutil
+
     read = getattr(psutil, "sensors_temperatures", None)
     if read is None:
         return None

@@ -117,7 +117,7 @@ def test_disk_full_during_download_fails_cleanly_and_the_old_model_serves(lab, s
 def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
     import httpx
 
-    from agent.server import HttpServer
+    from agent.http_server import HttpServer
 
     up = lab.updater(tmp_path / "dev")
     up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))

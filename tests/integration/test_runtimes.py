@@ -111,3 +111,17 @@ def test_tensorflow_converter_makes_a_full_integer_model():
     b = bundle_fmt.read(bundle)
     assert b.manifest.inputs[0].dtype == "int8"
     golden_check(load_model(b.manifest, b.model, "0" * 64))
+
+
+def test_litert_resizes_for_a_new_batch_and_back(tflite_bundle):
+    b = bundle_fmt.read(tflite_bundle)
+    rt = load_model(b.manifest, b.model, "0" * 64).runtime
+    x, _ = load_digits()
+    q = np.clip(np.round(x[:3] * 8), -128, 127).astype(np.int8)
+    one = [rt.run({"input": q[i : i + 1]})["probs"] for i in range(3)]
+    three = rt.run({"input": q})["probs"]
+    assert three.shape[0] == 3
+    np.testing.assert_array_equal(three, np.concatenate(one))
+    np.testing.assert_array_equal(rt.run({"input": q[1:2]})["probs"], one[1])  # back to one row
+    with pytest.raises(ValueError, match="expected dtype int8, got float32"):
+        rt.run({"input": x[:1]})
