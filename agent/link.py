@@ -38,6 +38,10 @@ def backoff_delay(attempt: int, base: float, cap: float, *, jitter: bool = True,
     return (rng or random).uniform(0.0, ceiling) if jitter else ceiling
 
 
+def _loop_thread_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Queued packets are written by the link thread's ``loop()`` (woken through paho's socket pair)."""
+
+
 class MqttLink:
     def __init__(
         self,
@@ -68,6 +72,11 @@ class MqttLink:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_publish = self._handle_publish
+        # Only the link thread may touch the socket. Without this, paho writes a publish from the
+        # caller's thread (we run our own loop, not loop_start), concurrently with the link thread's
+        # read: harmless on TCP, but it corrupts a TLS session ("wrong version number"). With a
+        # write-registration callback set, paho only queues the packet and wakes the loop.
+        c.on_socket_register_write = _loop_thread_writes
         self._tls = broker_tls_context(cfg.broker)  # mTLS with the device certificate, when configured
         if self._tls is not None:
             c.tls_set_context(self._tls)
