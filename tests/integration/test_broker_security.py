@@ -312,3 +312,69 @@ def test_agent_link_uses_a_renewed_certificate_after_reload(broker, clients, tmp
             time.sleep(0.05)
     finally:
         link.stop()
+
+
+def test_agent_link_survives_concurrent_publishes_and_deliveries_over_tls(broker, clients, tmp_path) -> None:
+    """Publishes from several threads while the broker delivers to the link: the TLS session must
+    never be written by two threads at once (it broke as "wrong version number" before the fix)."""
+    import threading
+
+    from agent.config import parse_config
+    from agent.link import MqttLink
+
+    dev, n = "sec-conc", 600
+    ident, _ = device_identity(broker.ca, dev, tmp_path, trust=broker.sec.cafile)
+    ident.key.chmod(0o600)
+    cfg = parse_config(
+        {
+            "device_id": dev,
+            "data_dir": str(tmp_path),
+            "director_public_keys": ["11" * 32],
+            "broker": {
+                "host": broker.proc.host,
+                "port": broker.proc.port,
+                "ca_file": str(ident.ca),
+                "cert_file": str(ident.cert),
+                "key_file": str(ident.key),
+            },
+        }
+    )
+    seq = iter(range(1, 100_000))
+    lock = threading.Lock()
+    desired: list[bytes] = []
+    connects: list[float] = []
+
+    def next_seq() -> int:
+        with lock:
+            return next(seq)
+
+    link = MqttLink(cfg, next_seq, desired.append, lambda: connects.append(time.monotonic()))
+    link.start()
+    ctl = connected(broker, clients, None)
+    ctl.subscribe(device_topic(dev, Kind.EVENTS))
+    try:
+        deadline = time.monotonic() + 10
+        while not connects:
+            assert time.monotonic() < deadline, "link did not connect"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the link's SUBACK arrive
+
+        def publisher(k: int) -> None:
+            for i in range(n):
+                link.publish(Kind.EVENTS, {"k": k, "i": i})
+
+        threads = [threading.Thread(target=publisher, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(n):  # deliveries to the link's socket meanwhile
+            ctl.client.publish(device_topic(dev, Kind.DESIRED), json.dumps({"i": i}).encode(), qos=1)
+        for t in threads:
+            t.join(30)
+        ctl.wait(lambda: len(ctl.received(device_topic(dev, Kind.EVENTS))) >= 3 * n, 30, "all events from the link")
+        deadline = time.monotonic() + 30
+        while len(desired) < n:
+            assert time.monotonic() < deadline, f"link received {len(desired)} of {n} deliveries"
+            time.sleep(0.05)
+        assert len(connects) == 1, "the link lost its TLS session and reconnected"
+    finally:
+        link.stop()
