@@ -284,6 +284,10 @@ DeviceMessage = Status | Telemetry | Event
 _READERS: dict[Kind, Any] = {Kind.STATUS: Status, Kind.TELEMETRY: Telemetry, Kind.EVENTS: Event}
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
     """Parse a payload: JSON, or JSON deflated by ``shared.compact`` (told apart by the first byte)."""
     if len(payload) > max_bytes:
@@ -291,7 +295,7 @@ def parse_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
     if payload[:1] == bytes([compact.ZLIB_MAGIC]):
         payload = compact.decompress(payload, MAX_INFLATED_BYTES)
     try:
-        return json.loads(payload)
+        return json.loads(payload, parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SchemaError(f"payload is not valid JSON: {exc}") from None
 

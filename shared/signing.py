@@ -75,7 +75,10 @@ def verify_document(envelope: Any, trusted: dict[str, Ed25519PublicKey]) -> dict
     sigs = envelope.get("signatures")
     if not isinstance(sigs, list) or not sigs:
         raise SignatureError("Signed envelope has no signatures")
-    payload = canonical_json(envelope["signed"])
+    try:
+        payload = canonical_json(envelope["signed"])
+    except (ValueError, TypeError) as exc:  # NaN/Infinity or other values JSON cannot carry
+        raise SignatureError(f"signed document cannot be canonicalized: {exc}") from None
     seen_unknown = []
     for entry in sigs:
         if not isinstance(entry, dict):

@@ -40,3 +40,10 @@ def test_garbage_desired_state_is_rejected_with_a_reason(payload):
     with pytest.raises(RejectedError) as info:
         check_desired(payload, device_id="pi-1", trusted=TRUSTED, last_counter=0, at=0.0)
     assert str(info.value)
+
+
+@pytest.mark.parametrize("constant", ["Infinity", "NaN"])
+def test_infinite_values_in_a_signed_document_are_rejected_not_raised(constant):
+    payload = ('{"signed": {"x": ' + constant + '}, "signatures": [{"keyid": "k", "sig": "00"}]}').encode()
+    with pytest.raises(RejectedError, match="not valid JSON"):
+        check_desired(payload, device_id="pi-1", trusted=TRUSTED, last_counter=0, at=0.0)

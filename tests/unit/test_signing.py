@@ -52,3 +52,9 @@ def test_key_file_is_private(tmp_path):
     k = generate_private_key_file(path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert key_id(load_private_key_file(path).public_key()) == key_id(k.public_key())
+
+
+def test_uncanonicalizable_documents_fail_as_signature_errors():
+    k = Ed25519PrivateKey.generate()
+    with pytest.raises(SignatureError, match="cannot be canonicalized"):
+        verify_document({"signed": {"x": float("inf")}, "signatures": [{"keyid": "a", "sig": "00"}]}, trusted(k))
