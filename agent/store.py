@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,6 @@ from shared.messages import RunningModel
 
 log = logging.getLogger(__name__)
 SLOTS = ("active", "previous", "candidate")
-
-
-@dataclass(frozen=True)
-class Installed:
-    model: str
-    version: int
-    sha256: str
-    runtime: str
-    since: float
-    reason: str = ""
-
-    def running(self) -> RunningModel:
-        return RunningModel(**asdict(self))
 
 
 class Store:
@@ -108,17 +95,17 @@ class Store:
             self.state["desired_digest"] = digest
             self._save()
 
-    def slot(self, role: str, which: str = "active") -> Installed | None:
+    def slot(self, role: str, which: str = "active") -> RunningModel | None:
         entry = self.state.get("roles", {}).get(role, {}).get(which)
         if not entry:
             return None
         try:
-            return Installed(**entry)
+            return RunningModel(**entry)
         except TypeError:
             log.error("state.json entry for %s/%s is malformed: %r", role, which, entry)
             return None
 
-    def set_slot(self, role: str, which: str, inst: Installed | None) -> None:
+    def set_slot(self, role: str, which: str, inst: RunningModel | None) -> None:
         with self._lock:
             slots = self.state.setdefault("roles", {}).setdefault(role, {})
             if inst is None:
@@ -144,7 +131,7 @@ class Store:
             self._save()
         self.collect_garbage()
 
-    def roll_back(self, role: str, previous_sha256: str | None, reason: str, since: float) -> Installed | None:
+    def roll_back(self, role: str, previous_sha256: str | None, reason: str, since: float) -> RunningModel | None:
         """Make the slot holding ``previous_sha256`` active again and drop the candidate. Idempotent."""
         with self._lock:
             slots = self.state.setdefault("roles", {}).setdefault(role, {})

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -44,7 +44,7 @@ from agent.ota.state import (
     transition,
 )
 from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
-from agent.store import Installed, Store
+from agent.store import Store
 from shared import bundle as bundle_fmt
 from shared.errors import ProtocolError, SchemaError
 from shared.messages import Assignment, Desired, RunningModel, decode_desired_envelope
@@ -215,7 +215,7 @@ class Updater:
                 continue
             if which == "previous":
                 reason = f"active slot failed verification at start-up; serving previous v{inst.version}"
-                self.store.set_slot(role, "active", Installed(**{**inst.__dict__, "since": time.time(), "reason": reason}))
+                self.store.set_slot(role, "active", replace(inst, since=time.time(), reason=reason))
                 self.store.set_slot(role, "previous", None)
             return
 
@@ -360,7 +360,7 @@ class Updater:
             return Fail(f"bundle is {m.name} v{m.version}, the assignment says {t.model} v{t.version}")
         if not m.supports(self.arch):
             return Fail(f"wrong hardware: bundle supports {m.hardware.get('arch')}, this device is {self.arch}")
-        self.store.set_slot(rec.role, "candidate", Installed(m.name, m.version, t.sha256, m.runtime, time.time()))
+        self.store.set_slot(rec.role, "candidate", RunningModel(m.name, m.version, t.sha256, m.runtime, time.time()))
         return Verified()
 
     def _activate(self, rec: OtaRecord) -> Event:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
+
+from agent.fsutil import atomic_write_bytes
 
 
 class BlobStore:
@@ -19,12 +20,7 @@ class BlobStore:
         sha = hashlib.sha256(data).hexdigest()
         dest = self.path(sha)
         if not dest.exists():
-            tmp = dest.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            atomic_write_bytes(dest, data)
         return sha
 
     def exists(self, sha256: str) -> bool:

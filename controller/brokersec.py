@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.fsutil import atomic_write_bytes
 from controller.broker import BrokerSecurity
-from controller.pki import BROKER_IDENTITY, CONTROLLER_IDENTITY, DeviceCA, key_pem, new_key, write_atomic
+from controller.pki import BROKER_IDENTITY, CONTROLLER_IDENTITY, DeviceCA, key_pem, new_key
 from shared.topics import PREFIX, Kind
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,8 @@ def write_identity(ca: DeviceCA, name: str, directory: Path) -> ClientIdentity:
     key = new_key()
     issued = ca.issue_service(name, key)
     ident = ClientIdentity(directory / "ca.pem", directory / f"{name}.pem", directory / f"{name}.key")
-    write_atomic(ident.ca, ca.cert_pem)
-    write_atomic(ident.cert, issued.pem)
+    atomic_write_bytes(ident.ca, ca.cert_pem)
+    atomic_write_bytes(ident.cert, issued.pem)
     _write_key(ident.key, key_pem(key))
     return ident
 
@@ -144,13 +145,13 @@ def provision(
         acl_file=directory / "acl",
         dynsec_config=directory / "dynsec.json",
     )
-    write_atomic(sec.cafile, ca.cert_pem)
-    write_atomic(sec.certfile, server.pem)
+    atomic_write_bytes(sec.cafile, ca.cert_pem)
+    atomic_write_bytes(sec.certfile, server.pem)
     _write_key(sec.keyfile, key_pem(key))
-    write_atomic(sec.crlfile, crl_pem if crl_pem is not None else ca.crl([]))
-    write_atomic(sec.acl_file, render_acl().encode())
+    atomic_write_bytes(sec.crlfile, crl_pem if crl_pem is not None else ca.crl([]))
+    atomic_write_bytes(sec.acl_file, render_acl().encode())
     assert sec.dynsec_config is not None
-    write_atomic(sec.dynsec_config, render_dynsec().encode())
+    atomic_write_bytes(sec.dynsec_config, render_dynsec().encode())
     return sec
 
 
@@ -170,7 +171,7 @@ class BrokerControl:
         """Write the CRL and signal the broker; return whether the broker was told."""
         if self.crl_path is None:
             return False
-        write_atomic(self.crl_path, crl_pem)
+        atomic_write_bytes(self.crl_path, crl_pem)
         if self.pid_file is None:
             return False
         try:

@@ -19,7 +19,6 @@ PEM files for development and tests.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
 from sqlmodel import Session
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
+from agent.fsutil import atomic_write_bytes
 from controller.registry import Conflict, Registry, ReleaseChange
 from shared.signing import generate_private_key_file, load_private_key_file
 
@@ -61,15 +61,6 @@ def public_key(signer: Signer) -> SSlibKey:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -261,12 +252,12 @@ class ImageRepository:
         md = self.md[role]
         data = md.to_bytes()
         name = "timestamp.json" if role == "timestamp" else f"{md.signed.version}.{role}.json"
-        _atomic_write(self.metadata_dir / name, data)
-        _atomic_write(self.dir / f"{role}.json", data)
+        atomic_write_bytes(self.metadata_dir / name, data)
+        atomic_write_bytes(self.dir / f"{role}.json", data)
 
     # -- for tests: publish a raw metadata file as-is -------------------------------
     def write_raw(self, name: str, data: bytes) -> None:
-        _atomic_write(self.metadata_dir / name, data)
+        atomic_write_bytes(self.metadata_dir / name, data)
 
 
 def parse_target_path(path: str) -> tuple[str, int] | None:

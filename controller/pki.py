@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.fsutil import atomic_write_bytes
 from shared.errors import TopicError
 from shared.topics import validate_device_id
 
@@ -44,28 +44,6 @@ class PkiError(Exception):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a public file (certificate, CRL) atomically: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -160,8 +138,8 @@ class DeviceCA:
                     f"no device CA at {directory}: expected ca.key and ca.pem (python -m controller.brokersetup creates one)"
                 )
             ca = cls.generate()
-            _write_private(key_path, key_pem(ca._key))
-            write_atomic(cert_path, cert_pem(ca.cert))
+            atomic_write_bytes(key_path, key_pem(ca._key), mode=0o600)
+            atomic_write_bytes(cert_path, cert_pem(ca.cert))
             return ca
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):

@@ -12,13 +12,13 @@ registered device ids. ``GET`` (operator token) summarises what is stored.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field, ValidationError
 
+from agent.fsutil import atomic_write_bytes
 from controller.api.deps import Authenticated, SessionDep, SettingsDep
 from controller.models import Device
 from shared.errors import ProtocolError
@@ -83,14 +83,8 @@ async def upload_capture(device_id: str, request: Request, session: SessionDep, 
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad capture upload: {exc.errors()[:3]}") from None
     ids = [s.id for s in upload.samples]
     name = f"{min(ids):012d}-{max(ids):012d}.jsonl"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    with open(tmp, "w") as f:
-        for item in upload.samples:
-            f.write(json.dumps({"id": item.id, **item.sample.model_dump()}, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / name)
+    lines = (json.dumps({"id": item.id, **item.sample.model_dump()}, separators=(",", ":")) + "\n" for item in upload.samples)
+    atomic_write_bytes(folder / name, "".join(lines).encode())
     return CaptureStored(stored=len(upload.samples), file=name)
 
 
