@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # certificate or the controller is used: an agent without an [identity] table never loads them.
 
 from agent.config import AgentConfig, BrokerConfig
-from agent.fsutil import atomic_write_bytes as atomic_write
+from shared.fsutil import atomic_write_bytes as atomic_write
 
 log = logging.getLogger(__name__)
 

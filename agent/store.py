@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from shared.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from agent.ota.state import AT_REST, OtaRecord
 from shared import bundle as bundle_fmt
 from shared.messages import RunningModel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from agent.fsutil import atomic_write_bytes
+from shared.fsutil import atomic_write_bytes
 
 
 class BlobStore:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.fsutil import atomic_write_bytes
+from shared.fsutil import atomic_write_bytes
 from controller.broker import BrokerSecurity
 from controller.pki import BROKER_IDENTITY, CONTROLLER_IDENTITY, DeviceCA, key_pem, new_key
 from shared.topics import PREFIX, Kind

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.fsutil import atomic_write_bytes
+from shared.fsutil import atomic_write_bytes
 from shared.errors import TopicError
 from shared.topics import validate_device_id
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field, ValidationError
 
-from agent.fsutil import atomic_write_bytes
+from shared.fsutil import atomic_write_bytes
 from controller.api.deps import Authenticated, SessionDep, SettingsDep
 from controller.models import Device
 from shared.errors import ProtocolError
