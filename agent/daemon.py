@@ -14,10 +14,10 @@ from agent.config import AgentConfig
 from agent.host import ModelHost
 from agent.identity import make_renewer
 from agent.link import MqttLink
-from agent.server import LocalApi, SocketServer
-from agent.store import SeqCounter, Store
+from agent.localapi.server import LocalApi, SocketServer
+from agent.ota.store import SeqCounter, Store
+from agent.ota.updater import make_updater
 from agent.telemetry import Telemetry
-from agent.updater import make_updater
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
 from shared.signing import key_id, load_public_key
 from shared.topics import Kind
@@ -40,7 +40,7 @@ class Agent:
         self.api = SocketServer(cfg.socket_path, api)
         self.http = None
         if cfg.http_port is not None:
-            from agent.http_server import HttpServer
+            from agent.localapi.http import HttpServer
 
             self.http = HttpServer(cfg.http_port, api)
         self._stop = threading.Event()

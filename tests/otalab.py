@@ -19,11 +19,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fetcher import Fetcher
 from agent.host import ModelHost
+from agent.ota.fetcher import Fetcher
+from agent.ota.store import Store
 from agent.ota.trust import ImageRepoClient
-from agent.store import Store
-from agent.updater import HealthPolicy, Updater
+from agent.ota.updater import HealthPolicy, Updater
 from controller.director import Director
 from controller.imagerepo import DevKeys, ImageRepository
 from shared import bundle as bundle_fmt

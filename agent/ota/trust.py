@@ -17,7 +17,7 @@ from typing import Any
 from tuf.api.exceptions import DownloadError, RepositoryError
 from tuf.ngclient import Updater, UpdaterConfig
 
-from agent.fetcher import Fetcher
+from agent.ota.fetcher import Fetcher
 from shared.messages import Assignment
 
 

@@ -79,9 +79,9 @@ def _cpu_s(pid: int) -> float:
 
 def run() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from agent.client import AgentClient
-    from agent.server import LocalApi, SocketServer
-    from agent.updater import HealthPolicy
+    from agent.localapi.client import AgentClient
+    from agent.localapi.server import LocalApi, SocketServer
+    from agent.ota.updater import HealthPolicy
     from controller.broker import MosquittoProcess
     from firmware_sim.modelgen import load_digits, make_onnx_bundle, make_tflite_bundle
     from firmware_sim.procs import start_agent

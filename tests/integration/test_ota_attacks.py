@@ -323,7 +323,7 @@ def test_live_inference_errors_after_the_switch_roll_back(lab, tmp_path, v1):
     import threading
     import time
 
-    from agent.updater import HealthPolicy
+    from agent.ota.updater import HealthPolicy
 
     up = lab.updater(tmp_path / "live")
     up.apply(lab.desired("lab-dev", lab.publish(v1)))

@@ -43,8 +43,8 @@ from agent.ota.state import (
     Verified,
     transition,
 )
+from agent.ota.store import Store
 from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
-from agent.store import Store
 from shared import bundle as bundle_fmt
 from shared.errors import ProtocolError, SchemaError
 from shared.messages import Assignment, Desired, RunningModel, decode_desired_envelope
@@ -52,7 +52,7 @@ from shared.schema import Reader
 from shared.signing import verify_document
 
 if TYPE_CHECKING:  # the update stack (python-tuf, urllib3, securesystemslib) loads on the first update
-    from agent.fetcher import Fetcher
+    from agent.ota.fetcher import Fetcher
     from agent.ota.trust import ImageRepoClient
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class Updater:
         t = rec.target
         assert t is not None and rec.role is not None
         a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
-        from agent.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
+        from agent.ota.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
         from agent.ota.trust import TrustError
 
         if self.image_repo is None:
@@ -468,7 +468,7 @@ def make_updater(
 
     @functools.cache
     def fetcher() -> Fetcher:
-        from agent.fetcher import Fetcher
+        from agent.ota.fetcher import Fetcher
 
         return Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace)
 
