@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import signal
 import threading
@@ -15,14 +16,24 @@ from agent.host import ModelHost
 from agent.identity import make_renewer
 from agent.link import MqttLink
 from agent.localapi.server import LocalApi, SocketServer
+from agent.ota.build import make_updater
 from agent.ota.store import SeqCounter, Store
-from agent.ota.updater import make_updater
+from agent.ota.updater import Checkpoint
 from agent.telemetry import Telemetry
 from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
 from shared.signing import key_id, load_public_key
 from shared.topics import Kind
 
 log = logging.getLogger(__name__)
+
+
+def _test_checkpoint(cfg: AgentConfig) -> Checkpoint | None:
+    """The crash tests' pause hook, only when its environment variable is set (it logs a warning then)."""
+    if not os.environ.get("EDGEFLEET_TEST_PAUSE_AT"):
+        return None
+    from agent.ota import testhook
+
+    return testhook.from_env(cfg.data_dir)
 
 
 class Agent:
@@ -32,7 +43,8 @@ class Agent:
         self.seq = SeqCounter(cfg.data_dir / "seq")
         self.host = ModelHost()
         keys = [load_public_key(k) for k in cfg.director_public_keys]
-        self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
+        trusted = {key_id(k): k for k in keys}
+        self.updater = make_updater(cfg, self.store, self.host, trusted, self.report, self.publish_status, _test_checkpoint(cfg))
         self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)  # first: may refuse the identity
         self.renewer = make_renewer(cfg, self.link.reload_identity)
         self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)

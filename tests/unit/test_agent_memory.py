@@ -62,7 +62,7 @@ def test_update_stack_loads_on_the_first_update_only(tmp_path):
     code = (
         "import sys\nfrom pathlib import Path\n"
         "from agent.config import load_config\nfrom agent.host import ModelHost\nfrom agent.ota.store import Store\n"
-        "from agent.ota.updater import make_updater\n"
+        "from agent.ota.build import make_updater\n"
         f"cfg = load_config(Path({str(cfg)!r}))\n"
         "up = make_updater(cfg, Store(cfg.data_dir), ModelHost(), {}, lambda *a: None, lambda: None)\n"
         "stack = ('tuf', 'urllib3', 'securesystemslib', 'agent.ota.fetcher', 'agent.ota.trust')\n"
@@ -74,7 +74,7 @@ def test_update_stack_loads_on_the_first_update_only(tmp_path):
 
 
 def test_median_matches_the_usual_definition():
-    from agent.ota.updater import median
+    from agent.ota.checks import median
 
     assert median([3.0]) == 3.0
     assert median([5.0, 1.0, 3.0]) == 3.0
