@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # certificate or the controller is used: an agent without an [identity] table never loads them.
 
 from agent.config import AgentConfig, BrokerConfig
+from shared.csr import make_csr
 from shared.fsutil import atomic_write_bytes as atomic_write
 
 log = logging.getLogger(__name__)
@@ -79,16 +80,6 @@ def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
         f.flush()
         os.fsync(f.fileno())
     return key
-
-
-def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def not_after(cert_path: Path) -> dt.datetime:

@@ -19,6 +19,7 @@ import pytest
 from controller import pki
 from controller.broker import MosquittoConfig, MosquittoProcess, free_port
 from controller.brokersec import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
+from shared.csr import make_csr
 from shared.topics import Kind, device_topic
 from tests.tlsmqtt import TlsClient, device_identity
 
@@ -298,7 +299,7 @@ def test_agent_link_uses_a_renewed_certificate_after_reload(broker, clients, tmp
         from cryptography.hazmat.primitives import serialization
 
         key = serialization.load_pem_private_key(ident.key.read_bytes(), password=None)
-        new = broker.ca.issue_device("sec-a8", pki.make_csr(key, "sec-a8"))  # type: ignore[arg-type]
+        new = broker.ca.issue_device("sec-a8", make_csr(key, "sec-a8"))  # type: ignore[arg-type]
         ident.cert.write_bytes(new.pem)
         link.reload_identity()
         broker.revoked.append((old.serial, pki.utcnow()))
