@@ -20,7 +20,8 @@ from agent.ota.build import make_updater
 from agent.ota.store import SeqCounter, Store
 from agent.ota.updater import Checkpoint
 from agent.telemetry import Telemetry
-from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
+from shared.errors import SchemaError
+from shared.messages import MAX_KIND, MAX_MESSAGE, OFFLINE, ONLINE, Event, Status, now
 from shared.signing import key_id, load_public_key
 from shared.topics import Kind
 
@@ -57,19 +58,17 @@ class Agent:
             self.http = HttpServer(cfg.http_port, api)
         self._stop = threading.Event()
 
-    def _header(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "device_id": self.cfg.device_id, "seq": self.seq.next(), "sent_at": now()}
-
-    def status(self, state: str = ONLINE) -> dict[str, Any]:
-        models = {role: m.__dict__ for role, m in self.updater.running().items()}  # what really serves
-        return {
-            **self._header(),
-            "state": state,
-            "agent_version": __version__,
-            "hardware": {"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
-            "models": models,
-            "ota": self.updater.ota_status(),
-        }
+    def status(self, state: str = ONLINE) -> Status:
+        return Status(
+            device_id=self.cfg.device_id,
+            seq=self.seq.next(),
+            sent_at=now(),
+            state=state,
+            agent_version=__version__,
+            hardware={"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
+            models=self.updater.running(),  # what really serves
+            ota=self.updater.ota_status(),
+        )
 
     def publish_status(self) -> None:
         self.link.publish(Kind.STATUS, self.status(), retain=True)
@@ -82,9 +81,14 @@ class Agent:
         if kind == "desired.rejected":
             self.telemetry.count("desired_rejected")
         log.log(logging.WARNING if severity != "info" else logging.INFO, "event %s: %s", kind, message)
-        self.link.publish(
-            Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail}
-        )
+        event = Event(
+            device_id=self.cfg.device_id, seq=self.seq.next(), sent_at=now(), kind=kind[:MAX_KIND], severity=severity,
+            message=message[:MAX_MESSAGE], detail=detail,
+        )  # fmt: skip
+        try:
+            self.link.publish(Kind.EVENTS, event)
+        except (SchemaError, ValueError) as exc:  # a report must never stop the updater
+            log.error("event %s not sent: %s", kind, exc)
 
     def start(self) -> None:
         self.updater.restore()

@@ -31,7 +31,8 @@ from agent.telemetry.queue import WindowQueue
 from agent.telemetry.sender import Sender
 from agent.telemetry.system import SystemMetrics
 from agent.telemetry.window import RoleAccumulator, WindowBuilder, top_classes
-from shared.messages import SCHEMA_VERSION, encode_compact, now
+from shared.messages import Telemetry as TelemetryWindow
+from shared.messages import encode_compact, now
 
 log = logging.getLogger(__name__)
 RECENT_PREDICTIONS = 4096  # prediction ids remembered for label feedback
@@ -116,18 +117,17 @@ class Telemetry:
             def render(dropped: int) -> bytes:
                 counters["windows_dropped"] += dropped
                 return encode_compact(
-                    {
-                        "schema": SCHEMA_VERSION,
-                        "device_id": self.cfg.device_id,
-                        "seq": seq,
-                        "sent_at": now(),
-                        "window_start": round(start, 3),
-                        "window_s": round(end - start, 3),
-                        "roles": roles,
-                        "system": system,
-                        "counters": counters,
-                        "agent": {"version": self.agent_version, "boot": self.boot, "window": index},
-                    }
+                    TelemetryWindow(
+                        device_id=self.cfg.device_id,
+                        seq=seq,
+                        sent_at=now(),
+                        window_start=round(start, 3),
+                        window_s=round(end - start, 3),
+                        roles=roles,
+                        system=system,
+                        counters=counters,
+                        agent={"version": self.agent_version, "boot": self.boot, "window": index},
+                    )
                 )
 
             dropped = self.queue.put(seq, end, render)

@@ -20,6 +20,7 @@ from controller import pki
 from controller.broker import MosquittoConfig, MosquittoProcess, free_port
 from controller.brokersec import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
 from shared.csr import make_csr
+from shared.messages import Event
 from shared.topics import Kind, device_topic
 from tests.tlsmqtt import TlsClient, device_identity
 
@@ -362,7 +363,7 @@ def test_agent_link_survives_concurrent_publishes_and_deliveries_over_tls(broker
 
         def publisher(k: int) -> None:
             for i in range(n):
-                link.publish(Kind.EVENTS, {"k": k, "i": i})
+                link.publish(Kind.EVENTS, Event(device_id=dev, seq=i, sent_at=0.0, kind=f"test.{k}", detail={"k": k, "i": i}))
 
         threads = [threading.Thread(target=publisher, args=(k,)) for k in range(3)]
         for t in threads:
