@@ -40,9 +40,10 @@ def make_updater(
 
     @functools.cache
     def fetcher() -> Fetcher:
+        from agent.http import from_config
         from agent.ota.fetcher import Fetcher
 
-        return Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace)
+        return Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace, http=from_config(cfg))
 
     def image_repo() -> ImageRepoClient:
         from agent.ota.trust import ImageRepoClient

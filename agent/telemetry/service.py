@@ -25,6 +25,7 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.host import InferenceRecord, ModelHost, NoModelError
+from agent.http import from_config
 from agent.link import MqttLink
 from agent.telemetry.capture import CaptureSpool, Uploader
 from agent.telemetry.queue import WindowQueue
@@ -53,7 +54,9 @@ class Telemetry:
         self.sender = Sender(link, self.queue, max_inflight=cfg.telemetry.max_inflight)
         self.system = SystemMetrics(cfg.data_dir) if cfg.telemetry.system_metrics else None
         self.spool = CaptureSpool(cfg.data_dir / "capture.db", cfg.capture) if cfg.capture.enabled else None
-        self.uploader = Uploader(self.spool, cfg.capture, cfg.device_id) if self.spool is not None else None
+        self.uploader = None
+        if self.spool is not None:
+            self.uploader = Uploader(self.spool, cfg.capture, cfg.device_id, http=from_config(cfg, timeout=30.0))
         self.windows = 0
         self._window_start = time.time()
         self._close_lock = threading.Lock()
