@@ -14,8 +14,10 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.ota.updater import Checkpoint
+if TYPE_CHECKING:
+    from agent.ota.updater import Checkpoint
 
 ENV = "EDGEFLEET_TEST_PAUSE_AT"
 log = logging.getLogger(__name__)
