@@ -26,9 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shared.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from agent.ota.state import AT_REST, OtaRecord
 from shared import bundle as bundle_fmt
+from shared.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from shared.messages import RunningModel
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from agent.host import ModelHost
 from agent.ota.trust import ImageRepoClient
 from agent.store import Store
 from agent.updater import HealthPolicy, Updater
-from controller.director import Director
-from controller.imagerepo import DevKeys, ImageRepository
+from controller.fleet.director import Director
+from controller.release.imagerepo import DevKeys, ImageRepository
 from shared import bundle as bundle_fmt
 from shared.canonical import canonical_json
 from shared.messages import Assignment

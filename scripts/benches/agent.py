@@ -82,8 +82,8 @@ def run() -> dict[str, Any]:
     from agent.client import AgentClient
     from agent.server import LocalApi, SocketServer
     from agent.updater import HealthPolicy
-    from controller.broker import MosquittoProcess
     from firmware_sim.modelgen import load_digits, make_onnx_bundle, make_tflite_bundle
+    from firmware_sim.mosquitto import MosquittoProcess
     from firmware_sim.procs import start_agent
     from shared.topics import Kind, device_topic
     from tests.mqttwatch import Watcher
