@@ -33,6 +33,7 @@ from controller.api.routes import (
 from controller.api.schemas import ErrorMessage, ValidationErrors
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
+from controller.core.leader import Leader
 from controller.core.metrics import Metrics
 from controller.fleet.director import Director
 from controller.identity import wiring as identity
@@ -73,6 +74,10 @@ class Health(BaseModel):
     status: str
     version: str
     mqtt_connected: bool
+    replica: str
+    leader: bool  # this replica holds the leader lease
+    leader_replica: str | None  # who holds it, as last seen
+    leader_term: int
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -81,15 +86,25 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     batches = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
 
+    leader = Leader(engine, identity=settings.replica_id, lease_s=settings.leader_lease_s)
+
+    def _leader_changed(leading: bool, term: int) -> None:
+        metrics.leader.set(int(leading))
+        metrics.leader_term.set(term)
+
+    leader.on_change.append(_leader_changed)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mqtt = app.state.mqtt
         if mqtt is not None:
             batches.start()
             mqtt.start()
+        leader.start()
         try:
             yield
         finally:
+            leader.stop()
             if mqtt is not None:
                 batches.stop()  # flush and acknowledge what was taken, then leave the broker
                 mqtt.stop()
@@ -103,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = Registry(app.state.blobs)
     app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
     app.state.telemetry = batches
+    app.state.leader = leader  # concerns register their periodic jobs with leader.add_job
     app.state.mqtt = (
         ControllerMqtt(
             settings.broker_host,
@@ -137,6 +153,15 @@ def create_app(settings: Settings) -> FastAPI:
         m = app.state.mqtt
         connected = bool(m and m.connected.is_set())
         metrics.mqtt_connected.set(1 if connected else 0)
-        return Health(status="ok", version=__version__, mqtt_connected=connected)
+        ls = leader.status()
+        return Health(
+            status="ok",
+            version=__version__,
+            mqtt_connected=connected,
+            replica=leader.identity,
+            leader=ls.is_leader,
+            leader_replica=ls.holder,
+            leader_term=ls.term,
+        )
 
     return app

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
     ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
+    replica_id: str | None = Field(
+        None, max_length=40, description="this replica's name in leadership and metrics; default: random per process"
+    )
+    leader_lease_s: float = Field(10.0, ge=0.5, le=300, description="leader lease; a dead leader is replaced within this")
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -202,3 +202,15 @@ class DeviceCertificate(SQLModel, table=True):
     issued_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = Field(default=None, index=True)
     pem: str
+
+
+# --- leadership -------------------------------------------------------------------
+
+
+class LeaderLease(SQLModel, table=True):
+    """The one leader among replicas (controller.core.leader): who holds the lease, until when, in which term."""
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=64)
+    term: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_at: float  # unix seconds
