@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from controller import __version__, identity
+from controller import __version__
 from controller.api.routes import (
     approvals,
     audit,
@@ -26,21 +26,23 @@ from controller.api.routes import (
     devices,
     enrolment,
     models,
-    monitoring,
+    telemetry,
     tokens,
     tuf,
 )
-from controller.blobstore import BlobStore
+from controller.api.schemas import ErrorMessage, ValidationErrors
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
-from controller.director import Director
-from controller.imagerepo import ImageRepoService
-from controller.ingest import Ingestor
-from controller.metrics import Metrics
-from controller.models import ErrorMessage, ValidationErrors
-from controller.mqtt import ControllerMqtt
-from controller.registry import Registry, RegistryError
-from controller.telemetry_ingest import TelemetryIngest
+from controller.core.leader import Leader
+from controller.core.metrics import Metrics
+from controller.fleet.director import Director
+from controller.identity import wiring as identity
+from controller.release.blobstore import BlobStore
+from controller.release.imagerepo import ImageRepoService
+from controller.release.registry import Registry, RegistryError
+from controller.telemetry.batch import TelemetryIngest
+from controller.telemetry.ingest import Ingestor
+from controller.telemetry.receiver import ControllerMqtt
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ ROUTERS = [
     devices.router,
     cohorts.router,
     audit.router,
-    monitoring.router,
+    telemetry.router,
     tokens.router,
     bundles.router,
     tuf.router,
@@ -72,25 +74,39 @@ class Health(BaseModel):
     status: str
     version: str
     mqtt_connected: bool
+    replica: str
+    leader: bool  # this replica holds the leader lease
+    leader_replica: str | None  # who holds it, as last seen
+    leader_term: int
 
 
 def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.database_url)
     init_db(engine)
     metrics = Metrics()
-    telemetry = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
+    batches = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
+
+    leader = Leader(engine, identity=settings.replica_id, lease_s=settings.leader_lease_s)
+
+    def _leader_changed(leading: bool, term: int) -> None:
+        metrics.leader.set(int(leading))
+        metrics.leader_term.set(term)
+
+    leader.on_change.append(_leader_changed)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mqtt = app.state.mqtt
         if mqtt is not None:
-            telemetry.start()
+            batches.start()
             mqtt.start()
+        leader.start()
         try:
             yield
         finally:
+            leader.stop()
             if mqtt is not None:
-                telemetry.stop()  # flush and acknowledge what was taken, then leave the broker
+                batches.stop()  # flush and acknowledge what was taken, then leave the broker
                 mqtt.stop()
             engine.dispose()
 
@@ -101,12 +117,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.blobs = BlobStore(settings.blob_dir)
     app.state.registry = Registry(app.state.blobs)
     app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
-    app.state.telemetry = telemetry
+    app.state.telemetry = batches
+    app.state.leader = leader  # concerns register their periodic jobs with leader.add_job
     app.state.mqtt = (
         ControllerMqtt(
             settings.broker_host,
             settings.broker_port,
-            Ingestor(engine, metrics, telemetry),
+            Ingestor(engine, metrics, batches),
             on_malformed=lambda kind: metrics.count(kind if kind in _KINDS else "other", "malformed"),
             client_id=settings.mqtt_client_id,
             tls=identity.mqtt_tls_context(settings),
@@ -136,6 +153,15 @@ def create_app(settings: Settings) -> FastAPI:
         m = app.state.mqtt
         connected = bool(m and m.connected.is_set())
         metrics.mqtt_connected.set(1 if connected else 0)
-        return Health(status="ok", version=__version__, mqtt_connected=connected)
+        ls = leader.status()
+        return Health(
+            status="ok",
+            version=__version__,
+            mqtt_connected=connected,
+            replica=leader.identity,
+            leader=ls.is_leader,
+            leader_replica=ls.holder,
+            leader_term=ls.term,
+        )
 
     return app

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.localapi.client import AgentClient
-from controller.broker import MosquittoProcess
 from firmware_sim.modelgen import load_digits, make_onnx_bundle
+from firmware_sim.mosquitto import MosquittoProcess
 from firmware_sim.procs import AgentProc, ControllerProc, start_agent, start_controller
 
 console = Console()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from controller.broker import free_port
+from firmware_sim.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

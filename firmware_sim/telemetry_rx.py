@@ -12,7 +12,8 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.broker import MosquittoConfig, MosquittoProcess, free_port
+from controller.identity.broker_config import MosquittoConfig
+from firmware_sim.mosquitto import MosquittoProcess, free_port
 from shared.errors import ProtocolError
 from shared.messages import Telemetry, decode
 from shared.signing import public_key_hex

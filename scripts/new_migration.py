@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a new Alembic revision for changes to controller/models.py.
+"""Write a new Alembic revision for changes to controller/core/tables.py.
 
     python scripts/new_migration.py "add rollout tables"
 

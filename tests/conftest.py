@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from sqlalchemy import Engine, text
 
-from controller.broker import MosquittoProcess
+from firmware_sim.mosquitto import MosquittoProcess
 
 # The machine is shared and noisy: no per-example deadlines, no slowness health check.
 settings.register_profile("edgefleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])

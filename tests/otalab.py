@@ -25,8 +25,8 @@ from agent.ota.fetcher import Fetcher
 from agent.ota.store import Store
 from agent.ota.trust import ImageRepoClient
 from agent.ota.updater import Updater
-from controller.director import Director
-from controller.imagerepo import DevKeys, ImageRepository
+from controller.fleet.director import Director
+from controller.release.imagerepo import DevKeys, ImageRepository
 from shared import bundle as bundle_fmt
 from shared.canonical import canonical_json
 from shared.messages import Assignment

@@ -14,8 +14,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller import pki
-from controller.brokersec import ClientIdentity
+from controller.identity import pki
+from controller.identity.broker_auth import ClientIdentity
 from shared.csr import make_csr
 
 

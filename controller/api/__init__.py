@@ -1,0 +1,1 @@
+"""HTTP API: dependencies, public schemas, one route module per resource."""

@@ -15,15 +15,15 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
-from controller.blobstore import BlobStore
 from controller.core.config import Settings
+from controller.core.metrics import Metrics
 from controller.core.roles import Role
 from controller.core.security import BOOTSTRAP_PRINCIPAL, Principal, hash_token, same_secret
-from controller.director import Director
-from controller.metrics import Metrics
-from controller.models import ApiToken
-from controller.mqtt import ControllerMqtt
-from controller.registry import Registry
+from controller.core.tables import ApiToken
+from controller.fleet.director import Director
+from controller.release.blobstore import BlobStore
+from controller.release.registry import Registry
+from controller.telemetry.receiver import ControllerMqtt
 
 
 def get_settings(request: Request) -> Settings:
@@ -112,7 +112,3 @@ Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Approver = Annotated[Principal, Depends(require(Role.APPROVER))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
-
-# Kept for route files written before roles existed: the admin role, as before.
-require_token = require(Role.ADMIN)
-Authenticated = needs(Role.ADMIN)

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     admin_token: str = Field("dev-admin-token", repr=False)  # refused outside development; never logged
     desired_ttl_s: int = Field(7 * 24 * 3600, description="validity of a signed desired state, seconds")
     max_bundle_bytes: int = 512 * 1024 * 1024
-    # --- identity and transport security (issue 6; docs/operations.md) ---
+    # --- identity and transport security (docs/operations.md) ---
     admin_token_file: Path | None = Field(None, description="read the admin token from this file (mode 0600)")
     device_cert_days: int = Field(30, ge=1, le=825, description="validity of a device certificate, days")
     broker_tls: bool = Field(False, description="connect to the broker with mTLS (required outside development)")
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
     ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
+    replica_id: str | None = Field(
+        None, max_length=40, description="this replica's name in leadership and metrics; default: random per process"
+    )
+    leader_lease_s: float = Field(10.0, ge=0.5, le=300, description="leader lease; a dead leader is replaced within this")
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -7,15 +7,14 @@ PostgreSQL so replicas starting together do not race.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, event, text
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
-from controller import models  # noqa: F401  (registers tables)
+from controller.core import tables  # noqa: F401  (registers tables)
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_ID = 0x6564676566  # "edgef"
@@ -69,8 +68,3 @@ def migrate(engine: Engine) -> None:
 
 def init_db(engine: Engine) -> None:
     migrate(engine)
-
-
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session

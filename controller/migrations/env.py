@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-from controller import models  # noqa: F401  (registers tables)
+from controller.core import tables  # noqa: F401  (registers tables)
 
 target_metadata = SQLModel.metadata
 

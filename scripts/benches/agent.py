@@ -82,8 +82,8 @@ def run() -> dict[str, Any]:
     from agent.config import HealthConfig
     from agent.localapi.client import AgentClient
     from agent.localapi.server import LocalApi, SocketServer
-    from controller.broker import MosquittoProcess
     from firmware_sim.modelgen import load_digits, make_onnx_bundle, make_tflite_bundle
+    from firmware_sim.mosquitto import MosquittoProcess
     from firmware_sim.procs import start_agent
     from shared.topics import Kind, device_topic
     from tests.mqttwatch import Watcher

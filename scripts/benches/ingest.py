@@ -30,7 +30,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.broker import MosquittoProcess
+from firmware_sim.mosquitto import MosquittoProcess
 from shared.telemetry import N_LATENCY_BUCKETS
 from shared.topics import Kind, device_topic, fleet_filter
 
@@ -148,11 +148,11 @@ def ingest(broker: MosquittoProcess, msgs: list[tuple[str, bytes]], database_url
     from sqlmodel import Session
 
     from controller.core.db import init_db, make_engine
-    from controller.ingest import Ingestor
-    from controller.metrics import Metrics
-    from controller.models import Cohort, Device
-    from controller.mqtt import ControllerMqtt
-    from controller.telemetry_ingest import TelemetryIngest
+    from controller.core.metrics import Metrics
+    from controller.core.tables import Cohort, Device
+    from controller.telemetry.batch import TelemetryIngest
+    from controller.telemetry.ingest import Ingestor
+    from controller.telemetry.receiver import ControllerMqtt
 
     engine = make_engine(database_url)
     init_db(engine)

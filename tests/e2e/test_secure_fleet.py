@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller import pki
-from controller.broker import BrokerSecurity, MosquittoConfig, MosquittoProcess, free_port
-from controller.brokersec import ClientIdentity, provision, write_identity
-from controller.director import Director
+from controller.fleet.director import Director
+from controller.identity import pki
+from controller.identity.broker_auth import ClientIdentity, provision, write_identity
+from controller.identity.broker_config import BrokerSecurity, MosquittoConfig
+from firmware_sim.mosquitto import MosquittoProcess, free_port
 from firmware_sim.procs import REPO, ControllerProc, start_agent, start_controller, write_agent_config
 from shared.messages import SCHEMA_VERSION, now
 from shared.topics import Kind, device_topic

@@ -15,7 +15,7 @@ from agent.config import CaptureConfig, parse_config
 from agent.http import ControllerHttp, from_config
 from agent.ota.fetcher import DownloadError, Fetcher
 from agent.telemetry.capture import CaptureSpool, Uploader
-from controller.pki import DeviceCA, key_pem, new_key
+from controller.identity.pki import DeviceCA, key_pem, new_key
 
 pytestmark = pytest.mark.integration
 BODY = b"bundle bytes " * 100

@@ -2,7 +2,7 @@
 
 import pytest
 
-from controller.broker import MosquittoConfig
+from controller.identity.broker_config import MosquittoConfig
 from tests.mqttwatch import Watcher
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import pki
-from controller.broker import MosquittoConfig, MosquittoProcess, free_port
-from controller.brokersec import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
+from controller.identity import pki
+from controller.identity.broker_auth import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
+from controller.identity.broker_config import MosquittoConfig
+from firmware_sim.mosquitto import MosquittoProcess, free_port
 from shared.csr import make_csr
 from shared.messages import Event
 from shared.topics import Kind, device_topic
@@ -207,7 +208,7 @@ def test_revoked_device_is_disconnected_at_once_and_cannot_reconnect(broker, cli
 def test_brokersetup_writes_a_setup_mosquitto_runs_and_the_controller_can_use(tmp_path, clients) -> None:
     import subprocess
 
-    from controller.brokersetup import main
+    from controller.identity.broker_setup import main
 
     port = free_port()
     out = tmp_path / "mosq"

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from controller import cli
+from controller.cli import common as cli_common
 from tests.controller_app import ADMIN_TOKEN, running_api, settings_for
 
 pytestmark = [pytest.mark.integration]
@@ -22,7 +23,9 @@ pytestmark = [pytest.mark.integration]
 @pytest.fixture
 def run(tmp_path, mosquitto, monkeypatch):
     with running_api(settings_for(tmp_path, f"sqlite:///{tmp_path}/cli.db", mosquitto.port)) as api:
-        monkeypatch.setattr(cli, "_client", lambda url, token: TestClient(api.app, headers={"Authorization": f"Bearer {token}"}))
+        monkeypatch.setattr(
+            cli_common, "client", lambda url, token: TestClient(api.app, headers={"Authorization": f"Bearer {token}"})
+        )
         runner = CliRunner()
 
         def invoke(*args: str, token: str = ADMIN_TOKEN, code: int = 0) -> str:

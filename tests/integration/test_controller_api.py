@@ -10,8 +10,8 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from controller.core.security import hash_token
-from controller.ingest import apply_status
-from controller.models import ApiToken, Device
+from controller.core.tables import ApiToken, Device
+from controller.telemetry.ingest import apply_status
 from shared import bundle as bundle_fmt
 from shared.manifest import Manifest
 from shared.messages import RunningModel, Status
@@ -251,7 +251,7 @@ def test_enrolment_rejects_bad_ids_and_duplicates(api):
 
 
 def test_telemetry_endpoint_merges_replica_shards_and_metrics_are_exported(api):
-    from controller.models import TelemetryAggregate
+    from controller.core.tables import TelemetryAggregate
     from shared.telemetry import N_LATENCY_BUCKETS
 
     def lat(i: int, n: int) -> list[int]:
@@ -297,7 +297,7 @@ def test_telemetry_endpoint_merges_replica_shards_and_metrics_are_exported(api):
 def test_concurrent_audit_appends_form_one_gapless_chain(api):
     import threading
 
-    from controller import audit
+    from controller.core import audit
 
     def worker(n: int) -> None:
         for i in range(8):

@@ -22,10 +22,10 @@ from cryptography import x509
 
 from agent.identity import IdentityError, IdentityPaths, Renewer, enrol, make_csr, renew
 from controller.app import create_app
-from controller.broker import free_port
 from controller.core.config import Settings
-from controller.pki import DeviceCA, key_pem, new_key
+from controller.identity.pki import DeviceCA, key_pem, new_key
 from controller.server import tls_options
+from firmware_sim.mosquitto import free_port
 
 pytestmark = [pytest.mark.integration]
 TOKEN = "enrolment-test-admin-token"
@@ -137,7 +137,7 @@ def test_a_token_for_one_device_cannot_enrol_another(api: Api) -> None:
 def test_expired_token_is_rejected(api: Api, database_url: str, tmp_path: Path) -> None:
     from sqlmodel import Session, create_engine, select
 
-    from controller.models import EnrolmentToken
+    from controller.core.tables import EnrolmentToken
 
     api.register("enr-4")
     token = api.token("enr-4")

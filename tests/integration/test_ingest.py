@@ -10,12 +10,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlmodel import Session, select
 
-from controller.aggregate import merge_many
-from controller.ingest import Ingestor
-from controller.metrics import Metrics
-from controller.models import Cohort, Device, TelemetryAggregate
-from controller.mqtt import ControllerMqtt
-from controller.telemetry_ingest import TelemetryIngest
+from controller.core.metrics import Metrics
+from controller.core.tables import Cohort, Device, TelemetryAggregate
+from controller.telemetry.aggregate import merge_many
+from controller.telemetry.batch import TelemetryIngest
+from controller.telemetry.ingest import Ingestor
+from controller.telemetry.receiver import ControllerMqtt
 from shared.telemetry import N_LATENCY_BUCKETS, merge
 from shared.topics import Kind, device_topic
 

@@ -1,4 +1,4 @@
-"""The Alembic migrations create exactly the schema controller/models.py describes."""
+"""The Alembic migrations create exactly the schema controller/core/tables.py describes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration]
 def test_migrations_match_the_models(engine):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
-    assert diff == [], f"controller/models.py and controller/migrations/ differ; add a migration: {diff}"
+    assert diff == [], f"controller/core/tables.py and controller/migrations/ differ; add a migration: {diff}"
 
 
 def test_migrating_twice_is_a_no_op(engine):

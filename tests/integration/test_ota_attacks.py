@@ -12,7 +12,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from agent.ota.state import State
-from controller.imagerepo import public_key
+from controller.release.imagerepo import public_key
 from shared import bundle as bundle_fmt
 from shared.manifest import Manifest
 from tests.otalab import Lab

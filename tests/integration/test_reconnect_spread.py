@@ -10,7 +10,7 @@ import pytest
 
 from agent.config import AgentConfig, BrokerConfig
 from agent.link import MqttLink
-from controller.broker import MosquittoProcess
+from firmware_sim.mosquitto import MosquittoProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N = 200

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.aggregate import SummaryError, check_summary, merge_many, window_start
-from controller.cohorts import CohortSnapshot, cohorts_of, is_member, member_ids, parse_version_spec
 from controller.core.roles import Role
-from controller.registry import beyond_canary
-from controller.telemetry_ingest import DEDUPE_WINDOW, dedupe
+from controller.fleet.cohorts import CohortSnapshot, cohorts_of, is_member, member_ids, parse_version_spec
+from controller.release.registry import beyond_canary
+from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
+from controller.telemetry.cursors import DEDUPE_WINDOW, dedupe
 from shared.telemetry import MergeError, merge
 
 pytestmark = [pytest.mark.unit]

@@ -5,7 +5,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.ota.checks import RejectedError, check_desired
-from controller.director import Director
+from controller.fleet.director import Director
 from shared.messages import Assignment
 from shared.signing import key_id
 

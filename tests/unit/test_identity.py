@@ -15,9 +15,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.config import ConfigError, parse_config
 from agent.identity import IdentityError, IdentityPaths, ensure_key, make_csr, renewal_due, tls_context
-from controller import pki
-from controller.brokersec import render_acl, render_dynsec
 from controller.core.config import Settings
+from controller.identity import pki
+from controller.identity.broker_auth import render_acl, render_dynsec
 
 pytestmark = pytest.mark.unit
 KEY = "11" * 32

@@ -3,7 +3,7 @@
 import pytest
 from tuf.api.metadata import Metadata
 
-from controller.imagerepo import DevKeys, ImageRepoError, ImageRepository
+from controller.release.imagerepo import DevKeys, ImageRepoError, ImageRepository
 
 pytestmark = pytest.mark.unit
 SHA = "ab" * 32

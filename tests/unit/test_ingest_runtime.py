@@ -7,8 +7,9 @@ import gc
 import pytest
 from sqlalchemy import create_engine
 
-from controller.metrics import Metrics
-from controller.telemetry_ingest import GC_THRESHOLDS, TelemetryIngest
+from controller.core.metrics import Metrics
+from controller.telemetry.batch import TelemetryIngest
+from controller.telemetry.gc_tuning import GC_THRESHOLDS
 
 pytestmark = [pytest.mark.unit]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.wire import decode_telemetry
+from controller.telemetry.decode import decode_telemetry
 from shared.errors import ProtocolError
 from shared.messages import decode
 from shared.telemetry import N_LATENCY_BUCKETS

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Query, status
 from sqlmodel import col, select
 
 from controller.api.deps import Approver, RegistryDep, SessionDep, needs
+from controller.api.schemas import ApprovalRequest, ModelVersionPublic
 from controller.core.roles import Role
-from controller.models import ApprovalRequest, ModelVersion, ModelVersionPublic
+from controller.core.tables import ModelVersion
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"], dependencies=[needs(Role.VIEWER)])
 

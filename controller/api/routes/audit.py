@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from sqlmodel import col, select
 
-from controller import audit
 from controller.api.deps import SessionDep, needs
 from controller.api.routes.cohorts import get_cohort
-from controller.cohorts import members
+from controller.api.schemas import AuditPublic, AuditVerification, RoleState, StateAt
+from controller.core import audit
 from controller.core.roles import Role
-from controller.models import ActualChange, AuditEntry, AuditPublic, AuditVerification, DesiredChange, Device, RoleState, StateAt
+from controller.core.tables import ActualChange, AuditEntry, DesiredChange, Device
+from controller.fleet.cohorts import members
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[needs(Role.VIEWER)])
 MAX_STATE_DEVICES = 10_000

@@ -18,10 +18,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.fsutil import atomic_write_bytes
-from controller.api.deps import Authenticated, SessionDep, SettingsDep
-from controller.models import Device
+from controller.api.deps import SessionDep, SettingsDep, needs
+from controller.core.roles import Role
+from controller.core.tables import Device
 from shared.errors import ProtocolError
+from shared.fsutil import atomic_write_bytes
 from shared.topics import validate_device_id
 
 router = APIRouter(prefix="/v1/capture", tags=["capture"])
@@ -88,7 +89,7 @@ async def upload_capture(device_id: str, request: Request, session: SessionDep, 
     return CaptureStored(stored=len(upload.samples), file=name)
 
 
-@router.get("/{device_id}", response_model=CaptureSummary, dependencies=[Authenticated])
+@router.get("/{device_id}", response_model=CaptureSummary, dependencies=[needs(Role.VIEWER)])
 def capture_summary(device_id: str, session: SessionDep, settings: SettingsDep) -> CaptureSummary:
     folder = _device_dir(settings.data_dir, device_id, session)
     seen: dict[int, bool] = {}

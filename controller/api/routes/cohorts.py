@@ -1,4 +1,4 @@
-"""Cohorts: static device lists and dynamic filters; membership from controller/cohorts.py."""
+"""Cohorts: static device lists and dynamic filters; membership from controller/fleet/cohorts.py."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, status
 from sqlmodel import col, select
 
-from controller import assignments, audit
 from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
-from controller.cohorts import members
+from controller.api.schemas import AssignmentRequest, CohortCreate, CohortPublic, CohortUpdate
+from controller.core import audit
 from controller.core.roles import Role
-from controller.models import AssignmentRequest, Cohort, CohortCreate, CohortPublic, CohortUpdate, Device
+from controller.core.tables import Cohort, Device
+from controller.fleet import assignments
+from controller.fleet.cohorts import members
 from shared.errors import ProtocolError
 from shared.messages import validate_role
 from shared.topics import validate_device_id

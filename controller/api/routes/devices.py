@@ -11,20 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlmodel import col, select
 
-from controller import assignments, audit
 from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.schemas import ActualChangePublic, AssignmentRequest, DeviceCreate, DevicePublic, DeviceUpdate, EventPublic
+from controller.core import audit
 from controller.core.roles import Role
-from controller.models import (
-    ActualChange,
-    ActualChangePublic,
-    AssignmentRequest,
-    Device,
-    DeviceCreate,
-    DeviceEvent,
-    DevicePublic,
-    DeviceUpdate,
-    EventPublic,
-)
+from controller.core.tables import ActualChange, Device, DeviceEvent
+from controller.fleet import assignments
 from shared.errors import ProtocolError
 from shared.messages import validate_role
 from shared.topics import validate_device_id

@@ -14,19 +14,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import PlainTextResponse
 
-from controller import enrolment
-from controller.api.deps import Authenticated, MqttDep, SessionDep, SettingsDep
-from controller.brokersec import BrokerControl
-from controller.models import (
+from controller.api.deps import MqttDep, SessionDep, SettingsDep, needs
+from controller.api.schemas import (
     CertificatePublic,
-    DeviceCertificate,
     EnrolmentTokenCreate,
     EnrolmentTokenPublic,
     EnrolRequest,
     RenewRequest,
     RevocationPublic,
 )
-from controller.pki import DeviceCA
+from controller.core.roles import Role
+from controller.core.tables import DeviceCertificate
+from controller.identity import enrolment
+from controller.identity.broker_auth import BrokerControl
+from controller.identity.pki import DeviceCA
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/identity", tags=["identity"])
@@ -66,7 +67,9 @@ def _public(row: DeviceCertificate, ca: DeviceCA) -> CertificatePublic:
     )
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=EnrolmentTokenPublic, dependencies=[Authenticated])
+@router.post(
+    "/tokens", status_code=status.HTTP_201_CREATED, response_model=EnrolmentTokenPublic, dependencies=[needs(Role.OPERATOR)]
+)
 def create_token(body: EnrolmentTokenCreate, session: SessionDep) -> EnrolmentTokenPublic:
     """A one-time token for a registered device; shown once, stored only as a hash."""
     try:
@@ -99,7 +102,7 @@ def renew(body: RenewRequest, session: SessionDep, ca: CADep, settings: Settings
     return _public(row, ca)
 
 
-@router.post("/devices/{device_id}/revoke", response_model=RevocationPublic, dependencies=[Authenticated])
+@router.post("/devices/{device_id}/revoke", response_model=RevocationPublic, dependencies=[needs(Role.ADMIN)])
 def revoke(device_id: str, session: SessionDep, ca: CADep, control: BrokerControlDep, mqtt: MqttDep) -> RevocationPublic:
     """Revoke the device's certificates: new CRL to the broker (no reconnect), then drop its live session."""
     try:

@@ -1,6 +1,6 @@
 """Model registry: upload bundles, versions, lineage, aliases, revoke.
 
-The rules live in ``controller/registry.py``; these handlers translate HTTP.
+The rules live in ``controller/release/registry.py``; these handlers translate HTTP.
 """
 
 from __future__ import annotations
@@ -12,16 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
 from controller.api.deps import Approver, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.schemas import AliasRequest, ModelSummary, ModelVersionDetail, ModelVersionPublic, ReasonRequest
 from controller.core.roles import Role
-from controller.models import (
-    AliasRequest,
-    ModelSummary,
-    ModelVersion,
-    ModelVersionDetail,
-    ModelVersionPublic,
-    ReasonRequest,
-)
-from controller.registry import NotFound, Registry
+from controller.core.tables import ModelVersion
+from controller.release.registry import NotFound, Registry
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[needs(Role.VIEWER)])
 Name = Annotated[str, Path(max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, status
 from sqlmodel import col, select
 
-from controller import audit
 from controller.api.deps import Admin, SessionDep, Viewer
+from controller.api.schemas import TokenCreate, TokenCreated, TokenPublic, Whoami
+from controller.core import audit
 from controller.core.security import hash_token, new_token
-from controller.models import ApiToken, TokenCreate, TokenCreated, TokenPublic, Whoami
+from controller.core.tables import ApiToken
 
 router = APIRouter(tags=["tokens"])
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
-from controller.imagerepo import ImageRepoService
+from controller.release.imagerepo import ImageRepoService
 
 router = APIRouter(prefix="/v1/tuf", tags=["tuf"])
 

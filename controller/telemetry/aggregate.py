@@ -29,7 +29,7 @@ def check_summary(summary: Any, *, deep: bool = True) -> tuple[str, int]:
     """Validate one role summary's shape; return its (model, version) identity.
 
     ``deep=False`` checks the identity and the top level only, for summaries
-    whose value types were already checked while decoding (``controller.wire``).
+    whose value types were already checked while decoding (``controller.telemetry.decode``).
     """
     if not isinstance(summary, dict):
         raise SummaryError(f"expected an object, got {type(summary).__name__}")

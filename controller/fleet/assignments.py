@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlmodel import Session
 
-from controller import audit
+from controller.core import audit
 from controller.core.config import Settings
 from controller.core.security import Principal
-from controller.director import Director
-from controller.models import DesiredChange, Device, ModelVersion
+from controller.core.tables import DesiredChange, Device, ModelVersion
+from controller.fleet.director import Director
 from shared.messages import Assignment
 
 Envelope = dict[str, Any]

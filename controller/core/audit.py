@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from controller.models import AuditEntry, AuditHead
+from controller.core.tables import AuditEntry, AuditHead
 from shared.canonical import canonical_json
 
 GENESIS = "0" * 64

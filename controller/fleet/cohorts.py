@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from packaging.version import InvalidVersion, Version
 from sqlmodel import Session, select
 
-from controller.models import Cohort, Device
+from controller.core.tables import Cohort, Device
 
 FLEET = "*"  # the pseudo-cohort of every device, used by telemetry aggregates
 _SPEC = re.compile(r"^\s*(==|!=|>=|<=|>|<)\s*([0-9][0-9A-Za-z.+-]*)\s*$")

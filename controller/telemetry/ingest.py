@@ -20,10 +20,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from controller import audit
-from controller.metrics import Metrics
-from controller.models import ActualChange, Device, DeviceEvent
-from controller.telemetry_ingest import MAX_SEQ, TelemetryIngest
+from controller.core import audit
+from controller.core.metrics import Metrics
+from controller.core.tables import ActualChange, Device, DeviceEvent
+from controller.telemetry.batch import MAX_SEQ, TelemetryIngest
 from shared.messages import ONLINE, DeviceMessage, Event, Status, Telemetry
 from shared.topics import Topic
 

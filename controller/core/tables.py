@@ -1,7 +1,8 @@
-"""Database tables (SQLModel) and the API's public shapes.
+"""Database tables (SQLModel), grouped by the concern that owns them.
 
 Tables change only through an Alembic migration (controller/migrations/);
 ``alembic revision --autogenerate`` diffs this module against the database.
+API shapes live in ``controller.api.schemas``.
 """
 
 from __future__ import annotations
@@ -9,18 +10,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import field_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
-
-from controller.core.roles import Role
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-# --- tables --------------------------------------------------------------------
 
 
 class Device(SQLModel, table=True):
@@ -184,249 +179,7 @@ class TelemetryAggregate(SQLModel, table=True):
     updated_at: float = 0.0
 
 
-# --- API shapes ------------------------------------------------------------------
-
-
-class ErrorMessage(SQLModel):
-    """Every error the handlers raise: what was wrong and, where useful, what to do."""
-
-    detail: str
-
-
-class ValidationErrorItem(SQLModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class ValidationErrors(SQLModel):
-    """Request validation errors found by FastAPI before a handler runs."""
-
-    detail: list[ValidationErrorItem]
-
-
-_TAG = r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$"
-_LABEL = r"^[A-Za-z0-9._-]{0,64}$"
-
-
-def _check_tags(tags: list[str]) -> list[str]:
-    import re
-
-    for t in tags:
-        if not re.match(_TAG, t):
-            raise ValueError(f"invalid tag {t!r}: expected 1-64 of letters, digits, '.', '_', ':', '=', '-'")
-    return sorted(set(tags))
-
-
-class DeviceCreate(SQLModel):
-    id: str = Field(max_length=64)
-    arch: str = Field(default="", max_length=32, schema_extra={"pattern": _LABEL})
-    hardware_class: str = Field(default="", max_length=64, schema_extra={"pattern": _LABEL})
-    region: str = Field(default="", max_length=64, schema_extra={"pattern": _LABEL})
-    tags: list[str] = Field(default_factory=list, max_length=64)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        return _check_tags(v)
-
-
-class DeviceUpdate(SQLModel):
-    hardware_class: str | None = Field(default=None, max_length=64, schema_extra={"pattern": _LABEL})
-    region: str | None = Field(default=None, max_length=64, schema_extra={"pattern": _LABEL})
-    tags: list[str] | None = Field(default=None, max_length=64)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else _check_tags(v)
-
-
-class DevicePublic(SQLModel):
-    id: str
-    arch: str
-    hardware_class: str
-    region: str
-    tags: list[str]
-    hardware: dict[str, Any]
-    online: bool
-    agent_version: str
-    last_seen: datetime | None
-    desired: dict[str, Any]
-    actual: dict[str, Any]
-
-
-class AssignmentRequest(SQLModel):
-    model: str = Field(max_length=128)
-    version: int = Field(ge=1, le=2**31 - 1)
-    role: str = Field(default="production", max_length=40)
-    reason: str = Field(default="", max_length=4096)
-
-
-class ModelVersionPublic(SQLModel):
-    name: str
-    version: int
-    label: str
-    runtime: str
-    sha256: str
-    length: int
-    parent_version: int | None
-    registered_by: str
-    approved_by: str | None
-    approved_at: datetime | None
-    revoked: bool
-    created_at: datetime
-
-
-class ModelVersionDetail(ModelVersionPublic):
-    lineage: dict[str, Any]
-    latency_budget_ms: float
-    hardware: dict[str, Any]
-
-
-class ModelSummary(SQLModel):
-    name: str
-    latest: int
-    floor: int
-    aliases: dict[str, int]
-    versions: list[ModelVersionPublic]
-
-
-class AliasRequest(SQLModel):
-    version: int = Field(ge=1, le=2**31 - 1)
-    reason: str = Field(default="", max_length=4096)
-
-
-class ReasonRequest(SQLModel):
-    reason: str = Field(default="", max_length=4096)
-
-
-class ApprovalRequest(SQLModel):
-    model: str = Field(max_length=128)
-    version: int = Field(ge=1, le=2**31 - 1)
-    reason: str = Field(min_length=1, max_length=4096)
-
-
-class CohortFilter(SQLModel):
-    """Dynamic membership: every given criterion must hold (empty = no constraint)."""
-
-    hardware_class: list[str] = Field(default_factory=list, max_length=64)
-    region: list[str] = Field(default_factory=list, max_length=64)
-    tags: list[str] = Field(default_factory=list, max_length=64)  # device has all of these
-    agent_version: str = Field(default="", max_length=64)  # e.g. ">=0.2.0", "==0.1.0", "<1"
-
-    @field_validator("agent_version")
-    @classmethod
-    def _version_spec(cls, v: str) -> str:
-        from controller.cohorts import parse_version_spec
-
-        if v:
-            parse_version_spec(v)
-        return v
-
-
-class CohortCreate(SQLModel):
-    name: str = Field(max_length=64, schema_extra={"pattern": r"^[a-z0-9][a-z0-9._-]{0,63}$"})
-    description: str = Field(default="", max_length=1024)
-    members: list[str] = Field(default_factory=list, max_length=100_000)
-    filter: CohortFilter | None = None
-
-
-class CohortUpdate(SQLModel):
-    description: str | None = Field(default=None, max_length=1024)
-    members: list[str] | None = Field(default=None, max_length=100_000)
-    filter: CohortFilter | None = None
-
-
-class CohortPublic(SQLModel):
-    name: str
-    description: str
-    members: list[str]
-    filter: dict[str, Any]
-    size: int
-
-
-class TokenCreate(SQLModel):
-    principal: str = Field(max_length=64, schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"})
-    role: Role
-    label: str = Field(default="", max_length=128)
-
-
-class TokenPublic(SQLModel):
-    id: int
-    principal: str
-    role: str
-    label: str
-    created_by: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class TokenCreated(TokenPublic):
-    token: str  # shown once
-
-
-class Whoami(SQLModel):
-    principal: str
-    role: str
-
-
-class AuditPublic(SQLModel):
-    seq: int
-    at: str
-    actor: str
-    action: str
-    subject: str
-    reason: str
-    evidence: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-
-class AuditVerification(SQLModel):
-    ok: bool
-    entries: int
-    head_seq: int
-    head_hash: str
-    problems: list[str]
-
-
-class RoleState(SQLModel):
-    """What ran in one role of one device at a point in time, and who decided it."""
-
-    device_id: str
-    role: str
-    model: str | None
-    version: int | None
-    sha256: str | None
-    running_since: str | None  # when the controller learned it (ISO 8601)
-    reason: str
-    desired_model: str | None
-    desired_version: int | None
-    decided_by: str | None
-    decided_at: str | None
-    decision_reason: str | None
-    decision_audit_seq: int | None
-
-
-class StateAt(SQLModel):
-    at: str
-    devices: list[RoleState]
-
-
-class EventPublic(SQLModel):
-    device_id: str
-    seq: int
-    kind: str
-    severity: str
-    message: str
-    detail: dict[str, Any]
-    received_at: datetime
-
-
-# --- identity ------------------------------------------------------------------
-# Device enrolment and certificates (issue 6; controller/enrolment.py). Tables:
-# enrolmenttoken, devicecertificate. Kept together at the end for the migration.
+# --- identity: enrolment tokens and device certificates ---------------------------
 
 
 class EnrolmentToken(SQLModel, table=True):
@@ -451,65 +204,13 @@ class DeviceCertificate(SQLModel, table=True):
     pem: str
 
 
-class EnrolmentTokenCreate(SQLModel):
-    device_id: str = Field(max_length=64)
-    ttl_s: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+# --- leadership -------------------------------------------------------------------
 
 
-class EnrolmentTokenPublic(SQLModel):
-    device_id: str
-    token: str  # shown once
-    expires_at: datetime
+class LeaderLease(SQLModel, table=True):
+    """The one leader among replicas (controller.core.leader): who holds the lease, until when, in which term."""
 
-
-class EnrolRequest(SQLModel):
-    token: str = Field(max_length=128)
-    csr: str = Field(max_length=16_384)
-
-
-class RenewRequest(SQLModel):
-    certificate: str = Field(max_length=16_384)
-    csr: str = Field(max_length=16_384)
-
-
-class CertificatePublic(SQLModel):
-    device_id: str
-    serial: str
-    not_before: datetime
-    not_after: datetime
-    certificate: str
-    ca_certificate: str
-
-
-class RevocationPublic(SQLModel):
-    device_id: str
-    revoked_serials: list[str]
-    broker_reloaded: bool  # the CRL was written and the broker signalled
-    kicked: bool  # the live session was dropped through the broker's admin channel
-
-
-class ActualChangePublic(SQLModel):
-    device_id: str
-    role: str
-    at: str
-    model: str | None
-    version: int | None
-    sha256: str | None
-    since: float | None
-    reason: str
-
-
-class TelemetryWindow(SQLModel):
-    model: str
-    version: int
-    role: str
-    cohort: str
-    window_start: int
-    window_s: int
-    windows: int
-    count: int
-    errors: int
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    summary: dict[str, Any]
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=64)
+    term: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_at: float  # unix seconds

@@ -30,9 +30,9 @@ from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
 from sqlmodel import Session
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
+from controller.release.registry import Conflict, Registry, ReleaseChange
 from shared.bundle import target_path
 from shared.fsutil import atomic_write_bytes
-from controller.registry import Conflict, Registry, ReleaseChange
 from shared.signing import generate_private_key_file, load_private_key_file
 
 ROLES = ("root", "targets", "snapshot", "timestamp")

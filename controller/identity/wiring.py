@@ -12,10 +12,10 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from controller.brokersec import BrokerControl
 from controller.core.config import Settings
-from controller.enrolment import current_crl
-from controller.pki import DeviceCA
+from controller.identity.broker_auth import BrokerControl
+from controller.identity.enrolment import current_crl
+from controller.identity.pki import DeviceCA
 
 log = logging.getLogger(__name__)
 

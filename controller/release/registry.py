@@ -11,7 +11,7 @@
 Release hook: :meth:`Registry.release_changed` is the one place called whenever
 the set of releasable versions changes (a version registered, a version revoked
 and the floor raised). It runs inside the caller's transaction before commit, so
-a failing hook (e.g. TUF signing in ``controller/imagerepo.py``) refuses the
+a failing hook (e.g. TUF signing in ``controller/release/imagerepo.py``) refuses the
 change and nothing is half-written. Hooks are callables appended to
 ``Registry.hooks``.
 """
@@ -27,10 +27,10 @@ from datetime import datetime, timezone
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from controller import audit
-from controller.blobstore import BlobStore
+from controller.core import audit
 from controller.core.security import Principal
-from controller.models import ModelAlias, ModelFloor, ModelVersion
+from controller.core.tables import ModelAlias, ModelFloor, ModelVersion
+from controller.release.blobstore import BlobStore
 from shared import bundle as bundle_fmt
 
 log = logging.getLogger(__name__)

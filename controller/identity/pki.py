@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.fsutil import atomic_write_bytes
 from shared.errors import TopicError
+from shared.fsutil import atomic_write_bytes
 from shared.topics import validate_device_id
 
 CONTROLLER_IDENTITY = "_controller"  # the controller's MQTT username (certificate CN)
@@ -124,7 +124,8 @@ class DeviceCA:
         if not key_path.exists():
             if not create:
                 raise PkiError(
-                    f"no device CA at {directory}: expected ca.key and ca.pem (python -m controller.brokersetup creates one)"
+                    f"no device CA at {directory}: expected ca.key and ca.pem"
+                    " (python -m controller.identity.broker_setup creates one)"
                 )
             ca = cls.generate()
             atomic_write_bytes(key_path, key_pem(ca._key), mode=0o600)

@@ -1,4 +1,4 @@
-"""``python -m controller.brokersetup``: write a secure Mosquitto setup from the controller's device CA.
+"""``python -m controller.identity.broker_setup``: write a secure Mosquitto setup from the controller's device CA.
 
 Writes into ``--out``: ``ca.pem``, ``broker.pem``/``broker.key``, ``crl.pem``,
 ``acl``, ``dynsec.json`` and ``mosquitto.conf``; and the controller's MQTT
@@ -13,13 +13,13 @@ import getpass
 import os
 from pathlib import Path
 
-from controller.broker import MosquittoConfig
-from controller.brokersec import provision, write_identity
-from controller.pki import CONTROLLER_IDENTITY, DeviceCA
+from controller.identity.broker_auth import provision, write_identity
+from controller.identity.broker_config import MosquittoConfig
+from controller.identity.pki import CONTROLLER_IDENTITY, DeviceCA
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controller.brokersetup", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m controller.identity.broker_setup", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("./edgefleet-data"), help="the controller's EDGEFLEET_DATA_DIR")
     p.add_argument("--out", type=Path, required=True, help="directory for the broker's files")
     p.add_argument("--port", type=int, default=8883)

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlmodel import col, select
 
-from controller.aggregate import merge_many
 from controller.api.deps import MetricsDep, SessionDep, needs
-from controller.cohorts import FLEET
+from controller.api.schemas import TelemetryWindow
 from controller.core.roles import Role
-from controller.models import TelemetryAggregate, TelemetryWindow
+from controller.core.tables import TelemetryAggregate
+from controller.fleet.cohorts import FLEET
+from controller.telemetry.aggregate import merge_many
 from shared.telemetry import MergeError, percentile_ms
 
 router = APIRouter(tags=["monitoring"], dependencies=[needs(Role.VIEWER)])

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from controller.models import Device, DeviceCertificate, EnrolmentToken
-from controller.pki import DeviceCA, PkiError, check_device_csr, common_name, load_csr, utcnow
+from controller.core.tables import Device, DeviceCertificate, EnrolmentToken
+from controller.identity.pki import DeviceCA, PkiError, check_device_csr, common_name, load_csr, utcnow
 
 
 class EnrolmentError(Exception):

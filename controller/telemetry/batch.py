@@ -18,7 +18,6 @@ Nothing here raises into the MQTT loop; every dropped message is counted in
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -29,90 +28,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Engine, String, bindparam, func, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from controller.aggregate import SummaryError, check_summary, merge_many, window_start
-from controller.cohorts import FLEET, CohortSnapshot, DeviceSnapshot, all_cohorts, cohorts_of
 from controller.core.db import make_engine
-from controller.metrics import Metrics
-from controller.models import Device, TelemetryAggregate, TelemetryCursor
+from controller.core.metrics import Metrics
+from controller.core.tables import TelemetryAggregate
+from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
+from controller.telemetry.cursors import dedupe, read_cursors, write_cursors
+from controller.telemetry.gc_tuning import ingest_gc
+from controller.telemetry.membership import MembershipCache
 from shared.messages import Telemetry
 from shared.telemetry import MergeError
 
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
-DEDUPE_WINDOW = 62  # seqs below the highest one remembered per device (fits a signed BIGINT)
-_MASK = (1 << DEDUPE_WINDOW) - 1
 MAX_SEQ = 2**63 - 1
 MAX_TIME = 2**40  # unix seconds; anything later is malformed
-# Each decoded window is ~70 lists and dicts, and thousands wait in the queue and the batch:
-# with CPython's default thresholds (700, 10, 10) the collector runs every ~10 windows and keeps
-# re-walking them (~30% of ingestion time in scripts/bench.py ingest). These thresholds keep
-# collections rare; telemetry objects hold no reference cycles, so nothing waits longer to be freed.
-GC_THRESHOLDS = (100_000, 50, 1000)
-
-
-class _GcThresholds:
-    """Raised while at least one ingester runs; the last one to stop restores what the first found."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._before = gc.get_threshold()
-
-    def acquire(self) -> None:
-        with self._lock:
-            if self._users == 0:
-                self._before = gc.get_threshold()
-                gc.set_threshold(*(max(a, b) for a, b in zip(GC_THRESHOLDS, self._before, strict=True)))
-            self._users += 1
-
-    def release(self) -> None:
-        with self._lock:
-            if self._users > 0:
-                self._users -= 1
-                if self._users == 0:
-                    gc.set_threshold(*self._before)
-
-
-_gc_thresholds = _GcThresholds()
-
 _NAP_S = 0.005  # while a batch lingers, look at the queue this often
 
-
-def dedupe(high: int | None, bits: int, seq: int) -> tuple[str, int, int]:
-    """Decide one seq against a device's cursor: ("new" | "duplicate" | "stale", high, bits)."""
-    if high is None:
-        return "new", seq, 1
-    if seq > high:
-        shift = seq - high
-        return "new", seq, ((bits << shift) | 1) & _MASK if shift < DEDUPE_WINDOW else 1
-    off = high - seq
-    if off >= DEDUPE_WINDOW:
-        return "stale", high, bits
-    if (bits >> off) & 1:
-        return "duplicate", high, bits
-    return "new", high, bits | (1 << off)
-
-
-_pg_rows = (
-    func.unnest(
-        bindparam("ids", type_=ARRAY(String)),
-        bindparam("highs", type_=ARRAY(BigInteger)),
-        bindparam("bits", type_=ARRAY(BigInteger)),
-    )
-    .table_valued("id", "high", "bits")
-    .render_derived()
-)
-_PG_CURSOR_UPDATE = (
-    update(TelemetryCursor)
-    .where(col(TelemetryCursor.device_id) == _pg_rows.c.id)
-    .values(high_seq=_pg_rows.c.high, seen_bits=_pg_rows.c.bits)
-)
 
 Key = tuple[str, int, str, str, int]  # model, version, role, cohort, window_start
 
@@ -177,12 +113,10 @@ class TelemetryIngest:
         self.window_s = window_s
         self.batch_max = batch_max
         self.linger_s = linger_s
-        self.membership_ttl_s = membership_ttl_s
         self.shard = shard or uuid.uuid4().hex[:16]
         self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._aggs: dict[Key, _Agg] = {}
-        self._members: dict[str, tuple[float, tuple[str, ...] | None]] = {}  # device -> (loaded_at, cohorts or None)
-        self._cohorts: tuple[float, list[Any]] = (0.0, [])
+        self._membership = MembershipCache(membership_ttl_s)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.flushed = 0  # windows merged (for the benchmark and tests)
@@ -194,7 +128,7 @@ class TelemetryIngest:
 
     def start(self) -> None:
         self._stop.clear()
-        _gc_thresholds.acquire()
+        ingest_gc.acquire()
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
         self._thread.start()
 
@@ -204,7 +138,7 @@ class TelemetryIngest:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-            _gc_thresholds.release()
+            ingest_gc.release()
         if self._batch_engine is not self.engine:
             self._batch_engine.dispose()
 
@@ -297,7 +231,7 @@ class TelemetryIngest:
             out = []
             for role, summary in msg.roles.items():
                 try:
-                    model, version = check_summary(summary, deep=False)  # value types checked by controller.wire
+                    model, version = check_summary(summary, deep=False)  # value types checked by controller.telemetry.decode
                 except SummaryError as exc:
                     raise SummaryError(f"roles.{role}: {exc}") from None
                 out.append((role, model, version, summary))
@@ -306,36 +240,15 @@ class TelemetryIngest:
             log.warning("malformed telemetry from %s seq %s: %s", msg.device_id, msg.seq, exc)
             return None
 
-    def _cohorts_for(self, session: Session, device_ids: set[str]) -> dict[str, tuple[str, ...] | None]:
-        now = time.monotonic()
-        if now - self._cohorts[0] > self.membership_ttl_s:
-            self._cohorts = (now, [CohortSnapshot(c.name, list(c.members), dict(c.filter)) for c in all_cohorts(session)])
-            self._members.clear()
-        missing = [d for d in device_ids if d not in self._members or now - self._members[d][0] > self.membership_ttl_s]
-        for i in range(0, len(missing), 500):
-            chunk = missing[i : i + 500]
-            cols: list[Any] = [Device.id, Device.hardware_class, Device.region, Device.tags, Device.agent_version]
-            rows = session.execute(sa_select(*cols).where(col(Device.id).in_(chunk))).all()
-            found = {r[0]: DeviceSnapshot(*r) for r in rows}
-            for did in chunk:
-                dev = found.get(did)
-                self._members[did] = (now, None if dev is None else (FLEET, *cohorts_of(dev, self._cohorts[1])))
-        return {d: self._members[d][1] for d in device_ids}
-
     def _write(
         self, valid: list[tuple[_Item, list[tuple[str, str, int, dict[str, Any]]]]]
     ) -> tuple[dict[str, int], dict[Key, _Agg]]:
         outcomes: dict[str, int] = defaultdict(int)
         with Session(self._batch_engine) as session:
             device_ids = {item.msg.device_id for item, _ in valid}
-            membership = self._cohorts_for(session, device_ids)
+            membership = self._membership.cohorts_for(session, device_ids)
             known = sorted(d for d in device_ids if membership[d] is not None)
-            cursors: dict[str, tuple[int, int]] = {}
-            tc = TelemetryCursor
-            for i in range(0, len(known), 500):
-                q = select(tc.device_id, tc.high_seq, tc.seen_bits).where(col(tc.device_id).in_(known[i : i + 500]))
-                q = q.order_by(col(tc.device_id)).with_for_update()
-                cursors.update({r[0]: (r[1], r[2]) for r in session.execute(q).all()})
+            cursors = read_cursors(session, known)
             state: dict[str, tuple[int | None, int]] = dict(cursors)
             # Devices with the same cohorts share one partial sum per (model, version, role, window),
             # added once to each of those cohorts' aggregates.
@@ -368,7 +281,7 @@ class TelemetryIngest:
             outcomes["accepted"] = fresh - len(refused)  # a refused window may have reached some aggregates
             if refused:
                 outcomes["malformed"] += len(refused)
-            self._write_cursors(session, cursors, state)
+            write_cursors(session, cursors, state)
             self._write_aggs(session, new_aggs)
             session.commit()
         if outcomes["unknown_device"]:
@@ -406,31 +319,6 @@ class TelemetryIngest:
             if merged is not None and n:
                 out[key] = _Agg(prev.row_id if prev else None, (prev.windows if prev else 0) + n, merged)
         return out
-
-    def _write_cursors(
-        self, session: Session, cursors: dict[str, tuple[int, int]], state: dict[str, tuple[int | None, int]]
-    ) -> None:
-        """Existing cursors were read FOR UPDATE (PostgreSQL) or under the write lock (SQLite): plain
-        updates. New ones are plain INSERTs, so two replicas creating the same device's cursor conflict
-        and the loser retries its batch instead of overwriting. (executemany: a multi-row upsert was
-        slower here, its statement is compiled anew for every batch size.)"""
-        changed = [(d, h, b) for d, (h, b) in state.items() if d in cursors and cursors[d] != (h, b)]
-        if changed and session.get_bind().dialect.name == "postgresql":
-            # One statement with three array parameters (the same SQL for every batch size, so the
-            # server prepares it once) instead of a round of per-row executemany work in Python.
-            ids, highs, bits = zip(*changed, strict=True)
-            session.connection().execute(_PG_CURSOR_UPDATE, {"ids": list(ids), "highs": list(highs), "bits": list(bits)})
-        elif changed:
-            updates = [{"b_id": d, "high": h, "bits": b} for d, h, b in changed]
-            stmt = (
-                update(TelemetryCursor)
-                .where(col(TelemetryCursor.device_id) == bindparam("b_id"))
-                .values(high_seq=bindparam("high"), seen_bits=bindparam("bits"))
-            )
-            session.connection().execute(stmt, updates)
-        inserts = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if d not in cursors]
-        if inserts:
-            session.connection().execute(TelemetryCursor.__table__.insert(), inserts)  # type: ignore[attr-defined]
 
     def _write_aggs(self, session: Session, aggs: dict[Key, _Agg]) -> None:
         now = time.time()

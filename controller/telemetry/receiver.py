@@ -19,8 +19,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.brokersec import DYNSEC_TOPIC, kick_command
-from controller.wire import decode_telemetry
+from controller.identity.broker_auth import DYNSEC_TOPIC, kick_command
+from controller.telemetry.decode import decode_telemetry
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
 from shared.messages import DeviceMessage, decode
@@ -52,7 +52,7 @@ class ControllerMqtt:
         kinds: tuple[Kind, ...] = ALL_KINDS,
         on_malformed: Callable[[str], None] | None = None,
         client_id: str | None = None,
-        tls: ssl.SSLContext | None = None,  # mTLS with the controller's identity (controller/identity.py)
+        tls: ssl.SSLContext | None = None,  # mTLS with the controller's identity (controller/identity/wiring.py)
     ) -> None:
         """``client_id`` given: a persistent session (the broker queues for this replica while it restarts)."""
         self._handler = handler

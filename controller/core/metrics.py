@@ -36,6 +36,8 @@ class Metrics:
         )
         self.queue_depth = Gauge("edgefleet_ingest_queue_depth", "Telemetry windows waiting for the next batch", registry=r)
         self.mqtt_connected = Gauge("edgefleet_mqtt_connected", "1 when the controller is connected to the broker", registry=r)
+        self.leader = Gauge("edgefleet_leader", "1 while this replica holds the leader lease", registry=r)
+        self.leader_term = Gauge("edgefleet_leader_term", "Leadership term this replica last saw", registry=r)
         self.http_requests = Counter(
             "edgefleet_http_requests", "HTTP requests by method, route and status", ["method", "route", "status"], registry=r
         )

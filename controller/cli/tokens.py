@@ -1,0 +1,46 @@
+"""``edgefleet tokens ...``: aPI tokens (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, console, out
+
+app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+
+
+@app.command("create")
+def tokens_create(
+    principal: str,
+    role: Annotated[str, typer.Option(help="viewer | operator | approver | admin")],
+    label: str = "",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API token; the secret is printed once and stored only as a hash."""
+    r = call(url, token, "POST", "/v1/tokens", json={"principal": principal, "role": role, "label": label})
+    out(r, as_json, text=f"token {r['id']} for {principal} ({role}): {r['token']}\nstore it now; it cannot be shown again")
+
+
+@app.command("list")
+def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
+    rows = call(url, token, "GET", "/v1/tokens")
+    t = Table("id", "principal", "role", "label", "created by", "revoked")
+    for r in rows:
+        t.add_row(str(r["id"]), r["principal"], r["role"], r["label"], r["created_by"], r["revoked_at"] or "")
+    out(rows, as_json, t)
+
+
+@app.command("revoke")
+def tokens_revoke(token_id: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "") -> None:
+    call(url, token, "DELETE", f"/v1/tokens/{token_id}")
+    console.print(f"revoked token {token_id}")
+
+
+def whoami(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "") -> None:
+    me = call(url, token, "GET", "/v1/whoami")
+    console.print(f"{me['principal']} ({me['role']})")

@@ -1,0 +1,1 @@
+"""Fleet: devices, cohorts, assignments and the director's signed desired state."""

@@ -1,0 +1,1 @@
+"""Identity: the device CA and enrolment, the broker's configuration and authorisation."""

@@ -1,0 +1,1 @@
+"""Release: the model registry and approvals, the TUF image repository, bundle storage."""

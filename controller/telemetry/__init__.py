@@ -1,0 +1,1 @@
+"""Telemetry: receive device messages over MQTT, decode, validate, dedupe, aggregate."""
