@@ -112,9 +112,14 @@ class DownloadConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HealthConfig:
-    live_inferences: int = 20  # live inferences without error that confirm a new model
-    live_window: float = 30.0  # seconds; commit at its end if fewer came and none failed
-    latency_runs: int = 20  # golden runs whose median must fit the bundle's latency budget
+    """How a candidate model is health-checked before commit ([health] table; the one definition)."""
+
+    live_inferences: int = 20  # live inferences without error that confirm a candidate
+    live_window: float = 30.0  # seconds; with fewer live inferences and no error, commit at the end
+    latency_runs: int = 20  # golden-vector runs whose median is held to the bundle's latency budget
+
+
+_DOWNLOAD, _HEALTH = DownloadConfig(), HealthConfig()  # defaults for keys a config file leaves out
 
 
 def _get(table: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
@@ -140,13 +145,14 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         raise ConfigError(f"{where}: 'director_public_keys' must be a non-empty list of 64-hex-character Ed25519 keys")
     b = _get(data, "broker", dict, where, {})
     bw = f"{where} [broker]"
+    bd = BrokerConfig()
     broker = BrokerConfig(
-        host=_get(b, "host", str, bw, "127.0.0.1"),
-        port=_get(b, "port", int, bw, 1883),
-        keepalive=_get(b, "keepalive", int, bw, 30),
-        reconnect_min=float(_get(b, "reconnect_min", (int, float), bw, 1.0)),
-        reconnect_max=float(_get(b, "reconnect_max", (int, float), bw, 120.0)),
-        reconnect_jitter=_get(b, "reconnect_jitter", bool, bw, True),
+        host=_get(b, "host", str, bw, bd.host),
+        port=_get(b, "port", int, bw, bd.port),
+        keepalive=_get(b, "keepalive", int, bw, bd.keepalive),
+        reconnect_min=float(_get(b, "reconnect_min", (int, float), bw, bd.reconnect_min)),
+        reconnect_max=float(_get(b, "reconnect_max", (int, float), bw, bd.reconnect_max)),
+        reconnect_jitter=_get(b, "reconnect_jitter", bool, bw, bd.reconnect_jitter),
         **_tls_paths(b, bw),
     )
     telemetry = _telemetry(_get(data, "telemetry", dict, where, {}), f"{where} [telemetry]")
@@ -186,14 +192,14 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         http_port=_get(data, "http_port", int, where, None),
         image_repo=image_repo,
         download=DownloadConfig(
-            min_speed=float(_get(dl, "min_speed", (int, float), dw, 1024.0)),
-            grace=float(_get(dl, "grace", (int, float), dw, 3.0)),
-            attempts=_positive(_get(dl, "attempts", int, dw, 3), "attempts", dw),
+            min_speed=float(_get(dl, "min_speed", (int, float), dw, _DOWNLOAD.min_speed)),
+            grace=float(_get(dl, "grace", (int, float), dw, _DOWNLOAD.grace)),
+            attempts=_positive(_get(dl, "attempts", int, dw, _DOWNLOAD.attempts), "attempts", dw),
         ),
         health=HealthConfig(
-            live_inferences=_get(hc, "live_inferences", int, hw, 20),
-            live_window=float(_get(hc, "live_window", (int, float), hw, 30.0)),
-            latency_runs=_positive(_get(hc, "latency_runs", int, hw, 20), "latency_runs", hw),
+            live_inferences=_get(hc, "live_inferences", int, hw, _HEALTH.live_inferences),
+            live_window=float(_get(hc, "live_window", (int, float), hw, _HEALTH.live_window)),
+            latency_runs=_positive(_get(hc, "latency_runs", int, hw, _HEALTH.latency_runs), "latency_runs", hw),
         ),
     )
 

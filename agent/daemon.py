@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import signal
 import threading
@@ -14,15 +15,26 @@ from agent.config import AgentConfig
 from agent.host import ModelHost
 from agent.identity import make_renewer
 from agent.link import MqttLink
-from agent.server import LocalApi, SocketServer
-from agent.store import SeqCounter, Store
+from agent.localapi.server import LocalApi, SocketServer
+from agent.ota.build import make_updater
+from agent.ota.store import SeqCounter, Store
+from agent.ota.updater import Checkpoint
 from agent.telemetry import Telemetry
-from agent.updater import make_updater
-from shared.messages import OFFLINE, ONLINE, SCHEMA_VERSION, now
+from shared.errors import SchemaError
+from shared.messages import MAX_KIND, MAX_MESSAGE, OFFLINE, ONLINE, Event, Status, now
 from shared.signing import key_id, load_public_key
 from shared.topics import Kind
 
 log = logging.getLogger(__name__)
+
+
+def _test_checkpoint(cfg: AgentConfig) -> Checkpoint | None:
+    """The crash tests' pause hook, only when its environment variable is set (it logs a warning then)."""
+    if not os.environ.get("EDGEFLEET_TEST_PAUSE_AT"):
+        return None
+    from agent.ota import testhook
+
+    return testhook.from_env(cfg.data_dir)
 
 
 class Agent:
@@ -32,7 +44,8 @@ class Agent:
         self.seq = SeqCounter(cfg.data_dir / "seq")
         self.host = ModelHost()
         keys = [load_public_key(k) for k in cfg.director_public_keys]
-        self.updater = make_updater(cfg, self.store, self.host, {key_id(k): k for k in keys}, self.report, self.publish_status)
+        trusted = {key_id(k): k for k in keys}
+        self.updater = make_updater(cfg, self.store, self.host, trusted, self.report, self.publish_status, _test_checkpoint(cfg))
         self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)  # first: may refuse the identity
         self.renewer = make_renewer(cfg, self.link.reload_identity)
         self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
@@ -40,24 +53,22 @@ class Agent:
         self.api = SocketServer(cfg.socket_path, api)
         self.http = None
         if cfg.http_port is not None:
-            from agent.http_server import HttpServer
+            from agent.localapi.http import HttpServer
 
             self.http = HttpServer(cfg.http_port, api)
         self._stop = threading.Event()
 
-    def _header(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "device_id": self.cfg.device_id, "seq": self.seq.next(), "sent_at": now()}
-
-    def status(self, state: str = ONLINE) -> dict[str, Any]:
-        models = {role: m.__dict__ for role, m in self.updater.running().items()}  # what really serves
-        return {
-            **self._header(),
-            "state": state,
-            "agent_version": __version__,
-            "hardware": {"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
-            "models": models,
-            "ota": self.updater.ota_status(),
-        }
+    def status(self, state: str = ONLINE) -> Status:
+        return Status(
+            device_id=self.cfg.device_id,
+            seq=self.seq.next(),
+            sent_at=now(),
+            state=state,
+            agent_version=__version__,
+            hardware={"arch": self.cfg.arch, "machine": platform.node(), "python": platform.python_version()},
+            models=self.updater.running(),  # what really serves
+            ota=self.updater.ota_status(),
+        )
 
     def publish_status(self) -> None:
         self.link.publish(Kind.STATUS, self.status(), retain=True)
@@ -70,9 +81,14 @@ class Agent:
         if kind == "desired.rejected":
             self.telemetry.count("desired_rejected")
         log.log(logging.WARNING if severity != "info" else logging.INFO, "event %s: %s", kind, message)
-        self.link.publish(
-            Kind.EVENTS, {**self._header(), "kind": kind, "severity": severity, "message": message, "detail": detail}
-        )
+        event = Event(
+            device_id=self.cfg.device_id, seq=self.seq.next(), sent_at=now(), kind=kind[:MAX_KIND], severity=severity,
+            message=message[:MAX_MESSAGE], detail=detail,
+        )  # fmt: skip
+        try:
+            self.link.publish(Kind.EVENTS, event)
+        except (SchemaError, ValueError) as exc:  # a report must never stop the updater
+            log.error("event %s not sent: %s", kind, exc)
 
     def start(self) -> None:
         self.updater.restore()

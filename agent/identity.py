@@ -3,7 +3,8 @@
 Enrolment: make a key and a CSR on the device, send the CSR with a one-time
 token to the controller, store the certificate it returns. Renewal: before the
 certificate expires, send the current certificate and a CSR for the same key.
-HTTP is stdlib ``urllib`` so the agent stays light.
+HTTP goes through the agent's one client (agent/http.py), which trusts only
+``[identity] controller_ca_file`` when it is set.
 
 Files under the identity directory::
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 # certificate or the controller is used: an agent without an [identity] table never loads them.
 
 from agent.config import AgentConfig, BrokerConfig
+from shared.csr import make_csr
 from shared.fsutil import atomic_write_bytes as atomic_write
 
 log = logging.getLogger(__name__)
@@ -81,16 +83,6 @@ def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 def not_after(cert_path: Path) -> dt.datetime:
     from cryptography import x509
 
@@ -106,13 +98,13 @@ def _post(url: str, body: dict[str, Any], *, cafile: Path | None, timeout: float
     if not url.startswith(("https://", "http://")):
         raise IdentityError(f"controller URL must be http(s)://, got {url!r}")
     import urllib.error
-    import urllib.request
+
+    from agent.http import ControllerHttp
 
     data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")  # noqa: S310
-    ctx = ssl.create_default_context(cafile=str(cafile)) if cafile is not None and url.startswith("https:") else None
+    client = ControllerHttp(cafile=cafile, timeout=timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - URL from config
+        with client.open(url, data=data, headers={"Content-Type": "application/json"}, method="POST") as resp:
             result: dict[str, Any] = json.loads(resp.read(1_000_000))
             return result
     except urllib.error.HTTPError as exc:

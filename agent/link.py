@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import AgentConfig
 from agent.identity import broker_tls_context
-from shared.messages import OFFLINE, SCHEMA_VERSION, encode, now
+from shared.messages import OFFLINE, DeviceMessage, Status, encode, now
 from shared.topics import Kind, device_topic
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,7 @@ class MqttLink:
         self._set_will()
 
     def _set_will(self) -> None:
-        will = {
-            "schema": SCHEMA_VERSION,
-            "device_id": self.cfg.device_id,
-            "seq": self._next_seq(),
-            "sent_at": now(),
-            "state": OFFLINE,
-        }
+        will = Status(device_id=self.cfg.device_id, seq=self._next_seq(), sent_at=now(), state=OFFLINE)
         self._client.will_set(device_topic(self.cfg.device_id, Kind.STATUS), encode(will), qos=1, retain=True)
 
     def reload_identity(self) -> None:
@@ -102,7 +96,7 @@ class MqttLink:
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
         self._thread.start()
 
-    def stop(self, goodbye: dict[str, Any] | None = None) -> None:
+    def stop(self, goodbye: Status | None = None) -> None:
         if goodbye is not None and self.connected:
             info = self._client.publish(device_topic(self.cfg.device_id, Kind.STATUS), encode(goodbye), qos=1, retain=True)
             try:
@@ -139,8 +133,8 @@ class MqttLink:
             log.info("reconnecting in %.2fs (attempt %d)", delay, attempt)
             self._stopping.wait(delay)
 
-    def publish(self, kind: Kind, message: dict[str, Any], *, retain: bool = False) -> None:
-        """Queue a message (QoS 1). paho keeps it while disconnected."""
+    def publish(self, kind: Kind, message: DeviceMessage, *, retain: bool = False) -> None:
+        """Queue a message (QoS 1), checked against its schema first. paho keeps it while disconnected."""
         self._client.publish(device_topic(self.cfg.device_id, kind), encode(message), qos=1, retain=retain)
 
     def publish_bytes(self, kind: Kind, payload: bytes) -> int | None:

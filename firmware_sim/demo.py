@@ -17,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agent.client import AgentClient
+from agent.localapi.client import AgentClient
 from firmware_sim.modelgen import load_digits, make_onnx_bundle
 from firmware_sim.mosquitto import MosquittoProcess
 from firmware_sim.procs import AgentProc, ControllerProc, start_agent, start_controller

@@ -196,10 +196,9 @@ def make_tflite_bundle(
     model: bytes, *, version: int = 1, name: str = "digits-lite", golden: int = 4, arch: list[str] | None = None
 ) -> bytes:
     """Pack an int8 TFLite model with quantization parameters and golden vectors read through LiteRT."""
-    from agent.runtime.litert import interpreter_class
+    from agent.runtime import litert_interpreter
 
-    _, interpreter = interpreter_class()
-    interp = interpreter(model_content=model)
+    interp = litert_interpreter()(model_content=model)
     interp.allocate_tensors()
     din, dout = interp.get_input_details()[0], interp.get_output_details()[0]
     (si, zi), (so, zo) = din["quantization"], dout["quantization"]

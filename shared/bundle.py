@@ -18,11 +18,16 @@ from pathlib import Path
 from shared.errors import BundleError, SchemaError
 from shared.manifest import Manifest
 
-__all__ = ["MANIFEST_NAME", "Bundle", "BundleError", "pack", "read", "sha256_file"]
+__all__ = ["MANIFEST_NAME", "Bundle", "BundleError", "pack", "read", "sha256_file", "target_path"]
 
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # bytes
 MAX_MODEL_BYTES = 512 * 1024 * 1024  # bytes
+
+
+def target_path(model: str, version: int) -> str:
+    """Where a bundle lives in the image repository (its TUF target path): ``<model>/<version>.tar``."""
+    return f"{model}/{version}.tar"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 ``decode(kind, payload)`` turns raw MQTT bytes into a validated message or raises
 :class:`SchemaError` / :class:`SignatureError`; it never raises anything else,
 so a receiver can count and log the failure and carry on. ``encode`` is its
-inverse. See docs/protocol.md for the field reference.
+inverse. The writing side uses the same classes: ``Status``, ``Event`` and
+``Telemetry`` have ``to_payload()``, which runs the reader's checks on what it
+is about to write and raises :class:`SchemaError` instead of sending a message
+the controller would refuse. See docs/protocol.md for the field reference.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from typing import Any
 
@@ -29,6 +32,7 @@ _ROLE = re.compile(r"^(production|canary|shadow|arm-[a-z0-9_-]{1,32})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ONLINE, OFFLINE = "online", "offline"
 SEVERITIES = ("info", "warning", "error")
+MAX_KIND, MAX_MESSAGE = 64, 4096  # characters of an event's kind and message
 
 
 def validate_role(role: str, where: str = "role") -> str:
@@ -49,6 +53,16 @@ def _device_id(r: Reader) -> str:
         return validate_device_id(did)
     except ProtocolError as exc:
         raise SchemaError(f"{r.where}.device_id: {exc}") from None
+
+
+def _checked(message: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` if the reader of ``message``'s type accepts it; else SchemaError naming the field."""
+    type(message).read(Reader(data))
+    return data
+
+
+def _shallow(message: Any) -> dict[str, Any]:
+    return {f.name: getattr(message, f.name) for f in fields(message)}
 
 
 # --- desired (cloud -> device), signed by the director ----------------------
@@ -163,6 +177,10 @@ class Status:
             ota=r.raw_obj("ota", optional=True),
         )
 
+    def to_payload(self) -> dict[str, Any]:
+        data = {**_shallow(self), "models": {role: asdict(m) for role, m in self.models.items()}}
+        return _checked(self, data)
+
 
 def _counts(value: Any, where: str, length: int | None = None, max_items: int = 100_000) -> list[int]:
     if not isinstance(value, list) or len(value) > max_items or (length is not None and len(value) != length):
@@ -254,6 +272,9 @@ class Telemetry:
             agent=r.raw_obj("agent", optional=True),
         )
 
+    def to_payload(self) -> dict[str, Any]:
+        return _checked(self, _shallow(self))
+
 
 @dataclass(frozen=True)
 class Event:
@@ -273,11 +294,14 @@ class Event:
             device_id=_device_id(r),
             seq=r.integer("seq", minimum=0),
             sent_at=r.number("sent_at"),
-            kind=r.string("kind", max_len=64),
+            kind=r.string("kind", max_len=MAX_KIND),
             severity=r.string("severity", choices=SEVERITIES),
-            message=r.string("message", optional=True, max_len=4096) or "",
+            message=r.string("message", optional=True, max_len=MAX_MESSAGE) or "",
             detail=r.raw_obj("detail", optional=True),
         )
+
+    def to_payload(self) -> dict[str, Any]:
+        return _checked(self, _shallow(self))
 
 
 DeviceMessage = Status | Telemetry | Event
@@ -316,7 +340,8 @@ def decode_desired_envelope(payload: bytes) -> dict[str, Any]:
 
 
 def encode(message: DeviceMessage | dict[str, Any]) -> bytes:
-    data = message if isinstance(message, dict) else asdict(message)
+    """Canonical JSON of a typed message (checked by ``to_payload``), or of a dict as-is (tests craft bad ones)."""
+    data = message if isinstance(message, dict) else message.to_payload()
     return canonical_json(data)
 
 

@@ -19,11 +19,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fetcher import Fetcher
+from agent.config import HealthConfig
 from agent.host import ModelHost
+from agent.ota.fetcher import Fetcher
+from agent.ota.store import Store
 from agent.ota.trust import ImageRepoClient
-from agent.store import Store
-from agent.updater import HealthPolicy, Updater
+from agent.ota.updater import Updater
 from controller.fleet.director import Director
 from controller.release.imagerepo import DevKeys, ImageRepository
 from shared import bundle as bundle_fmt
@@ -180,7 +181,7 @@ class Lab:
         return self.director.public_key_hex
 
     # -- the device side ---------------------------------------------------------
-    def updater(self, data_dir: Path, *, arch: str = "x86_64", health: HealthPolicy | None = None, **fetch_kw: Any) -> Updater:
+    def updater(self, data_dir: Path, *, arch: str = "x86_64", health: HealthConfig | None = None, **fetch_kw: Any) -> Updater:
         store = Store(data_dir)
         host = ModelHost()
         fetcher = Fetcher(timeout=fetch_kw.pop("timeout", 5.0), **fetch_kw)
@@ -205,7 +206,7 @@ class Lab:
             image_repo=client,
             report=report,
             on_change=lambda: None,
-            health=health or HealthPolicy(live_inferences=0, live_window=0.0, latency_runs=3),
+            health=health or HealthConfig(live_inferences=0, live_window=0.0, latency_runs=3),
             download_attempts=2,
         )
 

@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.identity import pki
 from controller.identity.broker_auth import ClientIdentity
+from shared.csr import make_csr
 
 
 def device_identity(
@@ -30,7 +31,7 @@ def device_identity(
     """A device key and a certificate signed by ``ca`` (the way enrolment makes them)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = pki.new_key()
-    issued = ca.issue_device(device_id, pki.make_csr(key, device_id), validity=validity, now=now)
+    issued = ca.issue_device(device_id, make_csr(key, device_id), validity=validity, now=now)
     ident = ClientIdentity(trust or directory / "ca.pem", directory / f"{device_id}.pem", directory / f"{device_id}.key")
     if trust is None:
         ident.ca.write_bytes(ca.cert_pem)

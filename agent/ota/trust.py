@@ -17,7 +17,8 @@ from typing import Any
 from tuf.api.exceptions import DownloadError, RepositoryError
 from tuf.ngclient import Updater, UpdaterConfig
 
-from agent.fetcher import Fetcher
+from agent.ota.fetcher import Fetcher
+from shared.bundle import target_path
 from shared.messages import Assignment
 
 
@@ -42,10 +43,6 @@ class TargetInfo:
     version: int
     floor: int
     hardware: dict[str, Any] = field(default_factory=dict)
-
-
-def target_path(model: str, version: int) -> str:
-    return f"{model}/{version}.tar"
 
 
 def check_agreement(a: Assignment, t: TargetInfo, *, arch: str) -> None:

@@ -18,11 +18,11 @@ import sqlite3
 import threading
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from agent.config import CaptureConfig
+from agent.http import ControllerHttp
 from shared.canonical import canonical_json
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,11 @@ class CaptureSpool:
 class Uploader:
     """Posts spooled samples to ``{url}/v1/capture/{device_id}``; deletes them on 2xx."""
 
-    def __init__(self, spool: CaptureSpool, cfg: CaptureConfig, device_id: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, spool: CaptureSpool, cfg: CaptureConfig, device_id: str, timeout: float = 30.0, http: ControllerHttp | None = None
+    ) -> None:
         self.spool, self.cfg, self.device_id, self.timeout = spool, cfg, device_id, timeout
+        self.http = http or ControllerHttp(timeout=timeout)  # the daemon passes the agent's client (controller CA)
         self.uploaded = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture-upload", daemon=True)
@@ -153,14 +156,9 @@ class Uploader:
         if not rows:
             return False
         body = b'{"samples":[' + b",".join(b'{"id":%d,"sample":%s}' % (sid, p) for sid, p in rows) + b"]}"
-        req = urllib.request.Request(  # noqa: S310 - operator-configured controller URL
-            f"{self.cfg.url}/v1/capture/{self.device_id}",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "edgefleet-agent"},
-        )
+        url = f"{self.cfg.url}/v1/capture/{self.device_id}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with self.http.open(url, data=body, method="POST", headers={"Content-Type": "application/json"}) as resp:
                 json.loads(resp.read(64 * 1024) or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (400, 413, 422):  # the controller will never take this batch: say so, drop it

@@ -25,13 +25,15 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.host import InferenceRecord, ModelHost, NoModelError
+from agent.http import from_config
 from agent.link import MqttLink
 from agent.telemetry.capture import CaptureSpool, Uploader
 from agent.telemetry.queue import WindowQueue
 from agent.telemetry.sender import Sender
 from agent.telemetry.system import SystemMetrics
 from agent.telemetry.window import RoleAccumulator, WindowBuilder, top_classes
-from shared.messages import SCHEMA_VERSION, encode_compact, now
+from shared.messages import Telemetry as TelemetryWindow
+from shared.messages import encode_compact, now
 
 log = logging.getLogger(__name__)
 RECENT_PREDICTIONS = 4096  # prediction ids remembered for label feedback
@@ -52,7 +54,9 @@ class Telemetry:
         self.sender = Sender(link, self.queue, max_inflight=cfg.telemetry.max_inflight)
         self.system = SystemMetrics(cfg.data_dir) if cfg.telemetry.system_metrics else None
         self.spool = CaptureSpool(cfg.data_dir / "capture.db", cfg.capture) if cfg.capture.enabled else None
-        self.uploader = Uploader(self.spool, cfg.capture, cfg.device_id) if self.spool is not None else None
+        self.uploader = None
+        if self.spool is not None:
+            self.uploader = Uploader(self.spool, cfg.capture, cfg.device_id, http=from_config(cfg, timeout=30.0))
         self.windows = 0
         self._window_start = time.time()
         self._close_lock = threading.Lock()
@@ -116,18 +120,17 @@ class Telemetry:
             def render(dropped: int) -> bytes:
                 counters["windows_dropped"] += dropped
                 return encode_compact(
-                    {
-                        "schema": SCHEMA_VERSION,
-                        "device_id": self.cfg.device_id,
-                        "seq": seq,
-                        "sent_at": now(),
-                        "window_start": round(start, 3),
-                        "window_s": round(end - start, 3),
-                        "roles": roles,
-                        "system": system,
-                        "counters": counters,
-                        "agent": {"version": self.agent_version, "boot": self.boot, "window": index},
-                    }
+                    TelemetryWindow(
+                        device_id=self.cfg.device_id,
+                        seq=seq,
+                        sent_at=now(),
+                        window_start=round(start, 3),
+                        window_s=round(end - start, 3),
+                        roles=roles,
+                        system=system,
+                        counters=counters,
+                        agent={"version": self.agent_version, "boot": self.boot, "window": index},
+                    )
                 )
 
             dropped = self.queue.put(seq, end, render)

@@ -58,17 +58,6 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
-    """A PEM CSR for ``common_name`` (the agent has its own copy of this in agent/identity.py)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(name)
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-
-
 def common_name(cert: x509.Certificate | x509.CertificateSigningRequest) -> str:
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(attrs) != 1:

@@ -31,6 +31,7 @@ from sqlmodel import Session
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from controller.release.registry import Conflict, Registry, ReleaseChange
+from shared.bundle import target_path
 from shared.fsutil import atomic_write_bytes
 from shared.signing import generate_private_key_file, load_private_key_file
 
@@ -46,11 +47,6 @@ _PATH = re.compile(r"^([a-z0-9][a-z0-9._-]{0,127})/(\d+)\.tar$")
 
 class ImageRepoError(Exception):
     """The repository cannot do what was asked (missing keys, bad floor, ...)."""
-
-
-def target_path(model: str, version: int) -> str:
-    """The TUF target path of a bundle: ``<model>/<version>.tar``."""
-    return f"{model}/{version}.tar"
 
 
 def public_key(signer: Signer) -> SSlibKey:

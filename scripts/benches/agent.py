@@ -79,9 +79,9 @@ def _cpu_s(pid: int) -> float:
 
 def run() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from agent.client import AgentClient
-    from agent.server import LocalApi, SocketServer
-    from agent.updater import HealthPolicy
+    from agent.config import HealthConfig
+    from agent.localapi.client import AgentClient
+    from agent.localapi.server import LocalApi, SocketServer
     from firmware_sim.modelgen import load_digits, make_onnx_bundle, make_tflite_bundle
     from firmware_sim.mosquitto import MosquittoProcess
     from firmware_sim.procs import start_agent
@@ -102,7 +102,7 @@ def run() -> dict[str, Any]:
             a_lite = lab.publish(tflite)
 
             # -- in-process: overhead and hot swap under load ------------------------------
-            up = lab.updater(tmp / "inproc", health=HealthPolicy(live_inferences=50, live_window=5.0, latency_runs=5))
+            up = lab.updater(tmp / "inproc", health=HealthConfig(live_inferences=50, live_window=5.0, latency_runs=5))
             up.apply(lab.desired("lab-dev", assigns[0]))
             _log("overhead: agent path vs bare onnxruntime")
             ratio, added_us = _overhead(up, x)

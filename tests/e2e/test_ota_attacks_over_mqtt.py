@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from agent.client import AgentClient
+from agent.localapi.client import AgentClient
 from firmware_sim.procs import start_agent
 from shared.topics import Kind, device_topic
 from tests.mqttwatch import Watcher

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.client import AgentClient
+from agent.localapi.client import AgentClient
 from firmware_sim.procs import start_agent
 from shared import bundle as bundle_fmt
 from shared.manifest import Manifest

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from agent.client import AgentClient
+from agent.localapi.client import AgentClient
 from firmware_sim.modelgen import load_digits
 from firmware_sim.procs import start_agent, start_controller
 from shared.topics import Kind, device_topic

@@ -20,6 +20,8 @@ from controller.identity import pki
 from controller.identity.broker_auth import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
 from controller.identity.broker_config import MosquittoConfig
 from firmware_sim.mosquitto import MosquittoProcess, free_port
+from shared.csr import make_csr
+from shared.messages import Event
 from shared.topics import Kind, device_topic
 from tests.tlsmqtt import TlsClient, device_identity
 
@@ -299,7 +301,7 @@ def test_agent_link_uses_a_renewed_certificate_after_reload(broker, clients, tmp
         from cryptography.hazmat.primitives import serialization
 
         key = serialization.load_pem_private_key(ident.key.read_bytes(), password=None)
-        new = broker.ca.issue_device("sec-a8", pki.make_csr(key, "sec-a8"))  # type: ignore[arg-type]
+        new = broker.ca.issue_device("sec-a8", make_csr(key, "sec-a8"))  # type: ignore[arg-type]
         ident.cert.write_bytes(new.pem)
         link.reload_identity()
         broker.revoked.append((old.serial, pki.utcnow()))
@@ -362,7 +364,7 @@ def test_agent_link_survives_concurrent_publishes_and_deliveries_over_tls(broker
 
         def publisher(k: int) -> None:
             for i in range(n):
-                link.publish(Kind.EVENTS, {"k": k, "i": i})
+                link.publish(Kind.EVENTS, Event(device_id=dev, seq=i, sent_at=0.0, kind=f"test.{k}", detail={"k": k, "i": i}))
 
         threads = [threading.Thread(target=publisher, args=(k,)) for k in range(3)]
         for t in threads:

@@ -323,12 +323,12 @@ def test_live_inference_errors_after_the_switch_roll_back(lab, tmp_path, v1):
     import threading
     import time
 
-    from agent.updater import HealthPolicy
+    from agent.config import HealthConfig
 
     up = lab.updater(tmp_path / "live")
     up.apply(lab.desired("lab-dev", lab.publish(v1)))
     assert up.host.get().manifest.version == 1
-    up.health = HealthPolicy(live_inferences=1000, live_window=10.0, latency_runs=3)  # wait for live traffic
+    up.health = HealthConfig(live_inferences=1000, live_window=10.0, latency_runs=3)  # wait for live traffic
     stop = threading.Event()
     outcomes = []
 

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from agent.client import AgentClient
+from agent.config import HealthConfig
+from agent.localapi.client import AgentClient
+from agent.localapi.server import LocalApi, SocketServer
 from agent.ota.state import State
-from agent.server import LocalApi, SocketServer
-from agent.updater import HealthPolicy
 from firmware_sim.modelgen import load_digits
 from tests.otalab import Lab
 
@@ -28,7 +28,7 @@ def lab(tmp_path):
 def test_hot_swap_under_continuous_load_loses_no_request(lab, tmp_path, make_bundle):
     bundles = [make_bundle(1), make_bundle(2), make_bundle(3)]
     assignments = [lab.publish(b) for b in bundles]
-    up = lab.updater(tmp_path / "dev", health=HealthPolicy(live_inferences=30, live_window=5.0, latency_runs=5))
+    up = lab.updater(tmp_path / "dev", health=HealthConfig(live_inferences=30, live_window=5.0, latency_runs=5))
     up.apply(lab.desired("lab-dev", assignments[0]))
     server = SocketServer(tmp_path / "agent.sock", LocalApi(up.host))
     server.start()
@@ -117,7 +117,7 @@ def test_disk_full_during_download_fails_cleanly_and_the_old_model_serves(lab, s
 def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
     import httpx
 
-    from agent.http_server import HttpServer
+    from agent.localapi.http import HttpServer
 
     up = lab.updater(tmp_path / "dev")
     up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from agent.client import AgentClient
 from agent.config import parse_config
 from agent.daemon import Agent
+from agent.localapi.client import AgentClient
 from agent.runtime import load_model
 from firmware_sim.modelgen import load_digits
 from firmware_sim.procs import start_controller

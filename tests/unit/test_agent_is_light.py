@@ -10,7 +10,8 @@ FORBIDDEN = ("fastapi", "sqlmodel", "sqlalchemy", "tensorflow", "controller")
 
 def test_import_agent_loads_no_controller_side_module():
     code = (
-        "import sys, agent, agent.daemon, agent.cli, agent.updater, agent.ota.state, agent.ota.trust, agent.http_server\n"
+        "import sys, agent, agent.daemon, agent.cli, agent.ota.updater, agent.ota.build, agent.ota.state, agent.ota.trust\n"
+        "import agent.localapi.http, agent.localapi.client, agent.http, agent.ota.testhook, shared.csr\n"
         "import agent.runtime.onnx_rt, agent.runtime.litert, shared.messages, shared.bundle\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "print(','.join(bad))"

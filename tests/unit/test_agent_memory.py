@@ -61,11 +61,11 @@ def test_update_stack_loads_on_the_first_update_only(tmp_path):
     )
     code = (
         "import sys\nfrom pathlib import Path\n"
-        "from agent.config import load_config\nfrom agent.host import ModelHost\nfrom agent.store import Store\n"
-        "from agent.updater import make_updater\n"
+        "from agent.config import load_config\nfrom agent.host import ModelHost\nfrom agent.ota.store import Store\n"
+        "from agent.ota.build import make_updater\n"
         f"cfg = load_config(Path({str(cfg)!r}))\n"
         "up = make_updater(cfg, Store(cfg.data_dir), ModelHost(), {}, lambda *a: None, lambda: None)\n"
-        "stack = ('tuf', 'urllib3', 'securesystemslib', 'agent.fetcher', 'agent.ota.trust')\n"
+        "stack = ('tuf', 'urllib3', 'securesystemslib', 'agent.ota.fetcher', 'agent.ota.trust')\n"
         "print(sorted(m for m in stack if m in sys.modules))\n"
         "repo = up.image_repo\n"
         "print(type(repo).__name__, repo is up.image_repo, repo.fetcher is up.fetcher, 'tuf' in sys.modules)"
@@ -74,7 +74,7 @@ def test_update_stack_loads_on_the_first_update_only(tmp_path):
 
 
 def test_median_matches_the_usual_definition():
-    from agent.updater import median
+    from agent.ota.checks import median
 
     assert median([3.0]) == 3.0
     assert median([5.0, 1.0, 3.0]) == 3.0
@@ -83,7 +83,7 @@ def test_median_matches_the_usual_definition():
 
 def test_http_server_module_loads_only_with_http_port():
     assert _run("import sys, agent.daemon; print('http.server' in sys.modules)") == "False"
-    assert _run("import sys, agent.http_server; print('http.server' in sys.modules)") == "True"
+    assert _run("import sys, agent.localapi.http; print('http.server' in sys.modules)") == "True"
 
 
 def test_agent_with_http_port_builds_the_http_server(tmp_path):

@@ -4,7 +4,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.updater import RejectedError, check_desired
+from agent.ota.checks import RejectedError, check_desired
 from controller.fleet.director import Director
 from shared.messages import Assignment
 from shared.signing import key_id

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.updater import RejectedError, check_desired
+from agent.ota.checks import RejectedError, check_desired
 from shared.signing import key_id
 
 pytestmark = pytest.mark.unit

@@ -144,3 +144,14 @@ def test_feature_histograms_are_checked_with_a_precise_error(features, match):
 def test_non_json_constants_are_refused(constant):
     with pytest.raises(SchemaError, match="not valid JSON"):
         decode(Kind.STATUS, status().replace(b'"sent_at": 1.5', b'"sent_at": ' + constant))
+
+
+def test_the_writer_runs_the_readers_checks():
+    good = Status(device_id="pi-1", seq=1, sent_at=1.0, state="online")
+    assert decode(Kind.STATUS, encode(good)) == good
+    with pytest.raises(SchemaError, match="state"):
+        Status(device_id="pi-1", seq=1, sent_at=1.0, state="asleep").to_payload()
+    with pytest.raises(SchemaError, match="severity"):
+        encode(Event(device_id="pi-1", seq=1, sent_at=1.0, kind="x", severity="fatal"))
+    with pytest.raises(SchemaError, match="device_id"):
+        Event(device_id="no/slashes", seq=1, sent_at=1.0, kind="x").to_payload()

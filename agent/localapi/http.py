@@ -1,6 +1,6 @@
 """The local API over HTTP on the loopback interface (``http_port`` in the config).
 
-Apart from :mod:`agent.server` so that an agent without ``http_port`` never imports
+Apart from :mod:`agent.localapi.server` so that an agent without ``http_port`` never imports
 ``http.server``. Same operations and replies as the Unix socket.
 """
 
@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent.server import MAX_REQUEST_BYTES, LocalApi
+from agent.localapi.server import MAX_REQUEST_BYTES, LocalApi
 
 log = logging.getLogger(__name__)
 

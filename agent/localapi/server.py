@@ -12,7 +12,7 @@ Protocol: one JSON object per line in each direction.
 Errors come back as {"ok": false, "error": "..."}; the connection stays open.
 With ``http_port`` set, the same operations are served over HTTP on 127.0.0.1
 (``POST /v1/predict``, ``POST /v1/feedback``, ``GET /v1/info``) by
-:mod:`agent.http_server`, imported only then (``http.server`` is ~0.6 MB resident).
+:mod:`agent.localapi.http`, imported only then (``http.server`` is ~0.6 MB resident).
 """
 
 from __future__ import annotations

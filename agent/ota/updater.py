@@ -1,31 +1,31 @@
 """From a desired-state message to a verified, health-checked, committed model.
 
-``check_desired`` is pure policy for the director's envelope (signature,
-device, counter, expiry). ``Updater`` drives the OTA state machine
+``Updater`` drives the OTA state machine
 (agent/ota/state.py): it persists every record the machine returns before it
 acts on it, and does the I/O through seams: the image-repository client
 (TUF), the fetcher, the store (slots on disk) and the model host. Every
 decision is reported through ``report(kind, severity, message, detail)``; a
-rejection at any step leaves the running model untouched.
+rejection at any step leaves the running model untouched. The checks it
+applies without I/O live in agent/ota/checks.py; ``make_updater``
+(agent/ota/build.py) builds it from the configuration.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.config import AgentConfig
+from agent.config import HealthConfig
 from agent.host import ModelHost
-from agent.ota import testhook
+from agent.ota.checks import RejectedError, check_desired, latency_p50_ms
 from agent.ota.state import (
     AT_REST,
     Activate,
@@ -43,76 +43,19 @@ from agent.ota.state import (
     Verified,
     transition,
 )
+from agent.ota.store import Store
 from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
-from agent.store import Store
 from shared import bundle as bundle_fmt
-from shared.errors import ProtocolError, SchemaError
-from shared.messages import Assignment, Desired, RunningModel, decode_desired_envelope
-from shared.schema import Reader
-from shared.signing import verify_document
+from shared.errors import SchemaError
+from shared.messages import Assignment, RunningModel
 
 if TYPE_CHECKING:  # the update stack (python-tuf, urllib3, securesystemslib) loads on the first update
-    from agent.fetcher import Fetcher
+    from agent.ota.fetcher import Fetcher
     from agent.ota.trust import ImageRepoClient
 
 log = logging.getLogger(__name__)
 Report = Callable[[str, str, str, dict[str, Any]], None]
-
-
-class RejectedError(Exception):
-    """A desired state or bundle was refused; the message is the reason."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthPolicy:
-    live_inferences: int = 20  # live inferences without error that confirm a candidate
-    live_window: float = 30.0  # seconds; with fewer live inferences and no error, commit at the end
-    latency_runs: int = 20  # golden-vector runs whose median is held to the latency budget
-
-
-def check_desired(
-    payload: bytes, *, device_id: str, trusted: dict[str, Ed25519PublicKey], last_counter: int, at: float
-) -> Desired:
-    """Verify and parse a desired-state payload; raise RejectedError with the reason."""
-    try:
-        signed = verify_document(decode_desired_envelope(payload), trusted)
-        desired = Desired.read(Reader(signed, "desired"))
-    except ProtocolError as exc:
-        raise RejectedError(str(exc)) from None
-    if desired.device_id != device_id:
-        raise RejectedError(f"desired state is for device {desired.device_id!r}, this is {device_id!r}")
-    if desired.counter <= last_counter:
-        raise RejectedError(f"replayed or old desired state: counter {desired.counter}, expected > {last_counter}")
-    if desired.expires_at <= at:
-        raise RejectedError(f"desired state expired at {desired.expires_at:.0f} (now {at:.0f})")
-    return desired
-
-
-def latency_p50_ms(model: LoadedModel, runs: int, *, cpu_clock: bool = True) -> float:
-    """Median latency of the golden vectors' inputs over ``runs`` inferences.
-
-    With one inference thread the runtime computes on the calling thread, so
-    its CPU time (``time.thread_time``) is the model's cost on this hardware,
-    undisturbed by live traffic holding the GIL during the check. With more
-    threads the wall clock is used.
-    """
-    clock = time.thread_time if cpu_clock else time.perf_counter
-    vectors = model.manifest.golden
-    model.predict(vectors[0].inputs)  # warm-up
-    times = []
-    for i in range(max(runs, 1)):
-        inputs = vectors[i % len(vectors)].inputs
-        t0 = clock()
-        model.predict(inputs)
-        times.append((clock() - t0) * 1000.0)
-    return median(times)
-
-
-def median(values: list[float]) -> float:
-    """The middle value (mean of the two middle ones for an even count); ``values`` must not be empty."""
-    s = sorted(values)
-    mid = len(s) // 2
-    return float(s[mid]) if len(s) % 2 else (s[mid - 1] + s[mid]) / 2.0
+Checkpoint = Callable[[str, "int | None"], None]  # (point, target version): after each OTA transition, and mid-download
 
 
 class Updater:
@@ -129,8 +72,9 @@ class Updater:
         report: Report,
         on_change: Callable[[], None],
         threads: int = 1,
-        health: HealthPolicy | None = None,
+        health: HealthConfig | None = None,
         download_attempts: int = 3,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.download_attempts = download_attempts
         self.device_id = device_id
@@ -143,7 +87,8 @@ class Updater:
         self.report = report
         self.on_change = on_change
         self.threads = threads
-        self.health = health or HealthPolicy()
+        self.health = health or HealthConfig()
+        self.checkpoint = checkpoint  # an observer of OTA progress (the crash tests pause the agent here)
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
         self._candidate: LoadedModel | None = None  # loaded beside the running model
@@ -281,7 +226,8 @@ class Updater:
         rec = transition(self.store.ota, event)
         self.store.save_ota(rec)  # persisted before anything acts on it
         log.info("OTA %s -> %s", type(event).__name__, rec.state.value)
-        testhook.pause_at(rec.state.value, self.store.root, None if rec.target is None else rec.target.version)
+        if self.checkpoint is not None:
+            self.checkpoint(rec.state.value, None if rec.target is None else rec.target.version)
         return rec
 
     def _drive(self) -> None:
@@ -313,7 +259,7 @@ class Updater:
         t = rec.target
         assert t is not None and rec.role is not None
         a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
-        from agent.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
+        from agent.ota.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
         from agent.ota.trust import TrustError
 
         if self.image_repo is None:
@@ -323,11 +269,13 @@ class Updater:
         except TrustError as exc:
             return Fail(str(exc))
         self.report("ota.downloading", "info", f"downloading {t.model} v{t.version} ({t.length} bytes)", self._detail(rec))
-        half = t.length // 2
+        progress = None
+        if self.checkpoint is not None:
+            checkpoint, half = self.checkpoint, t.length // 2
 
-        def progress(got: int, total: int) -> None:
-            if got >= half:
-                testhook.pause_at("DOWNLOADING.half", self.store.root, t.version)
+            def progress(got: int, total: int) -> None:
+                if got >= half:
+                    checkpoint("DOWNLOADING.half", t.version)
 
         for attempt in range(1, self.download_attempts + 1):
             try:
@@ -452,48 +400,3 @@ class Updater:
             return load_model(b.manifest, b.model, sha256, threads=self.threads)
         except ModelLoadError as exc:
             raise RejectedError(f"cannot load: {exc}") from None
-
-
-def make_updater(
-    cfg: AgentConfig,
-    store: Store,
-    host: ModelHost,
-    trusted: dict[str, Ed25519PublicKey],
-    report: Report,
-    on_change: Callable[[], None],
-) -> Updater:
-    """Build the updater and its seams from the agent configuration."""
-    d = cfg.download
-    root = None if cfg.image_repo is None else cfg.image_repo.root.read_bytes()  # a missing root file fails at start
-
-    @functools.cache
-    def fetcher() -> Fetcher:
-        from agent.fetcher import Fetcher
-
-        return Fetcher(timeout=cfg.download_timeout, min_speed=d.min_speed, grace=d.grace)
-
-    def image_repo() -> ImageRepoClient:
-        from agent.ota.trust import ImageRepoClient
-
-        assert cfg.image_repo is not None and root is not None
-        return ImageRepoClient(
-            metadata_dir=cfg.data_dir / "tuf", metadata_url=cfg.image_repo.url, bootstrap_root=root, fetcher=fetcher()
-        )
-
-    if cfg.image_repo is None:
-        log.warning("no [image_repository] configured: assignments will be rejected (no release signature to check)")
-    h = cfg.health
-    return Updater(
-        device_id=cfg.device_id,
-        arch=cfg.arch,
-        trusted=trusted,
-        store=store,
-        host=host,
-        fetcher=fetcher,  # both built on the first update: an agent restarting onto the models
-        image_repo=None if cfg.image_repo is None else image_repo,  # it has never loads python-tuf
-        report=report,
-        on_change=on_change,
-        threads=cfg.inference_threads,
-        health=HealthPolicy(live_inferences=h.live_inferences, live_window=h.live_window, latency_runs=h.latency_runs),
-        download_attempts=d.attempts,
-    )

@@ -22,12 +22,13 @@ import http.client
 import os
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError, SlowRetrievalError
 from tuf.ngclient import FetcherInterface
+
+from agent.http import ControllerHttp
 
 __all__ = ["DiskFullError", "DownloadError", "Fetcher", "HashError", "LengthError", "SlowRetrievalError"]
 
@@ -48,7 +49,7 @@ Progress = Callable[[int, int], None]
 
 
 class Fetcher(FetcherInterface):
-    """HTTP(S) with urllib; subclasses may override ``_open``."""
+    """HTTP(S) through the agent's client (agent/http.py); subclasses may override ``_open``."""
 
     def __init__(
         self,
@@ -57,27 +58,24 @@ class Fetcher(FetcherInterface):
         min_speed: float = 1024.0,  # bytes per second, average, after the grace period
         grace: float = 3.0,  # seconds before the speed check starts
         chunk_size: int = 16 * 1024,  # bytes
+        http: ControllerHttp | None = None,  # the agent's client (trusts the controller's CA); default: system store
     ) -> None:
+        self.http = http or ControllerHttp(timeout=timeout)
         self.timeout = timeout
         self.min_speed = min_speed
         self.grace = grace
         self.chunk_size = chunk_size
 
     def _open(self, url: str, offset: int = 0) -> http.client.HTTPResponse:
-        headers = {"User-Agent": "edgefleet-agent"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        req = urllib.request.Request(url, headers=headers)  # noqa: S310 - signed URL, http(s) only
-        if req.type not in ("http", "https"):
-            raise DownloadError(f"unsupported URL scheme {req.type!r} in {url}")
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310
+            return self.http.open(url, headers=headers, timeout=self.timeout)
+        except ValueError as exc:
+            raise DownloadError(str(exc)) from None
         except urllib.error.HTTPError as exc:
             raise DownloadHTTPError(f"HTTP {exc.code} for {url}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise DownloadError(f"cannot reach {url}: {exc}") from exc
-        assert isinstance(resp, http.client.HTTPResponse)
-        return resp
 
     def _stream(self, resp: http.client.HTTPResponse, url: str) -> Iterator[bytes]:
         start = time.monotonic()
