@@ -1,0 +1,233 @@
+"""Every route × every caller, with the exact status expected.
+
+``MATRIX`` has one entry per (method, path) of the application's route table:
+the least role the route needs (``PUBLIC`` when anyone may call it) and a
+probe — a concrete request and the status it gets once the caller is let in.
+Callers are anonymous, a device (the only bearer secret a device holds over
+HTTP is its enrolment token, which must not open the API), and one API token
+per role. Expected: ``PUBLIC`` routes answer every caller with the probe's
+status; others answer 401 to anonymous and device, 403 to a role below the
+one needed, and the probe's status to the rest.
+
+A route added to the application without an entry here fails
+``test_every_route_has_an_entry``, which names the role its dependencies
+declare so the entry is easy to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
+from fastapi.testclient import TestClient
+
+from controller.core.roles import Role
+from tests.controller_app import Api, running_api, settings_for
+
+pytestmark = [pytest.mark.integration]
+
+PUBLIC = "public"
+CALLERS = ("anonymous", "device", "viewer", "operator", "approver", "admin")
+
+
+@dataclass(frozen=True)
+class Probe:
+    needs: str  # PUBLIC or a Role value
+    path: str  # concrete; ``{caller}`` and the names in ``Fixture.values`` are filled in
+    ok: int  # the status once the caller is let in
+    json: Any = None
+    content: bytes | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+V, O, A, AD = Role.VIEWER.value, Role.OPERATOR.value, Role.APPROVER.value, Role.ADMIN.value
+CAPTURE = {"samples": [{"id": 1, "sample": {"ts": 1.0, "role": "production", "model": "digits", "version": 1, "inputs": [0]}}]}
+
+MATRIX: dict[tuple[str, str], Probe] = {
+    # documentation and health
+    ("GET", "/openapi.json"): Probe(PUBLIC, "/openapi.json", 200),
+    ("GET", "/docs"): Probe(PUBLIC, "/docs", 200),
+    ("GET", "/docs/oauth2-redirect"): Probe(PUBLIC, "/docs/oauth2-redirect", 200),
+    ("GET", "/redoc"): Probe(PUBLIC, "/redoc", 200),
+    ("GET", "/healthz"): Probe(PUBLIC, "/healthz", 200),
+    # what devices fetch without a token (signed or content-addressed)
+    ("GET", "/v1/bundles/{sha256}"): Probe(PUBLIC, "/v1/bundles/{sha256}", 200),
+    ("GET", "/v1/trust"): Probe(PUBLIC, "/v1/trust", 200),
+    ("GET", "/v1/tuf/metadata/{name}"): Probe(PUBLIC, "/v1/tuf/metadata/timestamp.json", 200),
+    ("POST", "/v1/capture/{device_id}"): Probe(PUBLIC, "/v1/capture/pi-{caller}", 200, json=CAPTURE),
+    ("POST", "/v1/identity/enrol"): Probe(PUBLIC, "/v1/identity/enrol", 403, json={"token": "not-a-token", "csr": "x"}),
+    ("POST", "/v1/identity/renew"): Probe(PUBLIC, "/v1/identity/renew", 422, json={"certificate": "x", "csr": "x"}),
+    ("GET", "/v1/identity/ca"): Probe(PUBLIC, "/v1/identity/ca", 200),
+    ("GET", "/v1/identity/crl"): Probe(PUBLIC, "/v1/identity/crl", 200),
+    # identity administration
+    ("POST", "/v1/identity/tokens"): Probe(O, "/v1/identity/tokens", 201, json={"device_id": "pi-{caller}"}),
+    ("POST", "/v1/identity/devices/{device_id}/revoke"): Probe(AD, "/v1/identity/devices/pi-{caller}/revoke", 200),
+    # API tokens
+    ("GET", "/v1/whoami"): Probe(V, "/v1/whoami", 200),
+    ("POST", "/v1/tokens"): Probe(AD, "/v1/tokens", 201, json={"principal": "new-{caller}", "role": "viewer"}),
+    ("GET", "/v1/tokens"): Probe(AD, "/v1/tokens", 200),
+    ("DELETE", "/v1/tokens/{token_id}"): Probe(AD, "/v1/tokens/{victim}", 200),
+    # models and approvals
+    ("POST", "/v1/models"): Probe(O, "/v1/models", 422, content=b"not a bundle"),
+    ("GET", "/v1/models"): Probe(V, "/v1/models", 200),
+    ("GET", "/v1/models/{name}"): Probe(V, "/v1/models/digits", 200),
+    ("GET", "/v1/models/{name}/versions/{version}"): Probe(V, "/v1/models/digits/versions/1", 200),
+    ("GET", "/v1/models/{name}/versions/{version}/lineage"): Probe(V, "/v1/models/digits/versions/1/lineage", 200),
+    ("GET", "/v1/models/{name}/aliases/{alias}"): Probe(V, "/v1/models/digits/aliases/stable", 200),
+    ("PUT", "/v1/models/{name}/aliases/{alias}"): Probe(O, "/v1/models/digits/aliases/set-{caller}", 200, json={"version": 1}),
+    ("DELETE", "/v1/models/{name}/aliases/{alias}"): Probe(O, "/v1/models/digits/aliases/del-{caller}", 200),
+    ("POST", "/v1/models/{name}/versions/{version}/revoke"): Probe(
+        A, "/v1/models/digits/versions/99/revoke", 404, json={"reason": "matrix"}
+    ),
+    ("GET", "/v1/approvals"): Probe(V, "/v1/approvals", 200),
+    ("POST", "/v1/approvals"): Probe(A, "/v1/approvals", 404, json={"model": "digits", "version": 99, "reason": "matrix"}),
+    # devices
+    ("POST", "/v1/devices"): Probe(O, "/v1/devices", 201, json={"id": "new-{caller}"}),
+    ("GET", "/v1/devices"): Probe(V, "/v1/devices", 200),
+    ("GET", "/v1/devices/{device_id}"): Probe(V, "/v1/devices/pi-{caller}", 200),
+    ("PATCH", "/v1/devices/{device_id}"): Probe(O, "/v1/devices/pi-{caller}", 200, json={"region": "eu"}),
+    ("GET", "/v1/devices/{device_id}/events"): Probe(V, "/v1/devices/pi-{caller}/events", 200),
+    ("GET", "/v1/devices/{device_id}/history"): Probe(V, "/v1/devices/pi-{caller}/history", 200),
+    ("PUT", "/v1/devices/{device_id}/desired"): Probe(
+        O, "/v1/devices/pi-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
+    ),
+    # cohorts
+    ("POST", "/v1/cohorts"): Probe(O, "/v1/cohorts", 201, json={"name": "new-{caller}"}),
+    ("GET", "/v1/cohorts"): Probe(V, "/v1/cohorts", 200),
+    ("GET", "/v1/cohorts/{name}"): Probe(V, "/v1/cohorts/keep-{caller}", 200),
+    ("GET", "/v1/cohorts/{name}/members"): Probe(V, "/v1/cohorts/keep-{caller}/members", 200),
+    ("PATCH", "/v1/cohorts/{name}"): Probe(O, "/v1/cohorts/keep-{caller}", 200, json={"description": "edited"}),
+    ("DELETE", "/v1/cohorts/{name}"): Probe(O, "/v1/cohorts/gone-{caller}", 204),
+    ("PUT", "/v1/cohorts/{name}/desired"): Probe(
+        O, "/v1/cohorts/keep-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
+    ),
+    # audit, telemetry, capture counts
+    ("GET", "/v1/audit"): Probe(V, "/v1/audit", 200),
+    ("GET", "/v1/audit/verify"): Probe(V, "/v1/audit/verify", 200),
+    ("GET", "/v1/audit/state"): Probe(V, "/v1/audit/state", 200, params={"at": "2030-01-01T00:00:00Z", "device": "pi-{caller}"}),
+    ("GET", "/v1/telemetry"): Probe(V, "/v1/telemetry", 200, params={"model": "digits"}),
+    ("GET", "/metrics"): Probe(V, "/metrics", 200),
+    ("GET", "/v1/capture/{device_id}"): Probe(V, "/v1/capture/pi-{caller}", 200),
+}
+
+
+def route_table(app: FastAPI) -> dict[tuple[str, str], str]:
+    """(method, path) of every route the application serves -> the role its dependencies declare."""
+    table: dict[tuple[str, str], str] = {}
+    for ctx in iter_route_contexts(app.routes):
+        methods = ctx.methods or set()
+        dependant = getattr(ctx, "dependant", None)
+        for method in methods - {"HEAD"}:
+            table[(method, str(ctx.path))] = declared_role(dependant)
+    return table
+
+
+def declared_role(dependant: Any) -> str:
+    """The highest ``require_<role>`` found among a route's dependencies, or PUBLIC."""
+    found: list[Role] = []
+
+    def walk(d: Any) -> None:
+        for sub in getattr(d, "dependencies", []):
+            name = getattr(sub.call, "__name__", "")
+            if name.startswith("require_"):
+                found.append(Role(name.removeprefix("require_")))
+            walk(sub)
+
+    walk(dependant)
+    return max(found, key=lambda r: r.rank).value if found else PUBLIC
+
+
+def expected(probe: Probe, caller: str) -> int:
+    if probe.needs == PUBLIC:
+        return probe.ok
+    if caller in ("anonymous", "device"):
+        return 401
+    return probe.ok if Role(caller).allows(Role(probe.needs)) else 403
+
+
+@dataclass
+class Fixture:
+    api: Api
+    clients: dict[str, TestClient]
+    values: dict[str, dict[str, str]]  # caller -> names filled into probe paths and bodies
+
+
+def _fill(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names)
+    if isinstance(value, dict):
+        return {k: _fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    return value
+
+
+def _ok(r: Any, *codes: int) -> Any:
+    assert r.status_code in (codes or (200, 201)), r.text
+    return r.json() if r.content else None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, make_bundle: Callable[..., bytes]) -> Iterator[Fixture]:
+    """One controller (SQLite, no broker) with a model and per-caller devices, cohorts, aliases and tokens."""
+    tmp = tmp_path_factory.mktemp("authz")
+    with running_api(settings_for(tmp, f"sqlite:///{tmp}/authz.db")) as api:
+        admin = api.admin
+        sha = _ok(admin.post("/v1/models", content=make_bundle(1)))["sha256"]
+        _ok(admin.put("/v1/models/digits/aliases/stable", json={"version": 1}))
+        _ok(admin.post("/v1/devices", json={"id": "pi-holder"}))
+        device_token = _ok(admin.post("/v1/identity/tokens", json={"device_id": "pi-holder"}))["token"]
+        clients = {
+            "anonymous": TestClient(api.app),
+            "device": TestClient(api.app, headers={"Authorization": f"Bearer {device_token}"}),
+        }
+        values: dict[str, dict[str, str]] = {}
+        for caller in CALLERS:
+            if caller not in clients:
+                clients[caller] = api.make(f"matrix-{caller}", caller)
+            _ok(admin.post("/v1/devices", json={"id": f"pi-{caller}"}))
+            for name in (f"keep-{caller}", f"gone-{caller}"):
+                _ok(admin.post("/v1/cohorts", json={"name": name}))
+            _ok(admin.put(f"/v1/models/digits/aliases/del-{caller}", json={"version": 1}))
+            victim = _ok(admin.post("/v1/tokens", json={"principal": f"victim-{caller}", "role": "viewer"}))["id"]
+            values[caller] = {"caller": caller, "sha256": sha, "victim": str(victim)}
+        yield Fixture(api, clients, values)
+
+
+def test_every_route_has_an_entry(world: Fixture) -> None:
+    routes = route_table(world.api.app)
+    missing = {k: v for k, v in routes.items() if k not in MATRIX}
+    stale = sorted(set(MATRIX) - set(routes))
+    assert not missing, "routes without an entry in MATRIX (declared role shown): " + ", ".join(
+        f"{m} {p} -> {role}" for (m, p), role in sorted(missing.items())
+    )
+    assert not stale, f"MATRIX entries for routes the application does not serve: {stale}"
+
+
+def test_every_entry_matches_the_role_its_route_declares(world: Fixture) -> None:
+    routes = route_table(world.api.app)
+    wrong = {k: (MATRIX[k].needs, routes[k]) for k in MATRIX if k in routes and routes[k] != MATRIX[k].needs}
+    assert not wrong, f"(method, path): (matrix, declared) differ: {wrong}"
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("route", sorted(MATRIX), ids=lambda k: f"{k[0]} {k[1]}")
+def test_route_answers_each_caller_with_the_exact_status(world: Fixture, route: tuple[str, str], caller: str) -> None:
+    probe = MATRIX[route]
+    names = world.values[caller]
+    r = world.clients[caller].request(
+        route[0],
+        _fill(probe.path, names),
+        json=_fill(probe.json, names),
+        content=probe.content,
+        params=_fill(probe.params, names),
+    )
+    want = expected(probe, caller)
+    assert r.status_code == want, f"{route[0]} {route[1]} as {caller}: expected {want}, got {r.status_code}: {r.text[:300]}"
+    if want == 401:
+        assert r.headers.get("www-authenticate") == "Bearer"
