@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from controller.app import create_app
 from controller.core.config import Settings
+
+log = logging.getLogger("edgefleet.controller")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()  # refuses placeholder secrets and plain HTTP outside development
+    try:
+        settings = Settings()  # refuses placeholder secrets and plain HTTP outside development
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            print(f"edgefleet-controller: refusing to start: {where + ': ' if where else ''}{err['msg']}", file=sys.stderr)
+        return 2
+    for level, line in settings.startup_lines():
+        log.log(level, line)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, **tls_options(settings))
     return 0
 

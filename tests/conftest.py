@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -22,8 +23,48 @@ from firmware_sim.mosquitto import MosquittoProcess
 settings.register_profile("edgefleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("edgefleet")
 
-PG_URL = os.environ.get("EDGEFLEET_TEST_DATABASE_URL", "")
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _find_postgres() -> tuple[str, str]:
+    """The PostgreSQL URL for database tests and a line saying why: set, found at the default address, or absent.
+
+    ``EDGEFLEET_TEST_DATABASE_URL`` wins (``none`` turns PostgreSQL off); otherwise a server answering on
+    127.0.0.1:5432 is used, its ``test`` database created if missing.
+    """
+    env = os.environ.get("EDGEFLEET_TEST_DATABASE_URL")
+    if env and env.lower() != "none":
+        return env, f"database tests: SQLite and PostgreSQL at {env} (EDGEFLEET_TEST_DATABASE_URL)"
+    if env:
+        return "", "database tests: SQLite only (EDGEFLEET_TEST_DATABASE_URL=none)"
+    try:
+        import psycopg
+    except ImportError:
+        return "", "database tests: SQLite ONLY: psycopg is not installed; PostgreSQL-only code is NOT tested."
+    try:
+        psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=2").close()
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            return "", (
+                "database tests: SQLite ONLY: no PostgreSQL answers on 127.0.0.1:5432 "
+                f"({' '.join(str(exc).split())[-120:]}); PostgreSQL-only code is NOT tested. "
+                "Start one or set EDGEFLEET_TEST_DATABASE_URL."
+            )
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2", autocommit=True) as c:
+            c.execute("CREATE DATABASE test")
+    return DEFAULT_PG_URL, f"database tests: SQLite and PostgreSQL at {DEFAULT_PG_URL} (found on the default address)"
+
+
+PG_URL, PG_NOTE = _find_postgres()
 DB_KINDS = ["sqlite", "postgres"] if PG_URL else ["sqlite"]
+
+
+def pytest_report_header() -> str:
+    return PG_NOTE
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(PG_NOTE, yellow=not PG_URL, bold=not PG_URL)
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,24 @@ entry point or by a test and passed to ``create_app``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_TOKENS = {"", "change-me", "changeme", "dev-admin-token"}
+PLACEHOLDER_TOKENS = {"", "change-me", "changeme", "dev-admin-token", "test-admin-token", "admin", "secret", "token"}
+MIN_ADMIN_TOKEN_CHARS = 16  # `openssl rand -hex 24` gives 48
+DEFAULT_ENVIRONMENT: Literal["development", "production"] = "development"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", env_file=".env", extra="ignore")
 
-    environment: str = Field("development", description="development | production")
+    environment: Literal["development", "production"] = Field(
+        DEFAULT_ENVIRONMENT, description="development (placeholders and plain transports allowed) | production"
+    )
     database_url: str = "sqlite:///./edgefleet-data/controller.db"
     data_dir: Path = Path("./edgefleet-data")
     public_url: str = Field("http://127.0.0.1:8000", description="base URL devices download bundles from")
@@ -59,8 +65,13 @@ class Settings(BaseSettings):
             raise ValueError("set both EDGEFLEET_TLS_CERT_FILE and EDGEFLEET_TLS_KEY_FILE, or neither")
         if self.environment == "development":
             return self
-        if self.admin_token in PLACEHOLDER_TOKENS:
+        if self.admin_token.strip().lower() in PLACEHOLDER_TOKENS:
             raise ValueError("EDGEFLEET_ADMIN_TOKEN is a placeholder; set a real secret outside development")
+        if len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"EDGEFLEET_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; "
+                "use a random secret outside development (e.g. `openssl rand -hex 24`)"
+            )
         if self.tls_cert_file is None and not self.tls_offloaded:
             raise ValueError(
                 "the API must be served over TLS outside development: set EDGEFLEET_TLS_CERT_FILE and "
@@ -72,6 +83,27 @@ class Settings(BaseSettings):
             if key is not None:
                 _check_private(key, name)
         return self
+
+    def startup_lines(self) -> list[tuple[int, str]]:
+        """(log level, line) said once at start: the environment and whether it was chosen or defaulted."""
+        chosen = "environment" in self.model_fields_set
+        how = "set by EDGEFLEET_ENVIRONMENT" if chosen else "the default: EDGEFLEET_ENVIRONMENT is not set"
+        lines = [(logging.INFO, f"environment: {self.environment} ({how})")]
+        if self.environment == "development":
+            weak = [
+                *(["the admin token is the well-known placeholder"] if self.admin_token in PLACEHOLDER_TOKENS else []),
+                *(["the API is plain HTTP"] if self.tls_cert_file is None and not self.tls_offloaded else []),
+                *(["the broker connection has no TLS"] if not self.broker_tls else []),
+            ]
+            if weak:
+                lines.append(
+                    (
+                        logging.WARNING,
+                        "development mode: " + "; ".join(weak) + ". Never expose this controller; "
+                        "set EDGEFLEET_ENVIRONMENT=production for a deployment (it refuses placeholders and plain transports)",
+                    )
+                )
+        return lines
 
     @property
     def ca_dir(self) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,7 +44,7 @@ class Probe:
     params: dict[str, str] = field(default_factory=dict)
 
 
-V, O, A, AD = Role.VIEWER.value, Role.OPERATOR.value, Role.APPROVER.value, Role.ADMIN.value
+VIEW, OPER, APPR, ADMIN = Role.VIEWER.value, Role.OPERATOR.value, Role.APPROVER.value, Role.ADMIN.value
 CAPTURE = {"samples": [{"id": 1, "sample": {"ts": 1.0, "role": "production", "model": "digits", "version": 1, "inputs": [0]}}]}
 
 MATRIX: dict[tuple[str, str], Probe] = {
@@ -65,54 +64,56 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("GET", "/v1/identity/ca"): Probe(PUBLIC, "/v1/identity/ca", 200),
     ("GET", "/v1/identity/crl"): Probe(PUBLIC, "/v1/identity/crl", 200),
     # identity administration
-    ("POST", "/v1/identity/tokens"): Probe(O, "/v1/identity/tokens", 201, json={"device_id": "pi-{caller}"}),
-    ("POST", "/v1/identity/devices/{device_id}/revoke"): Probe(AD, "/v1/identity/devices/pi-{caller}/revoke", 200),
+    ("POST", "/v1/identity/tokens"): Probe(OPER, "/v1/identity/tokens", 201, json={"device_id": "pi-{caller}"}),
+    ("POST", "/v1/identity/devices/{device_id}/revoke"): Probe(ADMIN, "/v1/identity/devices/pi-{caller}/revoke", 200),
     # API tokens
-    ("GET", "/v1/whoami"): Probe(V, "/v1/whoami", 200),
-    ("POST", "/v1/tokens"): Probe(AD, "/v1/tokens", 201, json={"principal": "new-{caller}", "role": "viewer"}),
-    ("GET", "/v1/tokens"): Probe(AD, "/v1/tokens", 200),
-    ("DELETE", "/v1/tokens/{token_id}"): Probe(AD, "/v1/tokens/{victim}", 200),
+    ("GET", "/v1/whoami"): Probe(VIEW, "/v1/whoami", 200),
+    ("POST", "/v1/tokens"): Probe(ADMIN, "/v1/tokens", 201, json={"principal": "new-{caller}", "role": "viewer"}),
+    ("GET", "/v1/tokens"): Probe(ADMIN, "/v1/tokens", 200),
+    ("DELETE", "/v1/tokens/{token_id}"): Probe(ADMIN, "/v1/tokens/{victim}", 200),
     # models and approvals
-    ("POST", "/v1/models"): Probe(O, "/v1/models", 422, content=b"not a bundle"),
-    ("GET", "/v1/models"): Probe(V, "/v1/models", 200),
-    ("GET", "/v1/models/{name}"): Probe(V, "/v1/models/digits", 200),
-    ("GET", "/v1/models/{name}/versions/{version}"): Probe(V, "/v1/models/digits/versions/1", 200),
-    ("GET", "/v1/models/{name}/versions/{version}/lineage"): Probe(V, "/v1/models/digits/versions/1/lineage", 200),
-    ("GET", "/v1/models/{name}/aliases/{alias}"): Probe(V, "/v1/models/digits/aliases/stable", 200),
-    ("PUT", "/v1/models/{name}/aliases/{alias}"): Probe(O, "/v1/models/digits/aliases/set-{caller}", 200, json={"version": 1}),
-    ("DELETE", "/v1/models/{name}/aliases/{alias}"): Probe(O, "/v1/models/digits/aliases/del-{caller}", 200),
+    ("POST", "/v1/models"): Probe(OPER, "/v1/models", 422, content=b"not a bundle"),
+    ("GET", "/v1/models"): Probe(VIEW, "/v1/models", 200),
+    ("GET", "/v1/models/{name}"): Probe(VIEW, "/v1/models/digits", 200),
+    ("GET", "/v1/models/{name}/versions/{version}"): Probe(VIEW, "/v1/models/digits/versions/1", 200),
+    ("GET", "/v1/models/{name}/versions/{version}/lineage"): Probe(VIEW, "/v1/models/digits/versions/1/lineage", 200),
+    ("GET", "/v1/models/{name}/aliases/{alias}"): Probe(VIEW, "/v1/models/digits/aliases/stable", 200),
+    ("PUT", "/v1/models/{name}/aliases/{alias}"): Probe(OPER, "/v1/models/digits/aliases/set-{caller}", 200, json={"version": 1}),
+    ("DELETE", "/v1/models/{name}/aliases/{alias}"): Probe(OPER, "/v1/models/digits/aliases/del-{caller}", 200),
     ("POST", "/v1/models/{name}/versions/{version}/revoke"): Probe(
-        A, "/v1/models/digits/versions/99/revoke", 404, json={"reason": "matrix"}
+        APPR, "/v1/models/digits/versions/99/revoke", 404, json={"reason": "matrix"}
     ),
-    ("GET", "/v1/approvals"): Probe(V, "/v1/approvals", 200),
-    ("POST", "/v1/approvals"): Probe(A, "/v1/approvals", 404, json={"model": "digits", "version": 99, "reason": "matrix"}),
+    ("GET", "/v1/approvals"): Probe(VIEW, "/v1/approvals", 200),
+    ("POST", "/v1/approvals"): Probe(APPR, "/v1/approvals", 404, json={"model": "digits", "version": 99, "reason": "matrix"}),
     # devices
-    ("POST", "/v1/devices"): Probe(O, "/v1/devices", 201, json={"id": "new-{caller}"}),
-    ("GET", "/v1/devices"): Probe(V, "/v1/devices", 200),
-    ("GET", "/v1/devices/{device_id}"): Probe(V, "/v1/devices/pi-{caller}", 200),
-    ("PATCH", "/v1/devices/{device_id}"): Probe(O, "/v1/devices/pi-{caller}", 200, json={"region": "eu"}),
-    ("GET", "/v1/devices/{device_id}/events"): Probe(V, "/v1/devices/pi-{caller}/events", 200),
-    ("GET", "/v1/devices/{device_id}/history"): Probe(V, "/v1/devices/pi-{caller}/history", 200),
+    ("POST", "/v1/devices"): Probe(OPER, "/v1/devices", 201, json={"id": "new-{caller}"}),
+    ("GET", "/v1/devices"): Probe(VIEW, "/v1/devices", 200),
+    ("GET", "/v1/devices/{device_id}"): Probe(VIEW, "/v1/devices/pi-{caller}", 200),
+    ("PATCH", "/v1/devices/{device_id}"): Probe(OPER, "/v1/devices/pi-{caller}", 200, json={"region": "eu"}),
+    ("GET", "/v1/devices/{device_id}/events"): Probe(VIEW, "/v1/devices/pi-{caller}/events", 200),
+    ("GET", "/v1/devices/{device_id}/history"): Probe(VIEW, "/v1/devices/pi-{caller}/history", 200),
     ("PUT", "/v1/devices/{device_id}/desired"): Probe(
-        O, "/v1/devices/pi-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
+        OPER, "/v1/devices/pi-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
     ),
     # cohorts
-    ("POST", "/v1/cohorts"): Probe(O, "/v1/cohorts", 201, json={"name": "new-{caller}"}),
-    ("GET", "/v1/cohorts"): Probe(V, "/v1/cohorts", 200),
-    ("GET", "/v1/cohorts/{name}"): Probe(V, "/v1/cohorts/keep-{caller}", 200),
-    ("GET", "/v1/cohorts/{name}/members"): Probe(V, "/v1/cohorts/keep-{caller}/members", 200),
-    ("PATCH", "/v1/cohorts/{name}"): Probe(O, "/v1/cohorts/keep-{caller}", 200, json={"description": "edited"}),
-    ("DELETE", "/v1/cohorts/{name}"): Probe(O, "/v1/cohorts/gone-{caller}", 204),
+    ("POST", "/v1/cohorts"): Probe(OPER, "/v1/cohorts", 201, json={"name": "new-{caller}"}),
+    ("GET", "/v1/cohorts"): Probe(VIEW, "/v1/cohorts", 200),
+    ("GET", "/v1/cohorts/{name}"): Probe(VIEW, "/v1/cohorts/keep-{caller}", 200),
+    ("GET", "/v1/cohorts/{name}/members"): Probe(VIEW, "/v1/cohorts/keep-{caller}/members", 200),
+    ("PATCH", "/v1/cohorts/{name}"): Probe(OPER, "/v1/cohorts/keep-{caller}", 200, json={"description": "edited"}),
+    ("DELETE", "/v1/cohorts/{name}"): Probe(OPER, "/v1/cohorts/gone-{caller}", 204),
     ("PUT", "/v1/cohorts/{name}/desired"): Probe(
-        O, "/v1/cohorts/keep-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
+        OPER, "/v1/cohorts/keep-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
     ),
     # audit, telemetry, capture counts
-    ("GET", "/v1/audit"): Probe(V, "/v1/audit", 200),
-    ("GET", "/v1/audit/verify"): Probe(V, "/v1/audit/verify", 200),
-    ("GET", "/v1/audit/state"): Probe(V, "/v1/audit/state", 200, params={"at": "2030-01-01T00:00:00Z", "device": "pi-{caller}"}),
-    ("GET", "/v1/telemetry"): Probe(V, "/v1/telemetry", 200, params={"model": "digits"}),
-    ("GET", "/metrics"): Probe(V, "/metrics", 200),
-    ("GET", "/v1/capture/{device_id}"): Probe(V, "/v1/capture/pi-{caller}", 200),
+    ("GET", "/v1/audit"): Probe(VIEW, "/v1/audit", 200),
+    ("GET", "/v1/audit/verify"): Probe(VIEW, "/v1/audit/verify", 200),
+    ("GET", "/v1/audit/state"): Probe(
+        VIEW, "/v1/audit/state", 200, params={"at": "2030-01-01T00:00:00Z", "device": "pi-{caller}"}
+    ),
+    ("GET", "/v1/telemetry"): Probe(VIEW, "/v1/telemetry", 200, params={"model": "digits"}),
+    ("GET", "/metrics"): Probe(VIEW, "/metrics", 200),
+    ("GET", "/v1/capture/{device_id}"): Probe(VIEW, "/v1/capture/pi-{caller}", 200),
 }
 
 

@@ -128,7 +128,7 @@ def test_settings_refuse_insecure_production(tmp_path: Path) -> None:
     os.chmod(key, 0o600)
     secure = {
         "environment": "production",
-        "admin_token": "a-real-secret",
+        "admin_token": "a-real-secret-of-some-length",
         "tls_cert_file": tmp_path / "c.pem",
         "tls_key_file": key,
         "broker_tls": True,
