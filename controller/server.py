@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edgefleet-controller", description="edgefleet controller (settings from EDGEFLEET_* env)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--fd", type=int, default=None, help="serve on this inherited, already bound socket (host and port ignored)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for level, line in settings.startup_lines():
         log.log(level, line)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, **tls_options(settings))
+    bind: dict[str, Any] = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
+    uvicorn.run(create_app(settings), log_level=args.log_level, **bind, **tls_options(settings))
     return 0
 
 

@@ -63,11 +63,15 @@ def run_outage(workdir: Path, *, window_s: float = 0.5, down_windows: int = 6, d
         if not _wait(lambda: len(receiver.snapshot()) >= 3, 30):
             raise RuntimeError(f"no telemetry before the outage; agent log:\n{agents[0].log()[-2000:]}")
         broker.stop()
-        time.sleep(down_windows * window_s)
+        # The outage lasts until the agent has queued down_windows windows on disk, then it is killed.
+        if not _wait(lambda: len(queued_seqs(data_dir)) >= down_windows, 30 + down_windows * window_s):
+            raise RuntimeError(f"the agent queued {len(queued_seqs(data_dir))} windows during the outage")
         agents[0].kill()
         before_kill = queued_seqs(data_dir)
         agents.append(start_agent(workdir, device, config_path=cfg))
-        time.sleep(down_windows * window_s)
+        # ... and goes on until the restarted agent has queued down_windows more.
+        if not _wait(lambda: len(queued_seqs(data_dir) - before_kill) >= down_windows, 60 + down_windows * window_s):
+            raise RuntimeError(f"the restarted agent queued {len(queued_seqs(data_dir) - before_kill)} windows")
         during = before_kill | queued_seqs(data_dir)
         broker.start()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from firmware_sim.mosquitto import free_port
+from firmware_sim.mosquitto import listening_socket
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,10 +59,12 @@ class Proc:
             return ""
 
 
-def _spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
+def _spawn(name: str, args: list[str], log_path: Path, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> Proc:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=_env(env), cwd=REPO)
+        popen = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=_env(env), cwd=REPO, pass_fds=pass_fds
+        )
     return Proc(name, popen, log_path)
 
 
@@ -96,7 +98,8 @@ def start_controller(
     timeout: float = 30.0,
     env: dict[str, str] | None = None,  # more EDGEFLEET_* settings (e.g. broker mTLS)
 ) -> ControllerProc:
-    port = free_port()
+    sock = listening_socket()  # bound here and inherited: the port cannot be taken before the controller serves
+    port = int(sock.getsockname()[1])
     data_dir = workdir / "controller"
     env = {
         "EDGEFLEET_DATA_DIR": str(data_dir),
@@ -107,7 +110,12 @@ def start_controller(
         "EDGEFLEET_ADMIN_TOKEN": token,
         **(env or {}),
     }
-    p = _spawn("controller", ["-m", "controller", "--port", str(port), "--log-level", "warning"], workdir / "controller.log", env)
+    fd = sock.fileno()
+    try:
+        args = ["-m", "controller", "--fd", str(fd), "--log-level", "warning"]
+        p = _spawn("controller", args, workdir / "controller.log", env, (fd,))
+    finally:
+        sock.close()
     proc = ControllerProc(p.name, p.popen, p.log_path, url=f"http://127.0.0.1:{port}", token=token, data_dir=data_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,13 +17,13 @@ class Watcher:
         self._cond = threading.Condition()
         self._ready = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        c.on_connect = lambda cl, *_: (cl.subscribe([(t, 1) for t in topics]), self._ready.set())
+        c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in topics])
+        c.on_subscribe = lambda *_: self._ready.set()  # the SUBACK: from here on nothing published is missed
         c.on_message = self._on_message
         c.connect(host, port)
         c.loop_start()
         if not self._ready.wait(10):
-            raise TimeoutError("watcher could not connect")
-        time.sleep(0.2)  # let the SUBACK arrive
+            raise TimeoutError("watcher could not connect and subscribe")
         self.client = c
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:

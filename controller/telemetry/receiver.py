@@ -60,7 +60,8 @@ class ControllerMqtt:
         self._on_malformed = on_malformed
         self.malformed = 0
         self.received = 0
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # connected and every subscription acknowledged (SUBACK)
+        self._sub_mid: int | None = None
         self._stopping = False
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -72,6 +73,7 @@ class ControllerMqtt:
         c.enable_logger(_PAHO_LOG)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         if tls is not None:
             c.tls_set_context(tls)
@@ -112,10 +114,19 @@ class ControllerMqtt:
         if reason.is_failure:
             log.error("broker refused the controller: %s", reason)
             return
-        for kind in self._kinds:
-            client.subscribe(fleet_filter(kind, shared=True), qos=1)
-        self.connected.set()
         log.info("controller connected to broker %s:%s", self._host, self._port)
+        if not self._kinds:
+            self.connected.set()
+            return
+        _, self._sub_mid = client.subscribe([(fleet_filter(kind, shared=True), 1) for kind in self._kinds])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
+        if mid != self._sub_mid:
+            return
+        if any(r.is_failure for r in reasons):
+            log.error("broker refused the controller's subscriptions: %s", [str(r) for r in reasons])
+            return
+        self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         self.connected.clear()

@@ -25,7 +25,7 @@ from controller.app import create_app
 from controller.core.config import Settings
 from controller.identity.pki import DeviceCA, key_pem, new_key
 from controller.server import tls_options
-from firmware_sim.mosquitto import free_port
+from firmware_sim.mosquitto import listening_socket
 
 pytestmark = [pytest.mark.integration]
 TOKEN = "enrolment-test-admin-token"
@@ -63,10 +63,11 @@ def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
 
 def serve(settings: Settings) -> tuple[str, Callable[[], None]]:
     """The controller app in uvicorn on a free port, with the server entry point's TLS options."""
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", **tls_options(settings))
+    sock = listening_socket()  # the kernel's port, held until uvicorn serves on this very socket
+    port = int(sock.getsockname()[1])
+    config = uvicorn.Config(create_app(settings), log_level="warning", **tls_options(settings))
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
@@ -76,6 +77,7 @@ def serve(settings: Settings) -> tuple[str, Callable[[], None]]:
     def stop() -> None:
         server.should_exit = True
         thread.join(10)
+        sock.close()
 
     scheme = "https" if settings.tls_cert_file else "http"
     return f"{scheme}://127.0.0.1:{port}", stop

@@ -84,8 +84,7 @@ def replicas(engine, mosquitto):
         tele.start()
         m.start()
         assert m.connected.wait(10)
-        made.append((metrics, tele, m))
-    time.sleep(0.3)  # SUBACKs
+        made.append((metrics, tele, m))  # connected = subscriptions acknowledged
     yield made
     for _, tele, m in made:
         tele.stop()
@@ -144,7 +143,8 @@ def test_windows_are_deduped_validated_and_merged_exactly_across_replicas(engine
     wait_until(lambda: total(replicas, "telemetry", "malformed") >= 5, what="malformed counted")
     wait_until(lambda: total(replicas, "telemetry", "duplicate") >= 6, what="duplicates counted")
     wait_until(lambda: total(replicas, "telemetry", "unknown_device") >= 1, what="unknown device counted")
-    time.sleep(0.3)
+    outcomes = ("accepted", "duplicate", "malformed", "unknown_device")
+    wait_until(lambda: sum(total(replicas, "telemetry", o) for o in outcomes) >= 36, what="all 36 messages handled")
     assert total(replicas, "telemetry", "accepted") == 24
     # All 5 refused by the MQTT consumer's protocol validation (shared.messages.Telemetry.read): bad JSON,
     # device_id mismatch, a float count, a summary without model, a latency list of the wrong length.

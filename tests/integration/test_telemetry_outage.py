@@ -16,8 +16,8 @@ WINDOW_S = 0.5
 def test_windows_survive_broker_outage_and_agent_sigkill(tmp_path):
     r = run_outage(tmp_path, window_s=WINDOW_S, down_windows=6)
     assert r.drained, f"missing {sorted(r.stored_during_outage - r.windows.keys())}; log:\n{r.log_tail}"
-    assert len(r.stored_before_kill) >= 4, "the outage did not leave windows queued before the kill"
-    assert len(r.stored_during_outage) >= len(r.stored_before_kill) + 4, "the restarted agent queued nothing"
+    assert len(r.stored_before_kill) >= 6, "the outage did not leave windows queued before the kill"
+    assert len(r.stored_during_outage) >= len(r.stored_before_kill) + 6, "the restarted agent queued too little"
     assert r.malformed == 0
     assert r.agents_alive_at_end
     # Exactly once after dedupe by seq: one seq per (boot, window index), no gaps within a boot.
