@@ -13,10 +13,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from controller import __version__
+from controller.api import problems
 from controller.api.routes import (
     approvals,
     audit,
@@ -30,7 +30,7 @@ from controller.api.routes import (
     tokens,
     tuf,
 )
-from controller.api.schemas import ErrorMessage, ValidationErrors
+from controller.api.schemas import Problem
 from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
 from controller.core.leader import Leader
@@ -62,11 +62,11 @@ ROUTERS = [
 _KINDS = ("status", "events", "telemetry")
 # Documented on every operation so clients (and the schemathesis test) know the error shapes.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorMessage, "description": "missing, unknown or revoked API token"},
-    403: {"model": ErrorMessage, "description": "the token's role does not allow this"},
-    404: {"model": ErrorMessage, "description": "no such resource"},
-    409: {"model": ErrorMessage, "description": "refused by a rule (e.g. not approved, revoked, below the floor)"},
-    422: {"model": ValidationErrors | ErrorMessage, "description": "invalid request"},
+    401: {"model": Problem, "description": "missing, unknown or revoked API token"},
+    403: {"model": Problem, "description": "the token's role does not allow this"},
+    404: {"model": Problem, "description": "no such resource"},
+    409: {"model": Problem, "description": "refused by a rule (e.g. not approved, revoked, below the floor)"},
+    422: {"model": Problem, "description": "invalid request (``errors`` lists each field and its problem)"},
 }
 
 
@@ -137,9 +137,11 @@ def create_app(settings: Settings) -> FastAPI:
     for r in ROUTERS:
         app.include_router(r, responses=ERROR_RESPONSES)
 
+    problems.install(app)
+
     @app.exception_handler(RegistryError)
-    async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    async def registry_error(request: Request, exc: RegistryError) -> problems.ProblemResponse:
+        return problems.respond(problems.problem(exc.status, str(exc), request.url.path))
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -12,22 +12,27 @@ from controller.core.roles import Role
 from controller.fleet.cohorts import parse_version_spec
 
 
-class ErrorMessage(SQLModel):
-    """Every error the handlers raise: what was wrong and, where useful, what to do."""
+class FieldProblem(SQLModel):
+    """One invalid field of a request: ``field`` (e.g. ``tags[0]``) and what is wrong with it."""
 
-    detail: str
-
-
-class ValidationErrorItem(SQLModel):
+    field: str
+    problem: str
     loc: list[str | int]
-    msg: str
     type: str
 
 
-class ValidationErrors(SQLModel):
-    """Request validation errors found by FastAPI before a handler runs."""
+class Problem(SQLModel):
+    """RFC 9457 problem details: the one shape of every 4xx/5xx answer (``application/problem+json``)."""
 
-    detail: list[ValidationErrorItem]
+    type: str = Field(default="about:blank", description="a URI naming the problem; about:blank: see status and title")
+    title: str = Field(description="the HTTP status phrase", schema_extra={"examples": ["Conflict"]})
+    status: int = Field(description="the HTTP status code", schema_extra={"examples": [409]})
+    detail: str = Field(
+        description="what was wrong and, where useful, what to do",
+        schema_extra={"examples": ["digits v3 is not approved; approve it before assigning it beyond canary"]},
+    )
+    instance: str | None = Field(default=None, description="the request path", schema_extra={"examples": ["/v1/approvals"]})
+    errors: list[FieldProblem] | None = Field(default=None, description="request validation errors, one per field")
 
 
 _TAG = r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,63}$"
@@ -79,6 +84,7 @@ class DevicePublic(SQLModel):
     last_seen: datetime | None
     desired: dict[str, Any]
     actual: dict[str, Any]
+    why: str = Field(default="", description="empty when the device runs what it should; else why not (offline, its last error)")
 
 
 class AssignmentRequest(SQLModel):

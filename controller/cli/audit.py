@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, console, out
+from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, out, say
 
 app = typer.Typer(help="Audit log: entries, verification, what ran where.", no_args_is_help=True)
 
@@ -52,13 +51,13 @@ def audit_verify(
         if not rows or rows[0]["seq"] != seq or rows[0]["hash"] != expect_head:
             problems.append(f"entry {seq} does not have the expected hash {expect_head[:16]}… (chain rewritten?)")
     if as_json:
-        console.print_json(json.dumps({**v, "ok": not problems, "problems": problems}))
+        out({**v, "ok": not problems, "problems": problems}, True)
     elif problems:
-        console.print(f"[red]audit chain BROKEN ({v['entries']} entries):[/red]")
+        say(f"audit chain BROKEN ({v['entries']} entries):", style="red")
         for p in problems:
-            console.print(f"  - {p}")
+            say(f"  - {p}")
     else:
-        console.print(f"audit chain ok: {v['entries']} entries, head {v['head_seq']} {v['head_hash']}")
+        say(f"audit chain ok: {v['entries']} entries, head {v['head_seq']} {v['head_hash']}")
     if problems:
         raise typer.Exit(4)
 

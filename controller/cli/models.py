@@ -8,7 +8,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from controller.cli.common import DEFAULT_URL, JsonOpt, ReasonOpt, TokenOpt, UrlOpt, call, console, out
+from controller.cli.common import (
+    DEFAULT_URL,
+    JsonOpt,
+    ReasonOpt,
+    TokenOpt,
+    UrlOpt,
+    call,
+    call_pages,
+    out,
+    read_file,
+    resolve_version,
+)
 
 app = typer.Typer(help="Model registry: push, approve, alias, revoke, lineage.", no_args_is_help=True)
 
@@ -16,13 +27,14 @@ app = typer.Typer(help="Model registry: push, approve, alias, revoke, lineage.",
 @app.command("push")
 def models_push(bundle: Path, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
     """Upload a model bundle (refused unless its golden vectors reproduce on the controller)."""
-    mv = call(url, token, "POST", "/v1/models", content=bundle.read_bytes(), headers={"Content-Type": "application/x-tar"})
+    data = read_file(bundle, "bundle")
+    mv = call(url, token, "POST", "/v1/models", content=data, headers={"Content-Type": "application/x-tar"})
     out(mv, as_json, text=f"registered {mv['name']} v{mv['version']} ({mv['sha256'][:12]})")
 
 
 @app.command("list")
 def models_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
-    rows = call(url, token, "GET", "/v1/models")
+    rows = call_pages(url, token, "/v1/models")
     t = Table("name", "version", "label", "runtime", "sha256", "approved by", "revoked")
     for r in rows:
         t.add_row(
@@ -46,8 +58,10 @@ def models_show(name: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_j
 
 
 @app.command("lineage")
-def models_lineage(name: str, version: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
-    rows = call(url, token, "GET", f"/v1/models/{name}/versions/{version}/lineage")
+def models_lineage(name: str, version: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
+    """VERSION and its registered ancestors (VERSION may be an alias such as production)."""
+    v = resolve_version(url, token, name, version)
+    rows = call_pages(url, token, f"/v1/models/{name}/versions/{v}/lineage")
     t = Table("version", "parent", "dataset", "code", "metrics", "registered by", "approved by")
     for r in rows:
         lin = r["lineage"]
@@ -64,16 +78,19 @@ def models_lineage(name: str, version: int, url: UrlOpt = DEFAULT_URL, token: To
 
 
 @app.command("approve")
-def models_approve(name: str, version: int, reason: ReasonOpt, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "") -> None:
+def models_approve(
+    name: str, version: str, reason: ReasonOpt, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False
+) -> None:
     """Approve a version for use beyond canary (approver role; not the one who registered it)."""
-    call(url, token, "POST", "/v1/approvals", json={"model": name, "version": version, "reason": reason})
-    console.print(f"approved {name} v{version}")
+    v = resolve_version(url, token, name, version)
+    mv = call(url, token, "POST", "/v1/approvals", json={"model": name, "version": v, "reason": reason})
+    out(mv, as_json, text=f"approved {name} v{v}")
 
 
 @app.command("pending")
 def models_pending(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
     """Versions waiting for approval."""
-    rows = call(url, token, "GET", "/v1/approvals")
+    rows = call_pages(url, token, "/v1/approvals")
     t = Table("name", "version", "registered by", "created")
     for r in rows:
         t.add_row(r["name"], str(r["version"]), r["registered_by"], r["created_at"])
@@ -82,15 +99,25 @@ def models_pending(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: Jso
 
 @app.command("alias")
 def models_alias(
-    name: str, alias: str, version: int, reason: ReasonOpt = "", url: UrlOpt = DEFAULT_URL, token: TokenOpt = ""
+    name: str,
+    alias: str,
+    version: str,
+    reason: ReasonOpt = "",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = "",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Point ALIAS (production, candidate, ...) at VERSION."""
-    call(url, token, "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version, "reason": reason})
-    console.print(f"{name}@{alias} -> v{version}")
+    """Point ALIAS (production, candidate, ...) at VERSION (a number or another alias)."""
+    v = resolve_version(url, token, name, version)
+    r = call(url, token, "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": v, "reason": reason})
+    out(r, as_json, text=f"{name}@{alias} -> v{v}")
 
 
 @app.command("revoke")
-def models_revoke(name: str, version: int, reason: ReasonOpt, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "") -> None:
+def models_revoke(
+    name: str, version: str, reason: ReasonOpt, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False
+) -> None:
     """Revoke a version; the version floor rises above it."""
-    m = call(url, token, "POST", f"/v1/models/{name}/versions/{version}/revoke", json={"reason": reason})
-    console.print(f"revoked {name} v{version}; floor is now v{m['floor']}")
+    v = resolve_version(url, token, name, version)
+    m = call(url, token, "POST", f"/v1/models/{name}/versions/{v}/revoke", json={"reason": reason})
+    out(m, as_json, text=f"revoked {name} v{v}; floor is now v{m['floor']}")

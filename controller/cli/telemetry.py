@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, out
+from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call_pages, out
 
 
 def telemetry(
@@ -22,7 +22,7 @@ def telemetry(
     """Aggregated telemetry windows for a model (fleet-wide or per cohort)."""
     params: dict[str, Any] = {"model": model, "cohort": cohort}
     params.update({k: v for k, v in (("version", version), ("role", role)) if v is not None})
-    rows = call(url, token, "GET", "/v1/telemetry", params=params)
+    rows = call_pages(url, token, "/v1/telemetry", params)
     t = Table("window", "version", "role", "devices·windows", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms")
     for r in rows:
         t.add_row(

@@ -1,4 +1,4 @@
-"""``edgefleet tokens ...``: aPI tokens (admin)."""
+"""``edgefleet tokens ...``: API tokens (admin)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, console, out
+from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, call_pages, out
 
 app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def tokens_create(
 
 @app.command("list")
 def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
-    rows = call(url, token, "GET", "/v1/tokens")
+    rows = call_pages(url, token, "/v1/tokens")
     t = Table("id", "principal", "role", "label", "created by", "revoked")
     for r in rows:
         t.add_row(str(r["id"]), r["principal"], r["role"], r["label"], r["created_by"], r["revoked_at"] or "")
@@ -36,11 +36,12 @@ def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOp
 
 
 @app.command("revoke")
-def tokens_revoke(token_id: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "") -> None:
-    call(url, token, "DELETE", f"/v1/tokens/{token_id}")
-    console.print(f"revoked token {token_id}")
+def tokens_revoke(token_id: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
+    r = call(url, token, "DELETE", f"/v1/tokens/{token_id}")
+    out(r, as_json, text=f"revoked token {token_id}")
 
 
-def whoami(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "") -> None:
+def whoami(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
+    """Who the token belongs to and its role."""
     me = call(url, token, "GET", "/v1/whoami")
-    console.print(f"{me['principal']} ({me['role']})")
+    out(me, as_json, text=f"{me['principal']} ({me['role']})")

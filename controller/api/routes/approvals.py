@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, status
 from sqlmodel import col, select
 
 from controller.api.deps import Approver, RegistryDep, SessionDep, needs
+from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import ApprovalRequest, ModelVersionPublic
 from controller.core.roles import Role
 from controller.core.tables import ModelVersion
@@ -18,9 +19,9 @@ from controller.core.tables import ModelVersion
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"], dependencies=[needs(Role.VIEWER)])
 
 
-@router.get("", response_model=list[ModelVersionPublic])
+@router.get("", response_model=list[ModelVersionPublic], responses=PAGED)
 def list_approvals(
-    session: SessionDep, state: Annotated[str, Query(pattern=r"^(pending|approved)$")] = "pending"
+    session: SessionDep, page: PageDep, state: Annotated[str, Query(pattern=r"^(pending|approved)$")] = "pending"
 ) -> list[ModelVersion]:
     """Versions waiting for approval (``state=pending``, not revoked) or already approved."""
     q = select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))
@@ -28,7 +29,7 @@ def list_approvals(
         q = q.where(col(ModelVersion.approved_by).is_(None), col(ModelVersion.revoked).is_(False))
     else:
         q = q.where(col(ModelVersion.approved_by).is_not(None))
-    return list(session.exec(q).all())
+    return page.rows(session, q)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic)

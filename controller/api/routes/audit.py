@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from sqlmodel import col, select
 
 from controller.api.deps import SessionDep, needs
+from controller.api.paging import PAGED, PageDep
 from controller.api.routes.cohorts import get_cohort
 from controller.api.schemas import AuditPublic, AuditVerification, RoleState, StateAt
 from controller.core import audit
@@ -19,24 +20,24 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[needs(Role.
 MAX_STATE_DEVICES = 10_000
 
 
-@router.get("", response_model=list[AuditPublic])
+@router.get("", response_model=list[AuditPublic], responses=PAGED)
 def list_entries(
     session: SessionDep,
+    page: PageDep,
     subject: Annotated[str | None, Query(max_length=256)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntry]:
     """Entries in order, from ``after`` (a seq) on; filter by subject (e.g. ``device:pi-1``), action, actor."""
-    q = select(AuditEntry).where(col(AuditEntry.seq) > after).order_by(col(AuditEntry.seq)).limit(limit)
+    q = select(AuditEntry).where(col(AuditEntry.seq) > after).order_by(col(AuditEntry.seq))
     if subject is not None:
         q = q.where(AuditEntry.subject == subject)
     if action is not None:
         q = q.where(AuditEntry.action == action)
     if actor is not None:
         q = q.where(AuditEntry.actor == actor)
-    return list(session.exec(q).all())
+    return page.rows(session, q)
 
 
 @router.get("/verify", response_model=AuditVerification)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from sqlmodel import col, select
 
 from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.paging import PAGED, Page, PageDep, page_params
 from controller.api.schemas import AssignmentRequest, CohortCreate, CohortPublic, CohortUpdate
 from controller.core import audit
 from controller.core.roles import Role
@@ -65,9 +66,9 @@ def create_cohort(body: CohortCreate, session: SessionDep, me: Operator) -> Coho
     return public(session, c)
 
 
-@router.get("", response_model=list[CohortPublic])
-def list_cohorts(session: SessionDep) -> list[CohortPublic]:
-    return [public(session, c) for c in session.exec(select(Cohort).order_by(col(Cohort.name))).all()]
+@router.get("", response_model=list[CohortPublic], responses=PAGED)
+def list_cohorts(session: SessionDep, page: PageDep) -> list[CohortPublic]:
+    return [public(session, c) for c in page.rows(session, select(Cohort).order_by(col(Cohort.name)))]
 
 
 @router.get("/{name}", response_model=CohortPublic)
@@ -75,10 +76,10 @@ def show_cohort(name: CohortName, session: SessionDep) -> CohortPublic:
     return public(session, get_cohort(session, name))
 
 
-@router.get("/{name}/members", response_model=list[str])
-def cohort_members(name: CohortName, session: SessionDep) -> list[str]:
+@router.get("/{name}/members", response_model=list[str], responses=PAGED)
+def cohort_members(name: CohortName, session: SessionDep, page: Annotated[Page, page_params(1000, 10_000)]) -> list[str]:
     """Ids of the enrolled devices in the cohort now (static members and filter matches)."""
-    return members(session, get_cohort(session, name))
+    return page.slice(members(session, get_cohort(session, name)))
 
 
 @router.patch("/{name}", response_model=CohortPublic)

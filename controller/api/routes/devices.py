@@ -12,18 +12,18 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlmodel import col, select
 
 from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.paging import PAGED, Page, PageDep, page_params
 from controller.api.schemas import ActualChangePublic, AssignmentRequest, DeviceCreate, DevicePublic, DeviceUpdate, EventPublic
 from controller.core import audit
 from controller.core.roles import Role
 from controller.core.tables import ActualChange, Device, DeviceEvent
-from controller.fleet import assignments
+from controller.fleet import assignments, convergence
 from shared.errors import ProtocolError
 from shared.messages import validate_role
 from shared.topics import validate_device_id
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], dependencies=[needs(Role.VIEWER)])
 DeviceId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def get_device(session: SessionDep, device_id: str) -> Device:
@@ -50,29 +50,34 @@ def enrol_device(body: DeviceCreate, session: SessionDep, me: Operator) -> Devic
     return device
 
 
-@router.get("", response_model=list[DevicePublic])
+@router.get("", response_model=list[DevicePublic], responses=PAGED)
 def list_devices(
     session: SessionDep,
+    page: Annotated[Page, page_params(1000, 10_000)],
     region: Annotated[str | None, Query(max_length=64)] = None,
     hardware_class: Annotated[str | None, Query(max_length=64)] = None,
     online: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     after: Annotated[str, Query(max_length=64)] = "",
-) -> list[Device]:
-    """Devices ordered by id; page with ``after`` (the last id of the previous page)."""
-    q = select(Device).where(col(Device.id) > after).order_by(col(Device.id)).limit(limit)
+) -> list[DevicePublic]:
+    """Devices ordered by id; page with ``offset`` (the ``Link`` header) or ``after`` (the last id seen)."""
+    q = select(Device).where(col(Device.id) > after).order_by(col(Device.id))
     if region is not None:
         q = q.where(Device.region == region)
     if hardware_class is not None:
         q = q.where(Device.hardware_class == hardware_class)
     if online is not None:
         q = q.where(Device.online == online)
-    return list(session.exec(q).all())
+    return with_reasons(session, page.rows(session, q))
+
+
+def with_reasons(session: SessionDep, devices: list[Device]) -> list[DevicePublic]:
+    why = convergence.reasons(session, devices)
+    return [DevicePublic.model_validate(d, update={"why": why.get(d.id, "")}) for d in devices]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def show_device(device_id: DeviceId, session: SessionDep) -> Device:
-    return get_device(session, device_id)
+def show_device(device_id: DeviceId, session: SessionDep) -> DevicePublic:
+    return with_reasons(session, [get_device(session, device_id)])[0]
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
@@ -96,19 +101,20 @@ def update_device(device_id: DeviceId, body: DeviceUpdate, session: SessionDep, 
     return device
 
 
-@router.get("/{device_id}/events", response_model=list[EventPublic])
-def device_events(device_id: DeviceId, session: SessionDep, limit: Limit = 100) -> list[DeviceEvent]:
+@router.get("/{device_id}/events", response_model=list[EventPublic], responses=PAGED)
+def device_events(device_id: DeviceId, session: SessionDep, page: PageDep) -> list[DeviceEvent]:
+    """What the device reported (OTA transitions, rollbacks and rejections with reasons), newest first."""
     get_device(session, device_id)
-    q = select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(col(DeviceEvent.id).desc()).limit(limit)
-    return list(session.exec(q).all())
+    q = select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(col(DeviceEvent.id).desc())
+    return page.rows(session, q)
 
 
-@router.get("/{device_id}/history", response_model=list[ActualChangePublic])
-def device_history(device_id: DeviceId, session: SessionDep, limit: Limit = 100) -> list[ActualChange]:
+@router.get("/{device_id}/history", response_model=list[ActualChangePublic], responses=PAGED)
+def device_history(device_id: DeviceId, session: SessionDep, page: PageDep) -> list[ActualChange]:
     """Changes of what the device reported running, newest first."""
     get_device(session, device_id)
-    q = select(ActualChange).where(ActualChange.device_id == device_id).order_by(col(ActualChange.id).desc()).limit(limit)
-    return list(session.exec(q).all())
+    q = select(ActualChange).where(ActualChange.device_id == device_id).order_by(col(ActualChange.id).desc())
+    return page.rows(session, q)
 
 
 @router.put("/{device_id}/desired", response_model=DevicePublic)

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
 from controller.api.deps import Approver, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import AliasRequest, ModelSummary, ModelVersionDetail, ModelVersionPublic, ReasonRequest
 from controller.core.roles import Role
 from controller.core.tables import ModelVersion
@@ -65,10 +66,10 @@ async def upload_bundle(
     return mv
 
 
-@router.get("", response_model=list[ModelVersionPublic])
-def list_versions(session: SessionDep) -> list[ModelVersion]:
+@router.get("", response_model=list[ModelVersionPublic], responses=PAGED)
+def list_versions(session: SessionDep, page: PageDep) -> list[ModelVersion]:
     """Every registered version, by name then version."""
-    return list(session.exec(select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))).all())
+    return page.rows(session, select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version)))
 
 
 @router.get("/{name}", response_model=ModelSummary)
@@ -90,10 +91,10 @@ def show_version(name: Name, version: Version, session: SessionDep) -> ModelVers
     return detail(Registry.get(session, name, version))
 
 
-@router.get("/{name}/versions/{version}/lineage", response_model=list[ModelVersionDetail])
-def lineage(name: Name, version: Version, session: SessionDep) -> list[ModelVersionDetail]:
+@router.get("/{name}/versions/{version}/lineage", response_model=list[ModelVersionDetail], responses=PAGED)
+def lineage(name: Name, version: Version, session: SessionDep, page: PageDep) -> list[ModelVersionDetail]:
     """The version and its registered ancestors (lineage.parent_version), newest first."""
-    return [detail(mv) for mv in Registry.lineage(session, name, version)]
+    return [detail(mv) for mv in page.slice(Registry.lineage(session, name, version))]
 
 
 @router.get("/{name}/aliases/{alias}", response_model=ModelVersionDetail)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlmodel import col, select
 
 from controller.api.deps import MetricsDep, SessionDep, needs
+from controller.api.paging import PAGED, Page, page_params
 from controller.api.schemas import TelemetryWindow
 from controller.core.roles import Role
 from controller.core.tables import TelemetryAggregate
@@ -26,16 +27,16 @@ def _pct(buckets: list[int], q: float) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-@router.get("/v1/telemetry", response_model=list[TelemetryWindow])
+@router.get("/v1/telemetry", response_model=list[TelemetryWindow], responses=PAGED)
 def telemetry(
     session: SessionDep,
+    page: Annotated[Page, page_params(1000, 10_000)],
     model: Annotated[str, Query(max_length=128)],
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     role: Annotated[str | None, Query(max_length=40)] = None,
     cohort: Annotated[str, Query(max_length=64, description="cohort name, or * for the whole fleet")] = FLEET,
     since: Annotated[int, Query(ge=0, le=2**40, description="unix seconds")] = 0,
     until: Annotated[int, Query(ge=0, le=2**40, description="unix seconds")] = 2**40,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[TelemetryWindow]:
     """Merged summaries per (model, version, role, cohort, window), oldest first, with latency percentiles."""
     q = select(TelemetryAggregate).where(
@@ -52,7 +53,7 @@ def telemetry(
     for row in session.exec(q).all():
         groups[(row.version, row.role, row.window_start, row.window_s)].append(row)
     out = []
-    for (ver, rl, ws, wlen), rows in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))[:limit]:
+    for (ver, rl, ws, wlen), rows in page.slice(sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))):
         try:
             summary: dict[str, Any] = merge_many([r.summary for r in rows])
         except MergeError:  # shards disagree on a shape: show the largest shard rather than fail

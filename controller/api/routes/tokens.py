@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from sqlmodel import col, select
 
 from controller.api.deps import Admin, SessionDep, Viewer
+from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import TokenCreate, TokenCreated, TokenPublic, Whoami
 from controller.core import audit
 from controller.core.security import hash_token, new_token
@@ -43,9 +44,9 @@ def create_token(body: TokenCreate, session: SessionDep, me: Admin) -> TokenCrea
     return TokenCreated(**TokenPublic.model_validate(row).model_dump(), token=secret)
 
 
-@router.get("/v1/tokens", response_model=list[TokenPublic])
-def list_tokens(session: SessionDep, me: Admin) -> list[ApiToken]:
-    return list(session.exec(select(ApiToken).order_by(col(ApiToken.id))).all())
+@router.get("/v1/tokens", response_model=list[TokenPublic], responses=PAGED)
+def list_tokens(session: SessionDep, me: Admin, page: PageDep) -> list[ApiToken]:
+    return page.rows(session, select(ApiToken).order_by(col(ApiToken.id)))
 
 
 @router.delete("/v1/tokens/{token_id}", response_model=TokenPublic)
