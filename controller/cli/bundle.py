@@ -115,7 +115,7 @@ def bundle_inspect(
         raise CliError(f"{bundle} is not a valid bundle: {exc}", "input") from None
     info = _summary(b, data, str(bundle))
     if verify:
-        from agent.runtime.base import ModelLoadError, golden_check, load_model
+        from agent.runtime import ModelLoadError, golden_check, load_model
 
         try:
             golden_check(load_model(b.manifest, b.model, info["sha256"]))

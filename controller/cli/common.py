@@ -213,7 +213,7 @@ class Group(TyperGroup):
             code = report(CliError(f"{exc.format_message()}{where}", "usage"), as_json, debug)
         except click.ClickException as exc:
             code = report(CliError(exc.format_message(), "input"), as_json, debug)
-        except (click.Abort, typer.Abort):
+        except typer.Abort:
             code = report(CliError("aborted", "usage"), as_json, debug)
         except Exception as exc:
             msg = f"internal error: {type(exc).__name__}: {exc}; run again with --debug and report it"

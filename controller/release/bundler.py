@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtime.base import golden_check, load_model
+from agent.runtime import golden_check, litert_interpreter, load_model
 from shared import bundle as bundle_fmt
 from shared.manifest import MODEL_FILES, GoldenVector, Manifest, Quantization, TensorSpec
 
@@ -75,10 +75,7 @@ def _onnx_specs(model: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def _tflite_specs(model: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from agent.runtime.litert import interpreter_class
-
-    _, interpreter = interpreter_class()
-    interp = interpreter(model_content=model)
+    interp = litert_interpreter()(model_content=model)
     interp.allocate_tensors()
 
     def spec(d: dict[str, Any]) -> TensorSpec:

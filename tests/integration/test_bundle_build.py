@@ -57,11 +57,15 @@ def test_tflite_build_auto_golden_is_accepted_by_the_controller(tmp_path, mosqui
     from tests.controller_app import ADMIN_TOKEN, running_api, settings_for
 
     out = tmp_path / "lite.tar"
-    info = invoke("bundle", "build", str(FIXTURE), "--name", "digits-lite", "--version", "1", "--golden-count", "2", "-o", str(out))
+    info = invoke(
+        "bundle", "build", str(FIXTURE), "--name", "digits-lite", "--version", "1", "--golden-count", "2", "-o", str(out)
+    )
     m = bundle_fmt.read(out).manifest
     assert m.runtime == "tflite" and m.inputs[0].dtype == "int8" and m.inputs[0].quantization is not None and len(m.golden) == 2
     with running_api(settings_for(tmp_path, f"sqlite:///{tmp_path}/b.db")) as api:
-        monkeypatch.setattr(common, "client", lambda url, token: TestClient(api.app, headers={"Authorization": f"Bearer {token}"}))
+        monkeypatch.setattr(
+            common, "client", lambda url, token: TestClient(api.app, headers={"Authorization": f"Bearer {token}"})
+        )
         mv = invoke("models", "push", str(out), "--token", ADMIN_TOKEN)
     assert mv["name"] == "digits-lite" and mv["sha256"] == info["sha256"]
 
@@ -71,7 +75,9 @@ def test_a_tampered_bundle_fails_inspect(onnx_model, tmp_path):
     invoke("bundle", "build", str(onnx_model), "--name", "digits", "--version", "1", "-o", str(out))
     b = bundle_fmt.read(out)
     bad = b.manifest.to_dict()
-    bad["golden"]["vectors"][0]["outputs"] = {k: (np.asarray(v) + 1).tolist() for k, v in bad["golden"]["vectors"][0]["outputs"].items()}
+    bad["golden"]["vectors"][0]["outputs"] = {
+        k: (np.asarray(v) + 1).tolist() for k, v in bad["golden"]["vectors"][0]["outputs"].items()
+    }
     from shared.manifest import Manifest
 
     out.write_bytes(bundle_fmt.pack(Manifest.from_dict(bad), b.model))

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration]
 
 
 class _Html(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         status = 404 if "missing" in self.path else 200
         body = b"<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>"
         self.send_response(status)
@@ -132,18 +132,32 @@ def test_json_errors_are_an_object_on_stdout(api):
     assert code == 1 and err.startswith("edgefleet: error: ")
     e = json.loads(out)["error"]
     assert e["kind"] == "refused" and e["status"] == 404 and e["problem"]["title"] == "Not Found"
-    assert e["problem"]["detail"] == "device 'no-such-device' is not enrolled" and e["problem"]["instance"].endswith("no-such-device/history")
+    assert e["problem"]["detail"] == "device 'no-such-device' is not enrolled" and e["problem"]["instance"].endswith(
+        "no-such-device/history"
+    )
 
 
 def test_debug_shows_the_traceback(api):
-    r = CliRunner().invoke(cli.app, ["devices", "history", "no-such-device", "--debug", "--url", "http://testserver", "--token", ADMIN_TOKEN])
+    r = CliRunner().invoke(
+        cli.app, ["devices", "history", "no-such-device", "--debug", "--url", "http://testserver", "--token", ADMIN_TOKEN]
+    )
     assert r.exit_code == 1 and "Traceback" in r.stderr and r.stderr.strip().endswith("is not enrolled (HTTP 404)")
 
 
 def test_real_process_unreachable_controller(tmp_path):
     """The installed entry point, as an operator runs it: no traceback, exit 3."""
     r = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "devices", "list", "--url", f"http://127.0.0.1:{_closed_port()}", "--token", "x"],
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "devices",
+            "list",
+            "--url",
+            f"http://127.0.0.1:{_closed_port()}",
+            "--token",
+            "x",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
