@@ -25,28 +25,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import HealthConfig
 from agent.host import ModelHost
-from agent.ota.checks import RejectedError, check_desired, latency_p50_ms
+from agent.ota.checks import RejectedError, check_desired
 from agent.ota.state import (
     AT_REST,
     Activate,
-    Activated,
     Assign,
-    Downloaded,
     Event,
     Fail,
-    HealthPassed,
     OtaRecord,
     Restarted,
     RolledBack,
     State,
     Target,
-    Verified,
     transition,
 )
+from agent.ota.steps import Steps, detail_of
 from agent.ota.store import Store
-from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
-from shared import bundle as bundle_fmt
-from shared.errors import SchemaError
 from shared.messages import Assignment, RunningModel
 
 if TYPE_CHECKING:  # the update stack (python-tuf, urllib3, securesystemslib) loads on the first update
@@ -82,8 +76,8 @@ class Updater:
         self.trusted = trusted
         self.store = store
         self.host = host
-        self._fetcher = fetcher  # or a factory, called on the first update (see make_updater)
-        self._image_repo = image_repo
+        self.fetcher_source = fetcher  # or a factory, called on the first update (see make_updater)
+        self.image_repo_source = image_repo
         self.report = report
         self.on_change = on_change
         self.threads = threads
@@ -91,20 +85,7 @@ class Updater:
         self.checkpoint = checkpoint  # an observer of OTA progress (the crash tests pause the agent here)
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
-        self._candidate: LoadedModel | None = None  # loaded beside the running model
-        self._displaced: LoadedModel | None = None  # what the candidate replaced, for an instant swap back
-
-    @property
-    def fetcher(self) -> Fetcher:
-        if callable(self._fetcher):
-            self._fetcher = self._fetcher()
-        return self._fetcher
-
-    @property
-    def image_repo(self) -> ImageRepoClient | None:
-        if callable(self._image_repo):
-            self._image_repo = self._image_repo()
-        return self._image_repo
+        self.steps = Steps(self)
 
     # -- what runs -----------------------------------------------------------
     def running(self) -> dict[str, RunningModel]:
@@ -152,7 +133,7 @@ class Updater:
             if inst is None:
                 continue
             try:
-                self.host.swap(role, self._load(inst.sha256))
+                self.host.swap(role, self.steps.load(inst.sha256))
             except RejectedError as exc:
                 self.report(
                     "slot.invalid", "error", f"{which} model in {role} unusable: {exc}", {"role": role, "sha256": inst.sha256}
@@ -231,13 +212,14 @@ class Updater:
         return rec
 
     def _drive(self) -> None:
+        s = self.steps
         handlers = {
-            State.DOWNLOADING: self._download,
-            State.VERIFYING: self._verify,
+            State.DOWNLOADING: s.download,
+            State.VERIFYING: s.verify,
             State.STAGED: lambda rec: Activate(),
-            State.ACTIVATING: self._activate,
-            State.HEALTH_CHECK: self._health_check,
-            State.ROLLING_BACK: self._roll_back,
+            State.ACTIVATING: s.activate,
+            State.HEALTH_CHECK: s.health_check,
+            State.ROLLING_BACK: s.roll_back,
         }
         while (rec := self.store.ota).state not in AT_REST:
             try:
@@ -250,128 +232,12 @@ class Updater:
             self._step(event)
         self._finish(self.store.ota)
 
-    def _detail(self, rec: OtaRecord) -> dict[str, Any]:
-        t = rec.target
-        assert t is not None
-        return {"role": rec.role, "model": t.model, "version": t.version, "sha256": t.sha256, "state": rec.state.value}
-
-    def _download(self, rec: OtaRecord) -> Event:
-        t = rec.target
-        assert t is not None and rec.role is not None
-        a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
-        from agent.ota.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
-        from agent.ota.trust import TrustError
-
-        if self.image_repo is None:
-            return Fail("no image repository configured: cannot verify the release signature")
-        try:
-            self.image_repo.target_for(a, arch=self.arch)
-        except TrustError as exc:
-            return Fail(str(exc))
-        self.report("ota.downloading", "info", f"downloading {t.model} v{t.version} ({t.length} bytes)", self._detail(rec))
-        progress = None
-        if self.checkpoint is not None:
-            checkpoint, half = self.checkpoint, t.length // 2
-
-            def progress(got: int, total: int) -> None:
-                if got >= half:
-                    checkpoint("DOWNLOADING.half", t.version)
-
-        for attempt in range(1, self.download_attempts + 1):
-            try:
-                self.fetcher.download(t.url, self.store.download_path, length=t.length, sha256=t.sha256, progress=progress)
-                return Downloaded()
-            except (LengthError, HashError, DiskFullError, SlowRetrievalError) as exc:
-                return Fail(f"download failed: {type(exc).__name__}: {exc}")
-            except DownloadError as exc:  # transient: resume from what is on disk
-                if attempt == self.download_attempts:
-                    return Fail(f"download failed after {attempt} attempts: {type(exc).__name__}: {exc}")
-                log.warning("download attempt %d failed (%s); resuming", attempt, exc)
-                time.sleep(min(2.0**attempt, 30.0))
-        raise AssertionError("unreachable")
-
-    def _verify(self, rec: OtaRecord) -> Event:
-        t = rec.target
-        assert t is not None and rec.role is not None
-        if not self.store.bundle_path(t.sha256).exists():
-            p = self.store.download_path
-            if not p.exists() or p.stat().st_size != t.length or bundle_fmt.sha256_file(p) != t.sha256:
-                p.unlink(missing_ok=True)
-                return Fail("downloaded bundle does not match the signed length and sha256")
-            self.store.keep_download(t.sha256)
-        try:
-            b = self.store.verify_bundle(t.sha256)
-        except (bundle_fmt.BundleError, SchemaError, OSError) as exc:
-            return Fail(f"bundle invalid: {exc}")
-        m = b.manifest
-        if (m.name, m.version) != (t.model, t.version):
-            return Fail(f"bundle is {m.name} v{m.version}, the assignment says {t.model} v{t.version}")
-        if not m.supports(self.arch):
-            return Fail(f"wrong hardware: bundle supports {m.hardware.get('arch')}, this device is {self.arch}")
-        self.store.set_slot(rec.role, "candidate", RunningModel(m.name, m.version, t.sha256, m.runtime, time.time()))
-        return Verified()
-
-    def _activate(self, rec: OtaRecord) -> Event:
-        """Load the candidate beside the running model (nothing switches yet)."""
-        t = rec.target
-        assert t is not None
-        try:
-            self._candidate = self._load(t.sha256)
-        except RejectedError as exc:
-            return Fail(str(exc))
-        return Activated()
-
-    def _health_check(self, rec: OtaRecord) -> Event:
-        """Golden vectors and latency budget beside the old model, then live inferences after the switch."""
-        assert rec.role is not None
-        cand = self._candidate
-        if cand is None:
-            return Fail("candidate was not loaded")
-        try:
-            golden_check(cand)
-            p50 = latency_p50_ms(cand, self.health.latency_runs, cpu_clock=self.threads == 1)
-        except (ModelLoadError, ValueError) as exc:
-            return Fail(f"health check failed: {exc}")
-        budget = cand.manifest.latency_budget_ms
-        if budget and p50 > budget:
-            return Fail(f"health check failed: latency p50 {p50:.3f} ms exceeds the budget of {budget:.3f} ms")
-        probe = self.host.probe(rec.role, cand)
-        self._displaced = self.host.swap(rec.role, cand)
-        self.on_change()  # the status says the candidate serves while it is checked
-        deadline = time.monotonic() + self.health.live_window
-        while probe.errors == 0 and probe.ok < self.health.live_inferences and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.host.unprobe(rec.role)
-        if probe.errors:
-            return Fail(
-                f"health check failed: {probe.errors} of {probe.errors + probe.ok} live inferences failed ({probe.first_error})"
-            )
-        return HealthPassed()
-
-    def _roll_back(self, rec: OtaRecord) -> Event:
-        assert rec.role is not None
-        role = rec.role
-        restored = self.store.roll_back(role, rec.previous_sha256, f"rolled back: {rec.reason}", time.time())
-        if self._displaced is not None and restored is not None and self._displaced.sha256 == restored.sha256:
-            self.host.swap(role, self._displaced)
-        elif restored is not None:
-            current = self.host.roles().get(role)
-            if current is None or current.sha256 != restored.sha256:
-                try:
-                    self.host.swap(role, self._load(restored.sha256))
-                except RejectedError as exc:
-                    self.report("slot.invalid", "error", f"previous model in {role} unusable: {exc}", {"role": role})
-        else:
-            self.host.remove(role)
-        return RolledBack()
-
     def _finish(self, rec: OtaRecord) -> None:
         """Report the end of an update and reset the in-memory candidate."""
-        self._candidate = None
-        self._displaced = None
+        self.steps.reset()
         if rec.target is None or rec.role is None:
             return
-        detail = {**self._detail(rec), "reason": rec.reason, "history": list(rec.history)}
+        detail = {**detail_of(rec), "reason": rec.reason, "history": list(rec.history)}
         t = rec.target
         if rec.state is State.COMMITTED:
             self.store.commit(rec.role, t.sha256, time.time())
@@ -387,16 +253,3 @@ class Updater:
             self.report("ota.rejected", "error", rec.reason, detail)
         self.store.collect_garbage()
         self.on_change()
-
-    def _load(self, sha256: str) -> LoadedModel:
-        """Re-verify a stored bundle against its signed hash and load it; raise RejectedError."""
-        try:
-            b = self.store.verify_bundle(sha256)
-        except (bundle_fmt.BundleError, SchemaError, OSError) as exc:
-            raise RejectedError(f"bundle invalid: {exc}") from None
-        if not b.manifest.supports(self.arch):
-            raise RejectedError(f"wrong hardware: bundle supports {b.manifest.hardware.get('arch')}, this device is {self.arch}")
-        try:
-            return load_model(b.manifest, b.model, sha256, threads=self.threads)
-        except ModelLoadError as exc:
-            raise RejectedError(f"cannot load: {exc}") from None

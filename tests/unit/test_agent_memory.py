@@ -67,8 +67,8 @@ def test_update_stack_loads_on_the_first_update_only(tmp_path):
         "up = make_updater(cfg, Store(cfg.data_dir), ModelHost(), {}, lambda *a: None, lambda: None)\n"
         "stack = ('tuf', 'urllib3', 'securesystemslib', 'agent.ota.fetcher', 'agent.ota.trust')\n"
         "print(sorted(m for m in stack if m in sys.modules))\n"
-        "repo = up.image_repo\n"
-        "print(type(repo).__name__, repo is up.image_repo, repo.fetcher is up.fetcher, 'tuf' in sys.modules)"
+        "repo = up.steps.image_repo\n"
+        "print(type(repo).__name__, repo is up.steps.image_repo, repo.fetcher is up.steps.fetcher, 'tuf' in sys.modules)"
     )
     assert _run(code).splitlines() == ["[]", "ImageRepoClient True True True"]
 
