@@ -36,9 +36,10 @@ from controller.core.db import init_db, make_engine
 from controller.core.leader import Leader
 from controller.core.metrics import Metrics
 from controller.fleet.director import Director
+from controller.fleet.refresh import refresh_desired, refresh_interval_s
 from controller.identity import wiring as identity
-from controller.release.blobstore import BlobStore
-from controller.release.imagerepo import ImageRepoService
+from controller.release.blobstore import open_blob_store
+from controller.release.imageservice import ImageRepoService
 from controller.release.registry import Registry, RegistryError
 from controller.telemetry.batch import TelemetryIngest
 from controller.telemetry.ingest import Ingestor
@@ -81,6 +82,8 @@ class Health(BaseModel):
 
 
 def create_app(settings: Settings) -> FastAPI:
+    if (warning := settings.public_url_warning()) is not None:
+        log.warning("%s", warning)
     engine = make_engine(settings.database_url)
     init_db(engine)
     metrics = Metrics()
@@ -114,9 +117,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics
-    app.state.blobs = BlobStore(settings.blob_dir)
+    app.state.blobs = open_blob_store(
+        settings.blob_store,
+        engine,
+        settings.blob_cache_dir,
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+    )
     app.state.registry = Registry(app.state.blobs)
-    app.state.director = Director.from_file(settings.director_key_path, create=settings.environment == "development")
+    director = app.state.director = Director.from_settings(settings)
     app.state.telemetry = batches
     app.state.leader = leader  # concerns register their periodic jobs with leader.add_job
     app.state.mqtt = (
@@ -125,14 +136,29 @@ def create_app(settings: Settings) -> FastAPI:
             settings.broker_port,
             Ingestor(engine, metrics, batches),
             on_malformed=lambda kind: metrics.count(kind if kind in _KINDS else "other", "malformed"),
-            client_id=settings.mqtt_client_id,
+            client_id=settings.mqtt_client_id or f"edgefleet-controller-{leader.identity}",
+            share_group=settings.mqtt_share_group,
             tls=identity.mqtt_tls_context(settings),
         )
         if settings.mqtt_enabled
         else None
     )
-    app.state.imagerepo = ImageRepoService.open(settings.data_dir)  # TUF image repository
-    app.state.registry.hooks.append(app.state.imagerepo.on_release_change)  # registered/revoked -> signed targets
+    if app.state.mqtt is not None:
+        metrics.watch_received(leader.identity, lambda: app.state.mqtt.received)
+    imagerepo = app.state.imagerepo = ImageRepoService.from_settings(settings, engine)  # TUF image repository
+    app.state.registry.hooks.append(imagerepo.on_release_change)  # registered/revoked -> signed (or pending) targets
+    app.state.registry.gates.append(imagerepo.assign_gate)  # not assignable before the release keys signed
+
+    def _refresh_tuf(ctx: object) -> None:
+        imagerepo.refresh()
+
+    def _refresh_desired(ctx: object) -> None:
+        m = app.state.mqtt
+        if m is not None and m.connected.is_set():
+            refresh_desired(engine, director, settings, m.publish_desired)
+
+    leader.add_job("tuf.refresh", imagerepo.refresh_interval_s(), _refresh_tuf)
+    leader.add_job("desired.refresh", refresh_interval_s(settings), _refresh_desired)
     identity.install(app, settings, engine)
     for r in ROUTERS:
         app.include_router(r, responses=ERROR_RESPONSES)

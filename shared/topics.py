@@ -74,11 +74,11 @@ def device_topic(device_id: str, kind: Kind) -> str:
     return str(Topic(device_id, kind))
 
 
-def fleet_filter(kind: Kind, *, shared: bool = False) -> str:
+def fleet_filter(kind: Kind, *, shared: bool = False, group: str = SHARE_GROUP) -> str:
     """Subscription filter for one kind across the fleet.
 
-    With ``shared=True`` the filter is a shared subscription so that several
-    controller replicas split the load.
+    With ``shared=True`` the filter is a shared subscription (group ``group``) so
+    that several controller replicas split the load.
     """
     flt = f"{PREFIX}/+/{kind.value}"
-    return f"$share/{SHARE_GROUP}/{flt}" if shared else flt
+    return f"$share/{group}/{flt}" if shared else flt

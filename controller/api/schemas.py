@@ -316,3 +316,21 @@ class TelemetryWindow(SQLModel):
     p95_ms: float | None
     p99_ms: float | None
     summary: dict[str, Any]
+
+
+# --- offline release signing -------------------------------------------------------
+
+
+class PendingTargetsPublic(SQLModel):
+    version: int  # the targets version that will be published
+    targets: dict[str, Any]  # the TUF targets metadata to sign (``signed``) with the signatures so far
+    changes: list[str]  # what changed since the published targets, oldest first
+    signed_by: list[str]  # key ids of the valid signatures so far
+    threshold: int  # signatures needed (root's targets threshold)
+    published: bool = False  # true in the answer to the signature that met the threshold
+
+
+class ReleaseSignature(SQLModel):
+    version: int = Field(ge=1, description="the pending targets version the signature is for")
+    keyid: str = Field(min_length=1, max_length=128)
+    sig: str = Field(min_length=1, max_length=1024, regex=r"^[0-9a-f]+$")

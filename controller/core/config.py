@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_TOKENS = {"", "change-me", "changeme", "dev-admin-token", "test-admin-token", "admin", "secret", "token"}
 MIN_ADMIN_TOKEN_CHARS = 16  # `openssl rand -hex 24` gives 48
 DEFAULT_ENVIRONMENT: Literal["development", "production"] = "development"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "testserver"}
+log = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
@@ -31,7 +34,25 @@ class Settings(BaseSettings):
     broker_port: int = 1883
     mqtt_enabled: bool = True
     admin_token: str = Field("dev-admin-token", repr=False)  # refused outside development; never logged
-    desired_ttl_s: int = Field(7 * 24 * 3600, description="validity of a signed desired state, seconds")
+    # --- expiry periods: the leader re-signs each when less than half of it is left (docs/operations.md) ---
+    desired_ttl_s: int = Field(7 * 24 * 3600, ge=2, description="validity of a signed desired state, seconds")
+    tuf_timestamp_expiry_s: int = Field(24 * 3600, ge=2, description="validity of TUF timestamp metadata, seconds")
+    tuf_snapshot_expiry_s: int = Field(7 * 24 * 3600, ge=2, description="validity of TUF snapshot metadata, seconds")
+    tuf_targets_expiry_s: int = Field(90 * 24 * 3600, ge=60, description="validity of TUF targets metadata, seconds")
+    # --- shared secrets and artifacts (every replica reads the same; docs/operations.md "Replicas") ---
+    secrets_dir: Path | None = Field(
+        None, description="keys/director.pem, keys/tuf/online.pem, ca/, tuf/ written by `edgefleet-controller init`"
+    )
+    director_key: str | None = Field(None, repr=False, description="the director's Ed25519 key (PEM) instead of a file")
+    tuf_online_key: str | None = Field(None, repr=False, description="the TUF snapshot/timestamp key (PEM) instead of a file")
+    release_signing: Literal["online", "offline"] | None = Field(
+        None, description="online: development keys sign targets; offline: `edgefleet release sign` (default outside development)"
+    )
+    blob_store: Literal["database", "s3"] = Field("database", description="where bundles live")
+    s3_bucket: str = ""
+    s3_prefix: str = "bundles/"
+    s3_endpoint_url: str | None = Field(None, description="an S3-compatible endpoint (MinIO, Ceph, ...); default AWS")
+    s3_region: str | None = None
     max_bundle_bytes: int = 512 * 1024 * 1024
     # --- identity and transport security (docs/operations.md) ---
     admin_token_file: Path | None = Field(None, description="read the admin token from this file (mode 0600)")
@@ -46,7 +67,10 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="HTTPS private key (PEM, mode 0600) for the API")
     tls_offloaded: bool = Field(False, description="a reverse proxy terminates TLS in front of the API")
     mqtt_client_id: str | None = Field(
-        None, max_length=64, description="stable per replica: the broker keeps its session and queue across restarts"
+        None, max_length=64, description="unique per replica; default: edgefleet-controller-<replica id>"
+    )
+    mqtt_share_group: str = Field(
+        "controllers", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the shared-subscription group every replica joins"
     )
     telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
     ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
@@ -57,6 +81,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
+        if urlsplit(self.public_url).scheme not in ("http", "https") or not urlsplit(self.public_url).hostname:
+            raise ValueError(f"EDGEFLEET_PUBLIC_URL: expected an http(s) URL devices can reach, got {self.public_url!r}")
         if self.admin_token_file is not None:
             self.admin_token = _read_secret(
                 self.admin_token_file, "EDGEFLEET_ADMIN_TOKEN_FILE", strict=self.environment != "development"
@@ -106,16 +132,54 @@ class Settings(BaseSettings):
         return lines
 
     @property
+    def development(self) -> bool:
+        return self.environment == "development"
+
+    @property
+    def secrets(self) -> Path:
+        """Where the shared secrets live: ``EDGEFLEET_SECRETS_DIR``, in development the data directory."""
+        return self.secrets_dir or self.data_dir
+
+    @property
     def ca_dir(self) -> Path:
-        return self.data_dir / "ca"
+        return self.secrets / "ca"
 
     @property
     def director_key_path(self) -> Path:
-        return self.data_dir / "keys" / "director.pem"
+        return self.secrets / "keys" / "director.pem"
 
     @property
-    def blob_dir(self) -> Path:
-        return self.data_dir / "bundles"
+    def tuf_online_key_path(self) -> Path:
+        return self.secrets / "keys" / "tuf" / "online.pem"
+
+    @property
+    def tuf_initial_dir(self) -> Path:
+        """``1.root.json`` and ``1.targets.json`` from ``init``: seed the database's image repository."""
+        return self.secrets / "tuf"
+
+    @property
+    def dev_tuf_keys_dir(self) -> Path:
+        """Development only: every TUF key (root, release, online) in PEM files."""
+        return self.data_dir / "keys" / "tuf"
+
+    @property
+    def signs_releases_online(self) -> bool:
+        return (self.release_signing or ("online" if self.development else "offline")) == "online"
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        """A local, disposable cache of bundles served by this replica."""
+        return self.data_dir / "cache" / "bundles"
+
+    def public_url_warning(self) -> str | None:
+        """A warning when devices are told to download from this machine itself outside development."""
+        host = urlsplit(self.public_url).hostname or ""
+        if not self.development and (host in LOCAL_HOSTS or host.startswith("127.")):
+            return (
+                f"EDGEFLEET_PUBLIC_URL is {self.public_url!r}: devices cannot reach a loopback address; "
+                "set it to the address devices use to reach the controller (its load balancer)"
+            )
+        return None
 
 
 def _check_private(path: Path, name: str) -> None:

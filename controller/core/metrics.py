@@ -7,7 +7,11 @@ are the ones to alert on (``edgefleet_ingest_messages_total{outcome="malformed"}
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 OUTCOMES = ("accepted", "duplicate", "malformed", "unknown_device", "failed")
 
@@ -45,6 +49,11 @@ class Metrics:
             for outcome in OUTCOMES:
                 self.messages.labels(kind, outcome)
 
+    def watch_received(self, replica: str, received: Callable[[], int]) -> None:
+        """``edgefleet_mqtt_received_messages_total{replica}``: messages this replica took from the
+        shared subscription, read at scrape time; a member whose rate stays at zero is silent."""
+        self.registry.register(_Received(replica, received))
+
     def count(self, kind: str, outcome: str, n: int = 1) -> None:
         self.messages.labels(kind, outcome).inc(n)
 
@@ -52,3 +61,16 @@ class Metrics:
         """Current counter value (for tests and the benchmark)."""
         v = self.registry.get_sample_value("edgefleet_ingest_messages_total", {"kind": kind, "outcome": outcome})
         return float(v or 0.0)
+
+
+class _Received(Collector):
+    def __init__(self, replica: str, received: Callable[[], int]) -> None:
+        self.replica = replica
+        self.received = received
+
+    def collect(self) -> Iterator[Metric]:
+        m = CounterMetricFamily(
+            "edgefleet_mqtt_received_messages", "Device messages this replica received from the broker", labels=["replica"]
+        )
+        m.add_metric([self.replica], float(self.received()))
+        yield m

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -27,6 +27,8 @@ class Device(SQLModel, table=True):
     hardware: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     desired_counter: int = 0
     desired: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    desired_expires_at: float = Field(default=0.0, index=True)  # unix seconds: the signed desired state lapses then
+    desired_base_url: str = Field(default="", max_length=512)  # EDGEFLEET_PUBLIC_URL its bundle URLs were signed with
     actual: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     online: bool = False
     agent_version: str = Field(default="", max_length=64)
@@ -158,6 +160,16 @@ class TelemetryCursor(SQLModel, table=True):
     seen_bits: int = Field(sa_type=BigInteger)
 
 
+class TelemetrySeen(SQLModel, table=True):
+    """A telemetry seq merged while it was older than the cursor's bitmap (a late window).
+
+    Rows exist only for seqs more than ``DEDUPE_WINDOW`` below the device's highest, so
+    the table stays as small as the number of very late windows."""
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+
+
 class TelemetryAggregate(SQLModel, table=True):
     """Merged role summaries per (model, version, role, cohort, window) and writer shard.
 
@@ -214,3 +226,36 @@ class LeaderLease(SQLModel, table=True):
     holder: str = Field(max_length=64)
     term: int = Field(sa_column=Column(BigInteger, nullable=False))
     expires_at: float  # unix seconds
+
+
+# --- release artifacts shared by every replica ------------------------------------
+
+
+class BlobRow(SQLModel, table=True):
+    """A content-addressed bundle (``controller.release.blobstore.DatabaseBlobStore``)."""
+
+    __tablename__ = "blob"
+    sha256: str = Field(primary_key=True, max_length=64)
+    length: int = Field(sa_type=BigInteger)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TufMetadataRow(SQLModel, table=True):
+    """One TUF metadata file as devices fetch it (``3.targets.json``, ``timestamp.json``), or the
+    current copy of a role (``root``, ``targets``, ...); written under the TUF writer lock."""
+
+    __tablename__ = "tufmetadata"
+    name: str = Field(primary_key=True, max_length=64)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    updated_at: float = 0.0
+
+
+class PendingTargets(SQLModel, table=True):
+    """The next targets metadata, waiting for offline release-key signatures (one at a time)."""
+
+    id: int = Field(default=1, primary_key=True)
+    version: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the metadata with the signatures so far
+    changes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)

@@ -21,6 +21,21 @@ from shared.messages import Assignment
 Envelope = dict[str, Any]
 
 
+def bundle_url(public_url: str, sha256: str) -> str:
+    """Where devices download a bundle: ``EDGEFLEET_PUBLIC_URL`` + the content address."""
+    return f"{public_url.rstrip('/')}/v1/bundles/{sha256}"
+
+
+def sign_for(device: Device, desired: dict[str, Assignment], director: Director, settings: Settings) -> Envelope:
+    """Sign ``desired`` for ``device`` with the next counter, and remember when it lapses and its URLs' base."""
+    device.desired_counter += 1
+    envelope = director.sign_desired(device.id, device.desired_counter, desired, settings.desired_ttl_s)
+    device.desired = {r: a.__dict__ for r, a in desired.items()}
+    device.desired_expires_at = float(envelope["signed"]["expires_at"])
+    device.desired_base_url = settings.public_url.rstrip("/")
+    return envelope
+
+
 def assign(
     session: Session,
     *,
@@ -42,11 +57,9 @@ def assign(
             version=mv.version,
             sha256=mv.sha256,
             length=mv.length,
-            url=f"{settings.public_url.rstrip('/')}/v1/bundles/{mv.sha256}",
+            url=bundle_url(settings.public_url, mv.sha256),
         )
-        device.desired_counter += 1
-        envelope = director.sign_desired(device.id, device.desired_counter, desired, settings.desired_ttl_s)
-        device.desired = {r: a.__dict__ for r, a in desired.items()}
+        envelope = sign_for(device, desired, director, settings)
         session.add(device)
         out.append((device.id, envelope))
     entry = audit.record(

@@ -8,6 +8,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from controller.core.config import Settings
+from controller.core.secrets import load_ed25519
 from shared.messages import SCHEMA_VERSION, Assignment, Desired
 from shared.signing import generate_private_key_file, key_id, load_private_key_file, public_key_hex, sign_document
 
@@ -15,6 +17,21 @@ from shared.signing import generate_private_key_file, key_id, load_private_key_f
 class Director:
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Director:
+        """The shared director key (secret file or ``EDGEFLEET_DIRECTOR_KEY``); created only in development."""
+        dev = settings.development
+        return cls(
+            load_ed25519(
+                settings.director_key_path,
+                settings.director_key,
+                what="director key",
+                env="EDGEFLEET_DIRECTOR_KEY",
+                create=dev,
+                strict=not dev,
+            )
+        )
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool) -> Director:

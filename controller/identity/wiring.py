@@ -33,7 +33,11 @@ def mqtt_tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 def install(app: FastAPI, settings: Settings, engine: Engine) -> None:
     """Open (or in development create) the device CA and publish a fresh CRL to the broker."""
-    ca = DeviceCA.open(settings.ca_dir, create=settings.environment == "development")
+    if settings.development and not (settings.ca_dir / "ca.key").exists():
+        log.warning(
+            "development: creating the device CA at %s (outside development, `edgefleet-controller init` does)", settings.ca_dir
+        )
+    ca = DeviceCA.open(settings.ca_dir, create=settings.development)
     control = BrokerControl(settings.broker_crl_file, settings.broker_pid_file)
     app.state.ca = ca
     app.state.broker_control = control

@@ -10,11 +10,13 @@ Roles (see DESIGN "Trust" and docs/adr/0010):
 
 Files, as ``tuf.ngclient`` fetches them with consistent snapshots::
 
-    metadata/<v>.root.json  metadata/<v>.targets.json  metadata/<v>.snapshot.json  metadata/timestamp.json
+    <v>.root.json  <v>.targets.json  <v>.snapshot.json  timestamp.json
 
-Every write is atomic (temp file, fsync, rename). Signing takes the signers
-explicitly, so release keys can live elsewhere; :class:`DevKeys` keeps them in
-PEM files for development and tests.
+plus the current copy of each role (``root``, ``targets``, ...), kept in a
+:class:`MetaStore`: a directory (:class:`FileMetaStore`, atomic writes; tests and
+tools) or the shared database (``controller.release.imageservice``). Signing takes
+the signers explicitly, so release keys can live elsewhere; :class:`DevKeys`
+keeps them in PEM files for development and tests.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
-from sqlmodel import Session
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
-from controller.release.registry import Conflict, Registry, ReleaseChange
 from shared.bundle import target_path
 from shared.fsutil import atomic_write_bytes
 from shared.signing import generate_private_key_file, load_private_key_file
@@ -43,6 +43,46 @@ DEFAULT_EXPIRY = {
     "timestamp": timedelta(days=1),
 }
 _PATH = re.compile(r"^([a-z0-9][a-z0-9._-]{0,127})/(\d+)\.tar$")
+_CLIENT_NAME = re.compile(r"^(\d+\.)?(root|targets|snapshot|timestamp)\.json$")
+
+
+class MetaStore(Protocol):
+    """Where metadata lives: client file names (``3.targets.json``) and current copies (``targets``)."""
+
+    def read(self, name: str) -> bytes | None: ...
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+
+class FileMetaStore:
+    """A directory: current copies as ``<role>.json``, client files under ``metadata/``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.metadata_dir = directory / "metadata"
+
+    def _path(self, name: str) -> Path:
+        return self.metadata_dir / name if name.endswith(".json") else self.dir / f"{name}.json"
+
+    def read(self, name: str) -> bytes | None:
+        p = self._path(name)
+        return p.read_bytes() if p.is_file() else None
+
+    def write(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self._path(name), data)
+
+
+def client_name(name: str) -> bool:
+    """True for a name devices may fetch (``<v>.<role>.json`` or ``timestamp.json``)."""
+    return bool(_CLIENT_NAME.match(name))
+
+
+def expiry_from(timestamp_s: float, snapshot_s: float, targets_s: float) -> dict[str, timedelta]:
+    return {
+        "timestamp": timedelta(seconds=timestamp_s),
+        "snapshot": timedelta(seconds=snapshot_s),
+        "targets": timedelta(seconds=targets_s),
+    }
 
 
 class ImageRepoError(Exception):
@@ -88,41 +128,72 @@ class DevKeys:
 
 
 class ImageRepository:
-    def __init__(self, directory: Path, expiry: dict[str, timedelta] | None = None) -> None:
-        self.dir = directory
-        self.metadata_dir = directory / "metadata"
+    def __init__(self, where: Path | MetaStore, expiry: dict[str, timedelta] | None = None) -> None:
+        self.store: MetaStore = FileMetaStore(where) if isinstance(where, Path) else where
         self.expiry = {**DEFAULT_EXPIRY, **(expiry or {})}
         self.md: dict[str, Metadata[Any]] = {}
         for role in ROLES:
-            p = directory / f"{role}.json"
-            if p.exists():
-                self.md[role] = Metadata.from_bytes(p.read_bytes())
+            data = self.store.read(role)
+            if data is not None:
+                self.md[role] = Metadata.from_bytes(data)
+
+    @property
+    def metadata_dir(self) -> Path:
+        """The client files' directory (file-backed repositories only)."""
+        if not isinstance(self.store, FileMetaStore):
+            raise ImageRepoError("this image repository is not kept in a directory")
+        return self.store.metadata_dir
 
     # -- creation -----------------------------------------------------------------
     @classmethod
-    def create(cls, directory: Path, keys: DevKeys, expiry: dict[str, timedelta] | None = None) -> ImageRepository:
-        repo = cls(directory, expiry)
+    def create(cls, where: Path | MetaStore, keys: DevKeys, expiry: dict[str, timedelta] | None = None) -> ImageRepository:
+        repo = cls(where, expiry)
         if repo.md:
-            raise ImageRepoError(f"an image repository already exists in {directory}")
-        repo.metadata_dir.mkdir(parents=True, exist_ok=True)
-        root = Root(expires=_utcnow() + repo.expiry["root"], consistent_snapshot=True)
-        for s in keys.root:
-            root.add_key(public_key(s), "root")
-        for s in keys.release:
-            root.add_key(public_key(s), "targets")
-        root.add_key(public_key(keys.online), "snapshot")
-        root.add_key(public_key(keys.online), "timestamp")
-        root.roles["root"].threshold = keys.root_threshold
-        root.roles["targets"].threshold = keys.release_threshold
-        repo.md["root"] = Metadata(root)
-        repo._sign_and_write("root", keys.root)
+            raise ImageRepoError(f"an image repository already exists in {where}")
+        repo.create_root(keys.root, keys.release, keys.online, keys.root_threshold, keys.release_threshold)
         repo.md["targets"] = Metadata(Targets(expires=_utcnow() + repo.expiry["targets"]))
         repo._sign_and_write("targets", keys.release)
-        repo.md["snapshot"] = Metadata(Snapshot(expires=_utcnow() + repo.expiry["snapshot"]))
-        repo._sign_and_write("snapshot", [keys.online])
-        repo.md["timestamp"] = Metadata(Timestamp(expires=_utcnow() + repo.expiry["timestamp"]))
-        repo._sign_and_write("timestamp", [keys.online])
+        repo.start_online(keys.online)
         return repo
+
+    def create_root(
+        self,
+        root_signers: Sequence[Signer],
+        release: Sequence[Signer | SSlibKey],
+        online: Signer | SSlibKey,
+        root_threshold: int,
+        release_threshold: int,
+    ) -> None:
+        """Root v1 naming every role's keys, signed by the root keys (``edgefleet-controller init``)."""
+
+        def pub(k: Signer | SSlibKey) -> SSlibKey:
+            return k if isinstance(k, SSlibKey) else public_key(k)
+
+        root = Root(expires=_utcnow() + self.expiry["root"], consistent_snapshot=True)
+        for s in root_signers:
+            root.add_key(public_key(s), "root")
+        for k in release:
+            root.add_key(pub(k), "targets")
+        root.add_key(pub(online), "snapshot")
+        root.add_key(pub(online), "timestamp")
+        root.roles["root"].threshold = root_threshold
+        root.roles["targets"].threshold = release_threshold
+        self.md["root"] = Metadata(root)
+        self._sign_and_write("root", root_signers)
+
+    def import_metadata(self, role: str, data: bytes) -> None:
+        """Take a signed role as it is (root and targets made offline by ``init``)."""
+        self.md[role] = Metadata.from_bytes(data)
+        self._write(role)
+
+    def start_online(self, online: Signer) -> None:
+        """The first snapshot and timestamp, once root and targets exist."""
+        snap = Snapshot(expires=_utcnow() + self.expiry["snapshot"])
+        snap.meta["targets.json"] = MetaFile(version=self.md["targets"].signed.version)
+        self.md["snapshot"] = Metadata(snap)
+        self._sign_and_write("snapshot", [online])
+        self.md["timestamp"] = Metadata(Timestamp(expires=_utcnow() + self.expiry["timestamp"]))
+        self._sign_and_write("timestamp", [online])
 
     @classmethod
     def open_or_create(cls, directory: Path, keys: DevKeys) -> ImageRepository:
@@ -132,14 +203,31 @@ class ImageRepository:
     # -- reading ------------------------------------------------------------------
     def root_bytes(self, version: int | None = None) -> bytes:
         """The root metadata devices pin at provisioning (version 1 by default)."""
-        return (self.metadata_dir / f"{version or 1}.root.json").read_bytes()
+        data = self.read_metadata(f"{version or 1}.root.json")
+        if data is None:
+            raise ImageRepoError(f"no root version {version or 1}")
+        return data
+
+    def read_metadata(self, name: str) -> bytes | None:
+        """The bytes for a metadata request such as ``3.targets.json`` or ``timestamp.json``."""
+        return self.store.read(name) if client_name(name) else None
 
     def metadata_file(self, name: str) -> Path | None:
-        """The file for a metadata request such as ``3.targets.json`` or ``timestamp.json``."""
-        if not re.fullmatch(r"(\d+\.)?(root|targets|snapshot|timestamp)\.json", name):
+        """The file for a metadata request (file-backed repositories)."""
+        if not client_name(name):
             return None
         p = self.metadata_dir / name
         return p if p.is_file() else None
+
+    def expires_in(self, role: str, now: datetime | None = None) -> float:
+        """Seconds until ``role`` lapses (negative: already expired)."""
+        expires: datetime = self.md[role].signed.expires
+        return (expires - (now or datetime.now(timezone.utc))).total_seconds()
+
+    @staticmethod
+    def targets_in(data: bytes) -> dict[str, TargetFile]:
+        """The target files listed in serialized targets metadata."""
+        return dict(Metadata[Targets].from_bytes(data).signed.targets)
 
     @property
     def targets(self) -> dict[str, TargetFile]:
@@ -167,6 +255,14 @@ class ImageRepository:
         online: Signer,
     ) -> TargetFile:
         """List a bundle in ``targets`` (signed by ``signers``), then snapshot and timestamp."""
+        tf = self.stage_bundle(model=model, version=version, sha256=sha256, length=length, runtime=runtime, hardware=hardware)
+        self._release(signers, online)
+        return tf
+
+    def stage_bundle(
+        self, *, model: str, version: int, sha256: str, length: int, runtime: str, hardware: dict[str, Any]
+    ) -> TargetFile:
+        """List a bundle in the in-memory ``targets`` without signing (offline release keys sign later)."""
         path = target_path(model, version)
         custom = {"model": model, "version": version, "runtime": runtime, "hardware": hardware, "floor": self.floor(model)}
         tf = TargetFile(length=length, hashes={"sha256": sha256}, path=path, unrecognized_fields={"custom": custom})
@@ -174,11 +270,15 @@ class ImageRepository:
         if existing is not None and existing.hashes != tf.hashes:
             raise ImageRepoError(f"{path} is already released with sha256 {existing.hashes.get('sha256', '')[:12]}")
         self.md["targets"].signed.targets[path] = tf
-        self._release(signers, online)
         return tf
 
     def set_floor(self, model: str, floor: int, *, signers: Sequence[Signer], online: Signer) -> None:
         """Raise the signed version floor of ``model``: versions below it are refused by devices."""
+        self.stage_floor(model, floor)
+        self._release(signers, online)
+
+    def stage_floor(self, model: str, floor: int) -> None:
+        """Raise the floor in the in-memory ``targets`` without signing."""
         if floor < self.floor(model):
             raise ImageRepoError(
                 f"floor of {model} is {self.floor(model)}; lowering it to {floor} would re-allow revoked versions"
@@ -187,13 +287,22 @@ class ImageRepository:
             if isinstance(t.custom, dict) and t.custom.get("model") == model:
                 t.unrecognized_fields["custom"] = {**t.custom, "floor": floor}
                 self.md["targets"].signed.targets[path] = t
-        self._release(signers, online)
 
     def _release(self, signers: Sequence[Signer], online: Signer) -> None:
         t = self.md["targets"].signed
         t.version += 1
         t.expires = _utcnow() + self.expiry["targets"]
         self._sign_and_write("targets", signers)
+        self.snapshot(online)
+
+    def resign_targets(self, signers: Sequence[Signer], online: Signer) -> None:
+        """The same targets in a new version with a fresh expiry (online release signing only)."""
+        self._release(signers, online)
+
+    def publish_targets(self, md: Metadata[Any], online: Signer) -> None:
+        """Make targets signed elsewhere (offline, to its threshold) current, then snapshot and timestamp."""
+        self.md["targets"] = md
+        self._write("targets")
         self.snapshot(online)
 
     # -- online operations ---------------------------------------------------------
@@ -248,71 +357,14 @@ class ImageRepository:
         md = self.md[role]
         data = md.to_bytes()
         name = "timestamp.json" if role == "timestamp" else f"{md.signed.version}.{role}.json"
-        atomic_write_bytes(self.metadata_dir / name, data)
-        atomic_write_bytes(self.dir / f"{role}.json", data)
+        self.store.write(name, data)
+        self.store.write(role, data)
 
     # -- for tests: publish a raw metadata file as-is -------------------------------
     def write_raw(self, name: str, data: bytes) -> None:
-        atomic_write_bytes(self.metadata_dir / name, data)
+        self.store.write(name, data)
 
 
 def parse_target_path(path: str) -> tuple[str, int] | None:
     m = _PATH.match(path)
     return (m.group(1), int(m.group(2))) if m else None
-
-
-class ImageRepoService:
-    """The controller's handle on its image repository (development: keys on local disk).
-
-    In production the release keys stay offline; the repository is then
-    extended by ``ImageRepository.add_bundle`` with signers the release
-    managers provide, and the controller only refreshes snapshot and timestamp.
-    """
-
-    def __init__(self, repo: ImageRepository, keys: DevKeys) -> None:
-        self.repo = repo
-        self.keys = keys
-
-    @classmethod
-    def open(cls, data_dir: Path) -> ImageRepoService:
-        keys = DevKeys.load_or_create(data_dir / "keys" / "tuf")
-        return cls(ImageRepository.open_or_create(data_dir / "tuf", keys), keys)
-
-    def release_bundle(
-        self, *, model: str, version: int, sha256: str, length: int, runtime: str, hardware: dict[str, Any]
-    ) -> None:
-        signers = self.keys.release[: self.keys.release_threshold]
-        self.repo.add_bundle(
-            model=model,
-            version=version,
-            sha256=sha256,
-            length=length,
-            runtime=runtime,
-            hardware=hardware,
-            signers=signers,
-            online=self.keys.online,
-        )
-
-    def raise_floor(self, model: str, floor: int) -> None:
-        signers = self.keys.release[: self.keys.release_threshold]
-        self.repo.set_floor(model, floor, signers=signers, online=self.keys.online)
-
-    def on_release_change(self, session: Session, change: ReleaseChange) -> None:
-        """Registry hook (``Registry.hooks``): list each registered bundle in the signed
-        targets and sign each raised floor, inside the registry's transaction; a refusal
-        here refuses the registry change."""
-        try:
-            if change.kind == "registered":
-                mv = Registry.get(session, change.name, change.version)
-                self.release_bundle(
-                    model=change.name,
-                    version=change.version,
-                    sha256=change.sha256,
-                    length=change.length,
-                    runtime=mv.runtime,
-                    hardware=dict(mv.manifest.get("hardware", {})),
-                )
-            elif change.kind == "revoked":
-                self.raise_floor(change.name, change.floor)
-        except ImageRepoError as exc:
-            raise Conflict(f"image repository refused the change: {exc}") from None

@@ -71,6 +71,7 @@ class ReleaseChange:
 
 
 ReleaseHook = Callable[[Session, ReleaseChange], None]
+AssignGate = Callable[[Session, ModelVersion], "str | None"]  # a reason the version cannot be assigned yet, or None
 
 
 def beyond_canary(role: str) -> bool:
@@ -92,6 +93,7 @@ def golden_reproduces(bundle: bundle_fmt.Bundle, sha256: str) -> None:
 class Registry:
     blobs: BlobStore
     hooks: list[ReleaseHook] = field(default_factory=list)
+    gates: list[AssignGate] = field(default_factory=list)  # e.g. "waiting for offline release signatures"
 
     # --- queries ------------------------------------------------------------
 
@@ -129,6 +131,10 @@ class Registry:
                 f"{name} v{version} is not approved; role {role!r} goes beyond canary and needs an approver's approval "
                 f"(POST /v1/approvals), canary and shadow do not"
             )
+        for gate in self.gates:
+            reason = gate(session, mv)
+            if reason is not None:
+                raise Conflict(reason)
         return mv
 
     # --- changes (each records an audit entry; the caller commits) -----------
@@ -162,7 +168,7 @@ class Registry:
                 f"manifest.lineage.parent_version: expected an integer from 1 to {m.version - 1} or null, got {parent!r}"
             )
         golden_reproduces(b, sha)
-        self.blobs.put(data)
+        self.blobs.put(data, session)
         mv = ModelVersion(
             name=m.name,
             version=m.version,

@@ -53,10 +53,13 @@ class ControllerMqtt:
         on_malformed: Callable[[str], None] | None = None,
         client_id: str | None = None,
         tls: ssl.SSLContext | None = None,  # mTLS with the controller's identity (controller/identity/wiring.py)
+        share_group: str = "controllers",
     ) -> None:
-        """``client_id`` given: a persistent session (the broker queues for this replica while it restarts)."""
+        """``client_id``: unique per replica. The session is clean, so a replica that is gone takes no
+        share of the group's messages (the broker queues nothing for a dead member)."""
         self._handler = handler
         self._kinds = kinds
+        self._share_group = share_group
         self._on_malformed = on_malformed
         self.malformed = 0
         self.received = 0
@@ -67,7 +70,7 @@ class ControllerMqtt:
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
-            clean_session=client_id is None,
+            clean_session=True,
             manual_ack=True,
         )
         c.enable_logger(_PAHO_LOG)
@@ -118,7 +121,7 @@ class ControllerMqtt:
         if not self._kinds:
             self.connected.set()
             return
-        _, self._sub_mid = client.subscribe([(fleet_filter(kind, shared=True), 1) for kind in self._kinds])
+        _, self._sub_mid = client.subscribe([(fleet_filter(kind, shared=True, group=self._share_group), 1) for kind in self._kinds])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
         if mid != self._sub_mid:

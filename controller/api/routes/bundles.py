@@ -13,11 +13,10 @@ router = APIRouter(tags=["bundles"])
 
 @router.get("/v1/bundles/{sha256}", response_class=FileResponse)
 def download_bundle(sha256: str, blobs: BlobsDep) -> FileResponse:
-    if not blobs.exists(sha256):
+    path = blobs.local_path(sha256)
+    if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bundle with sha256 {sha256[:64]!r}")
-    return FileResponse(
-        blobs.path(sha256), media_type="application/x-tar", headers={"Cache-Control": "public, max-age=31536000, immutable"}
-    )
+    return FileResponse(path, media_type="application/x-tar", headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
 class TrustPublic(BaseModel):

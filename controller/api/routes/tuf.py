@@ -1,13 +1,17 @@
-"""TUF metadata of the image repository, for devices (public, no token: it is signed)."""
+"""TUF metadata of the image repository, for devices (public, no token: it is signed), and the
+pending targets change that offline release keys sign (``edgefleet release sign``)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
-from controller.release.imagerepo import ImageRepoService
+from controller.api.deps import Approver, Viewer
+from controller.api.schemas import PendingTargetsPublic, ReleaseSignature
+from controller.release.imagerepo import ImageRepoError
+from controller.release.imageservice import ImageRepoService
+from controller.release.offline import PendingView, SignatureRefused
 
 router = APIRouter(prefix="/v1/tuf", tags=["tuf"])
 
@@ -22,11 +26,42 @@ def get_imagerepo(request: Request) -> ImageRepoService:
 ImageRepoDep = Annotated[ImageRepoService, Depends(get_imagerepo)]
 
 
-@router.get("/metadata/{name}", response_class=FileResponse)
-def metadata(name: str, svc: ImageRepoDep) -> FileResponse:
+@router.get("/metadata/{name}", response_class=Response)
+def metadata(name: str, svc: ImageRepoDep) -> Response:
     """``<version>.root.json``, ``<version>.targets.json``, ``<version>.snapshot.json`` or ``timestamp.json``."""
-    path = svc.repo.metadata_file(name)
-    if path is None:
+    data = svc.read(name)
+    if data is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no metadata file {name[:80]!r}")
     cache = "no-cache" if name == "timestamp.json" else "public, max-age=31536000, immutable"
-    return FileResponse(path, media_type="application/json", headers={"Cache-Control": cache})
+    return Response(data, media_type="application/json", headers={"Cache-Control": cache})
+
+
+def _public(v: PendingView) -> PendingTargetsPublic:
+    return PendingTargetsPublic(
+        version=v.version,
+        targets=v.metadata,
+        changes=v.changes,
+        signed_by=v.signed_by,
+        threshold=v.threshold,
+        published=v.published,
+    )
+
+
+@router.get("/pending", response_model=PendingTargetsPublic)
+def pending(svc: ImageRepoDep, me: Viewer) -> PendingTargetsPublic:
+    """The targets change waiting for release-key signatures (404 when nothing waits)."""
+    v = svc.pending()
+    if v is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no targets change is waiting for signatures")
+    return _public(v)
+
+
+@router.post("/pending/signatures", response_model=PendingTargetsPublic)
+def sign_pending(body: ReleaseSignature, svc: ImageRepoDep, me: Approver) -> PendingTargetsPublic:
+    """Add one release-key signature; at the threshold the change is published to devices."""
+    try:
+        return _public(svc.add_signature(body.version, body.keyid, body.sig))
+    except SignatureRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except ImageRepoError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"image repository refused the signature: {exc}") from None
