@@ -8,12 +8,14 @@ become HTTP errors in one handler.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
+from sqlmodel import Session
 
 from controller import __version__
 from controller.api import problems
@@ -42,6 +44,7 @@ from controller.release.blobstore import open_blob_store
 from controller.release.imageservice import ImageRepoService
 from controller.release.registry import Registry, RegistryError
 from controller.telemetry.batch import TelemetryIngest
+from controller.telemetry.cursors import prune_gaps
 from controller.telemetry.ingest import Ingestor
 from controller.telemetry.receiver import ControllerMqtt
 
@@ -157,7 +160,13 @@ def create_app(settings: Settings) -> FastAPI:
         if m is not None and m.connected.is_set():
             refresh_desired(engine, director, settings, m.publish_desired)
 
+    def _prune_gaps(ctx: object) -> None:
+        with Session(engine) as session:
+            prune_gaps(session, time.time() - settings.telemetry_late_horizon_s)
+            session.commit()
+
     leader.add_job("tuf.refresh", imagerepo.refresh_interval_s(), _refresh_tuf)
+    leader.add_job("telemetry.gaps.prune", 3600, _prune_gaps)
     leader.add_job("desired.refresh", refresh_interval_s(settings), _refresh_desired)
     identity.install(app, settings, engine)
     for r in ROUTERS:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         "controllers", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the shared-subscription group every replica joins"
     )
     telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
+    telemetry_late_horizon_s: int = Field(
+        30 * 24 * 3600, ge=60, description="a window this much later than newer ones from its device still counts once"
+    )
     ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
     replica_id: str | None = Field(
         None, max_length=40, description="this replica's name in leadership and metrics; default: random per process"

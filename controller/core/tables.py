@@ -160,14 +160,17 @@ class TelemetryCursor(SQLModel, table=True):
     seen_bits: int = Field(sa_type=BigInteger)
 
 
-class TelemetrySeen(SQLModel, table=True):
-    """A telemetry seq merged while it was older than the cursor's bitmap (a late window).
+class TelemetryGap(SQLModel, table=True):
+    """Seqs ``lo..hi`` of a device that had not arrived when they fell below the dedupe bitmap.
 
-    Rows exist only for seqs more than ``DEDUPE_WINDOW`` below the device's highest, so
-    the table stays as small as the number of very late windows."""
+    A window that comes later than the bitmap reaches is new exactly when its seq is in a gap
+    (the gap is then split around it). Seqs used by status and events messages make gaps too;
+    the leader deletes gaps older than ``telemetry_late_horizon_s``."""
 
     device_id: str = Field(primary_key=True, max_length=64)
-    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    lo: int = Field(primary_key=True, sa_type=BigInteger)
+    hi: int = Field(sa_type=BigInteger)
+    created_at: float = Field(default=0.0, index=True)  # unix seconds
 
 
 class TelemetryAggregate(SQLModel, table=True):

@@ -36,7 +36,7 @@ from controller.core.db import make_engine
 from controller.core.metrics import Metrics
 from controller.core.tables import TelemetryAggregate
 from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
-from controller.telemetry.cursors import dedupe, read_cursors, write_cursors
+from controller.telemetry.cursors import add_gaps, claim_gap, dedupe, gaps_left, read_cursors, write_cursors
 from controller.telemetry.gc_tuning import ingest_gc
 from controller.telemetry.membership import MembershipCache
 from shared.messages import Telemetry
@@ -254,19 +254,35 @@ class TelemetryIngest:
             # added once to each of those cohorts' aggregates.
             groups: dict[tuple[str, int, str, int, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
             fresh = 0
+            late: list[tuple[int, _Item, list[tuple[str, str, int, dict[str, Any]]], tuple[str, ...]]] = []
+            gaps: list[tuple[str, int, int]] = []
             for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
                 m = item.msg
                 cohorts = membership[m.device_id]
                 if cohorts is None:
                     outcomes["unknown_device"] += 1
                     continue
-                high, bits = state.get(m.device_id, (None, 0))
-                verdict, high, bits = dedupe(high, bits, m.seq)
+                prev_high, prev_bits = state.get(m.device_id, (None, 0))
+                verdict, high, bits = dedupe(prev_high, prev_bits, m.seq)
+                if verdict == "new" and (prev_high is None or m.seq > prev_high):
+                    gaps.extend((m.device_id, lo, hi) for lo, hi in gaps_left(prev_high, prev_bits, m.seq))
+                if verdict == "stale":  # below the bitmap: decided against the gaps after this loop
+                    late.append((idx, item, parts, cohorts))
+                    continue
                 if verdict != "new":
                     outcomes["duplicate"] += 1
                     continue
                 state[m.device_id] = (high, bits)
                 ws = window_start(m.window_start, self.window_s)
+                for role, model, version, summary in parts:
+                    groups[(model, version, role, ws, cohorts)].append((idx, summary))
+                fresh += 1
+            add_gaps(session, gaps, time.time())
+            for idx, item, parts, cohorts in late:  # rare: one lookup each, after this batch's gaps exist
+                if not claim_gap(session, item.msg.device_id, item.msg.seq):
+                    outcomes["duplicate"] += 1
+                    continue
+                ws = window_start(item.msg.window_start, self.window_s)
                 for role, model, version, summary in parts:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
                 fresh += 1

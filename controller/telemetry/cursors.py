@@ -1,14 +1,21 @@
 """Exact dedupe of telemetry windows: per device, the highest seq and a bitmap of the ones below it.
 
-``dedupe`` is pure; ``read_cursors``/``write_cursors`` are the only SQL on ``TelemetryCursor``.
+Seqs that slide below the bitmap without having arrived are kept as ranges in
+``TelemetryGap`` (``gaps_left``). A window more than ``DEDUPE_WINDOW`` seqs below the
+highest ("stale" for the bitmap: it arrives long after newer ones) is new exactly when
+its seq is in a gap (``claim_gap``), so it is stored once and a repeat is a duplicate.
+
+``dedupe`` and ``gaps_left`` are pure; the other functions are the only SQL on
+``TelemetryCursor`` and ``TelemetryGap``. Callers hold the device's cursor
+row lock (or SQLite's write lock), so one device's late seqs are decided by one writer at a time.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import ARRAY, BigInteger, String, bindparam, func, update
+from sqlalchemy import ARRAY, BigInteger, String, bindparam, delete, func, update
 from sqlmodel import Session, col, select
 
-from controller.core.tables import TelemetryCursor
+from controller.core.tables import TelemetryCursor, TelemetryGap
 
 DEDUPE_WINDOW = 62  # seqs below the highest one remembered per device (fits a signed BIGINT)
 _MASK = (1 << DEDUPE_WINDOW) - 1
@@ -78,3 +85,54 @@ def write_cursors(session: Session, cursors: dict[str, tuple[int, int]], state: 
     inserts = [{"device_id": d, "high_seq": h, "seen_bits": b} for d, (h, b) in state.items() if d not in cursors]
     if inserts:
         session.connection().execute(TelemetryCursor.__table__.insert(), inserts)  # type: ignore[attr-defined]
+
+
+def gaps_left(high: int | None, bits: int, seq: int) -> list[tuple[int, int]]:
+    """Seqs that drop below the bitmap unseen when ``seq`` becomes the highest, as inclusive ranges."""
+    if high is None:
+        return [(0, seq - DEDUPE_WINDOW)] if seq >= DEDUPE_WINDOW else []
+    if seq <= high:
+        return []
+    k = seq - high
+    missing = [high - i for i in range(DEDUPE_WINDOW - 1, max(0, DEDUPE_WINDOW - k) - 1, -1) if not (bits >> i) & 1]
+    ranges: list[tuple[int, int]] = []
+    for x in missing:  # ascending
+        if ranges and ranges[-1][1] == x - 1:
+            ranges[-1] = (ranges[-1][0], x)
+        else:
+            ranges.append((x, x))
+    if high + 1 <= seq - DEDUPE_WINDOW:  # never inside the bitmap at all
+        lo, hi = high + 1, seq - DEDUPE_WINDOW
+        if ranges and ranges[-1][1] == lo - 1:
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
+
+
+def add_gaps(session: Session, gaps: list[tuple[str, int, int]], now: float) -> None:
+    if gaps:
+        rows = [{"device_id": d, "lo": lo, "hi": hi, "created_at": now} for d, lo, hi in gaps]
+        session.connection().execute(TelemetryGap.__table__.insert(), rows)  # type: ignore[attr-defined]
+
+
+def claim_gap(session: Session, device_id: str, seq: int) -> bool:
+    """True (and the gap split around ``seq``) if ``seq`` had not arrived when it left the bitmap."""
+    tg = TelemetryGap
+    row = session.exec(select(tg).where(tg.device_id == device_id, col(tg.lo) <= seq, col(tg.hi) >= seq)).first()
+    if row is None:
+        return False
+    lo, hi, created = row.lo, row.hi, row.created_at
+    session.delete(row)
+    session.flush()
+    for a, b in ((lo, seq - 1), (seq + 1, hi)):
+        if a <= b:
+            session.add(TelemetryGap(device_id=device_id, lo=a, hi=b, created_at=created))
+    session.flush()
+    return True
+
+
+def prune_gaps(session: Session, older_than: float) -> int:
+    """Forget gaps made before ``older_than``: windows that late are counted as duplicates."""
+    res = session.execute(delete(TelemetryGap).where(col(TelemetryGap.created_at) < older_than))
+    return int(res.rowcount)  # type: ignore[attr-defined]

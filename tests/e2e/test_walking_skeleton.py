@@ -121,8 +121,9 @@ def test_bad_input_is_rejected_and_the_old_model_keeps_serving(mosquitto, contro
 
         # A tampered bundle on the server: the signed hash no longer matches.
         v2 = api.get("/v1/models").json()[1]
-        blob = controller.data_dir / "bundles" / f"{v2['sha256']}.tar"
-        original = blob.read_bytes()
+        original = api.get(f"/v1/bundles/{v2['sha256']}").content  # fills this replica's local bundle cache
+        blob = controller.data_dir / "cache" / "bundles" / f"{v2['sha256']}.tar"
+        assert blob.read_bytes() == original
         blob.write_bytes(original[:-10] + b"x" * 10)
         api.put(f"/v1/devices/{device}/desired", json={"model": "digits", "version": 2})
         ev = watch.wait_for(lambda m: m.get("kind") == "ota.rejected", "/events")

@@ -191,3 +191,27 @@ def test_status_and_events_update_inventory_and_unknown_devices_are_ignored(engi
         assert s.get(Device, "st-9") is None
     pub.loop_stop()
     pub.disconnect()
+
+
+def test_windows_far_behind_the_newest_are_stored_exactly_once(engine, mosquitto, replicas):
+    """A device back from a long outage sends old windows after newer ones: seqs more than the
+    bitmap's 62 below its highest are still new the first time and duplicates after."""
+    with Session(engine) as s:
+        s.add(Device(id="late-1"))
+        s.commit()
+    pub = publisher(mosquitto)
+    topic = device_topic("late-1", Kind.TELEMETRY)
+    sent: dict[int, dict] = {}
+    for n, seq in enumerate((500, 501, 3, 100, 3, 4, 100, 437, 438, 437)):  # 437 is 64 below 501
+        n = min((k for k, q in enumerate((500, 501, 3, 100, 3, 4, 100, 437, 438, 437)) if q == seq))  # a repeat: same body
+        pub.publish(topic, window("late-1", seq, n), qos=1).wait_for_publish(5)
+        sent.setdefault(seq, summary(n))
+    wait_until(lambda: total(replicas, "telemetry", "accepted") + total(replicas, "telemetry", "duplicate") >= 10, what="all")
+    time.sleep(0.3)
+    assert total(replicas, "telemetry", "accepted") == len(sent) == 7
+    assert total(replicas, "telemetry", "duplicate") == 3
+    got, windows, _ = merged_rows(engine, "*")
+    assert windows == 7
+    assert got == functools.reduce(merge, sent.values())
+    pub.loop_stop()
+    pub.disconnect()

@@ -13,7 +13,7 @@ from controller.core.roles import Role
 from controller.fleet.cohorts import CohortSnapshot, cohorts_of, is_member, member_ids, parse_version_spec
 from controller.release.registry import beyond_canary
 from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
-from controller.telemetry.cursors import DEDUPE_WINDOW, dedupe
+from controller.telemetry.cursors import DEDUPE_WINDOW, dedupe, gaps_left
 from shared.telemetry import MergeError, merge
 
 pytestmark = [pytest.mark.unit]
@@ -90,6 +90,22 @@ def test_dedupe_accepts_each_seq_once_in_any_order_within_the_window():
     verdict, high, bits = dedupe(high, bits, 10_000)  # a jump beyond the window resets the bitmap
     assert (verdict, high, bits) == ("new", 10_000, 1)
     assert bits < 2**63
+
+
+def test_seqs_that_leave_the_bitmap_unseen_become_gaps():
+    assert gaps_left(None, 0, 10) == []
+    assert gaps_left(None, 0, 100) == [(0, 100 - DEDUPE_WINDOW)]
+    # seqs 100 and 98 seen (bits 0 and 2); 99 and 101..161 never arrive; 200 arrives
+    _, high, bits = dedupe(None, 0, 98)
+    _, high, bits = dedupe(high, bits, 100)
+    assert gaps_left(high, bits, 100) == [] and gaps_left(high, bits, 101) == [(39, 39)]
+    gaps = gaps_left(high, bits, 200)
+    assert gaps == [(39, 97), (99, 99), (101, 200 - DEDUPE_WINDOW)]
+    # every seq from 38 to 200 is exactly one of: seen, in a gap, or still in the new bitmap
+    _, high2, _bits2 = dedupe(high, bits, 200)
+    covered = [x for lo, hi in gaps for x in range(lo, hi + 1)] + [98, 100]
+    covered += [high2 - i for i in range(DEDUPE_WINDOW) if high2 - i not in (98, 100)]
+    assert sorted(covered) == list(range(39, 201))
 
 
 @dataclass

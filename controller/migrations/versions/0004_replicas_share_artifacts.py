@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-01 08:36:05.692110
+Create Date: 2026-12-01 08:41:15.058658
 """
 
 from __future__ import annotations
@@ -37,11 +37,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_table(
-        "telemetryseen",
+        "telemetrygap",
         sa.Column("device_id", sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("seq", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("device_id", "seq"),
+        sa.Column("lo", sa.BigInteger(), nullable=False),
+        sa.Column("hi", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("device_id", "lo"),
     )
+    with op.batch_alter_table("telemetrygap", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_telemetrygap_created_at"), ["created_at"], unique=False)
+
     op.create_table(
         "tufmetadata",
         sa.Column("name", sqltypes.AutoString(length=64), nullable=False),
@@ -65,7 +70,10 @@ def downgrade() -> None:
         batch_op.drop_column("desired_expires_at")
 
     op.drop_table("tufmetadata")
-    op.drop_table("telemetryseen")
+    with op.batch_alter_table("telemetrygap", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_telemetrygap_created_at"))
+
+    op.drop_table("telemetrygap")
     op.drop_table("pendingtargets")
     op.drop_table("blob")
     # ### end Alembic commands ###
