@@ -87,6 +87,7 @@ class Health(BaseModel):
 def create_app(settings: Settings) -> FastAPI:
     if (warning := settings.public_url_warning()) is not None:
         log.warning("%s", warning)
+    director = Director.from_settings(settings)  # shared secret: refused before anything else starts when missing
     engine = make_engine(settings.database_url)
     init_db(engine)
     metrics = Metrics()
@@ -130,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
         region=settings.s3_region,
     )
     app.state.registry = Registry(app.state.blobs)
-    director = app.state.director = Director.from_settings(settings)
+    app.state.director = director
     app.state.telemetry = batches
     app.state.leader = leader  # concerns register their periodic jobs with leader.add_job
     app.state.mqtt = (
@@ -148,7 +149,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     if app.state.mqtt is not None:
         metrics.watch_received(leader.identity, lambda: app.state.mqtt.received)
-    imagerepo = app.state.imagerepo = ImageRepoService.from_settings(settings, engine)  # TUF image repository
+    try:
+        imagerepo = app.state.imagerepo = ImageRepoService.from_settings(settings, engine)  # TUF image repository
+    except Exception:
+        engine.dispose()
+        raise
     app.state.registry.hooks.append(imagerepo.on_release_change)  # registered/revoked -> signed (or pending) targets
     app.state.registry.gates.append(imagerepo.assign_gate)  # not assignable before the release keys signed
 

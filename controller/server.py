@@ -1,4 +1,5 @@
-"""``edgefleet-controller``: run the controller's HTTP API and MQTT bridge."""
+"""``edgefleet-controller``: run the controller's HTTP API and MQTT bridge; ``edgefleet-controller init``
+creates the secrets every replica shares (``controller/init.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ log = logging.getLogger("edgefleet.controller")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["init"]:  # edgefleet-controller init: the shared secrets, once
+        from controller.init import main as init_main
+
+        return init_main(argv[1:])
     p = argparse.ArgumentParser(prog="edgefleet-controller", description="edgefleet controller (settings from EDGEFLEET_* env)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

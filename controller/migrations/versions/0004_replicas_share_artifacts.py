@@ -60,6 +60,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_device_desired_expires_at"), ["desired_expires_at"], unique=False)
 
     # ### end Alembic commands ###
+    # The audit head exists from the start, so the first appends of two replicas lock one row
+    # instead of racing to insert it.
+    op.execute(
+        "INSERT INTO audithead (id, seq, hash) SELECT 1, 0, '" + "0" * 64 + "' WHERE NOT EXISTS (SELECT 1 FROM audithead)"
+    )
 
 
 def downgrade() -> None:
