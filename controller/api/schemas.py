@@ -83,6 +83,8 @@ class DevicePublic(SQLModel):
     agent_version: str
     last_seen: datetime | None
     desired: dict[str, Any]
+    desired_counter: int = 0  # counter of the last signed desired state
+    desired_expires_at: float = 0.0  # unix seconds it lapses; the leader re-signs well before
     actual: dict[str, Any]
     why: str = Field(default="", description="empty when the device runs what it should; else why not (offline, its last error)")
 

@@ -62,9 +62,7 @@ def upgrade() -> None:
     # ### end Alembic commands ###
     # The audit head exists from the start, so the first appends of two replicas lock one row
     # instead of racing to insert it.
-    op.execute(
-        "INSERT INTO audithead (id, seq, hash) SELECT 1, 0, '" + "0" * 64 + "' WHERE NOT EXISTS (SELECT 1 FROM audithead)"
-    )
+    op.execute("INSERT INTO audithead (id, seq, hash) SELECT 1, 0, '" + "0" * 64 + "' WHERE NOT EXISTS (SELECT 1 FROM audithead)")
 
 
 def downgrade() -> None:
