@@ -31,8 +31,8 @@ from controller.core.secrets import load_ed25519
 from controller.core.tables import ModelVersion, TufMetadataRow
 from controller.release import offline
 from controller.release.imagerepo import DevKeys, ImageRepoError, ImageRepository, expiry_from
-from shared.bundle import target_path
 from controller.release.registry import Conflict, Registry, ReleaseChange
+from shared.bundle import target_path
 
 log = logging.getLogger(__name__)
 

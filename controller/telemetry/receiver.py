@@ -121,7 +121,9 @@ class ControllerMqtt:
         if not self._kinds:
             self.connected.set()
             return
-        _, self._sub_mid = client.subscribe([(fleet_filter(kind, shared=True, group=self._share_group), 1) for kind in self._kinds])
+        _, self._sub_mid = client.subscribe(
+            [(fleet_filter(kind, shared=True, group=self._share_group), 1) for kind in self._kinds]
+        )
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
         if mid != self._sub_mid:
