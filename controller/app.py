@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from controller import __version__
@@ -72,6 +74,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "refused by a rule (e.g. not approved, revoked, below the floor)"},
     422: {"model": Problem, "description": "invalid request (``errors`` lists each field and its problem)"},
 }
+
+
+class Ready(BaseModel):
+    ready: bool
+    database: bool
+    mqtt_connected: bool
 
 
 class Health(BaseModel):
@@ -189,6 +197,21 @@ def create_app(settings: Settings) -> FastAPI:
         route = request.scope.get("route")
         metrics.http_requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
+
+    @app.get("/readyz", response_model=Ready, tags=["health"], responses={503: {"model": Ready}})
+    def readyz(response: Response) -> Ready:
+        """Ready for traffic: the database answers and (when MQTT is on) the broker session is up."""
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            database = True
+        except SQLAlchemyError:
+            database = False
+        m = app.state.mqtt
+        mqtt_ok = m is None or m.connected.is_set()
+        if not (database and mqtt_ok):
+            response.status_code = 503
+        return Ready(ready=database and mqtt_ok, database=database, mqtt_connected=mqtt_ok)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:

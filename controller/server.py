@@ -1,10 +1,12 @@
 """``edgefleet-controller``: run the controller's HTTP API and MQTT bridge; ``edgefleet-controller init``
-creates the secrets every replica shares (``controller/init.py``)."""
+creates the secrets every replica shares (``controller/init.py``); ``edgefleet-controller migrate`` brings the
+database schema up to date and exits."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,12 +19,28 @@ from controller.core.config import Settings
 log = logging.getLogger("edgefleet.controller")
 
 
+def migrate_only() -> int:
+    from controller.core.db import init_db, make_engine
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Only the database URL: the migration Job has none of the replicas' secrets.
+    engine = make_engine(os.environ.get("EDGEFLEET_DATABASE_URL", Settings.model_fields["database_url"].default))
+    try:
+        init_db(engine)
+    finally:
+        engine.dispose()
+    log.info("database schema is up to date")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["init"]:  # edgefleet-controller init: the shared secrets, once
         from controller.init import main as init_main
 
         return init_main(argv[1:])
+    if argv[:1] == ["migrate"]:  # edgefleet-controller migrate: the schema only (a deployment's migration Job)
+        return migrate_only()
     p = argparse.ArgumentParser(prog="edgefleet-controller", description="edgefleet controller (settings from EDGEFLEET_* env)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

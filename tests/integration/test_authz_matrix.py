@@ -54,10 +54,16 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("GET", "/docs/oauth2-redirect"): Probe(PUBLIC, "/docs/oauth2-redirect", 200),
     ("GET", "/redoc"): Probe(PUBLIC, "/redoc", 200),
     ("GET", "/healthz"): Probe(PUBLIC, "/healthz", 200),
+    ("GET", "/readyz"): Probe(PUBLIC, "/readyz", 200),
     # what devices fetch without a token (signed or content-addressed)
     ("GET", "/v1/bundles/{sha256}"): Probe(PUBLIC, "/v1/bundles/{sha256}", 200),
     ("GET", "/v1/trust"): Probe(PUBLIC, "/v1/trust", 200),
     ("GET", "/v1/tuf/metadata/{name}"): Probe(PUBLIC, "/v1/tuf/metadata/timestamp.json", 200),
+    # offline release signing (development signs online: nothing is pending)
+    ("GET", "/v1/tuf/pending"): Probe("viewer", "/v1/tuf/pending", 404),
+    ("POST", "/v1/tuf/pending/signatures"): Probe(
+        "approver", "/v1/tuf/pending/signatures", 409, json={"version": 2, "keyid": "ab", "sig": "cd"}
+    ),
     ("POST", "/v1/capture/{device_id}"): Probe(PUBLIC, "/v1/capture/pi-{caller}", 200, json=CAPTURE),
     ("POST", "/v1/identity/enrol"): Probe(PUBLIC, "/v1/identity/enrol", 403, json={"token": "not-a-token", "csr": "x"}),
     ("POST", "/v1/identity/renew"): Probe(PUBLIC, "/v1/identity/renew", 422, json={"certificate": "x", "csr": "x"}),
