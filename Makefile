@@ -14,6 +14,12 @@ system-deps:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@# promtool validates deploy/prometheus (tests/unit/test_deploy_monitoring.py). Without recommends: no
+	@# node exporter; in containers policy-rc.d keeps the prometheus service from starting, on systemd hosts
+	@# stop it if it is not wanted (systemctl disable --now prometheus).
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

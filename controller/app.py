@@ -30,6 +30,7 @@ from controller.api.routes import (
     devices,
     enrolment,
     models,
+    monitoring,
     telemetry,
     tokens,
     tuf,
@@ -42,6 +43,7 @@ from controller.core.metrics import Metrics
 from controller.fleet.director import Director
 from controller.fleet.refresh import refresh_desired, refresh_interval_s
 from controller.identity import wiring as identity
+from controller.monitoring.jobs import MonitorJob
 from controller.release.blobstore import open_blob_store
 from controller.release.imageservice import ImageRepoService
 from controller.release.registry import Registry, RegistryError
@@ -64,6 +66,8 @@ ROUTERS = [
     tuf.router,
     capture.router,
     enrolment.router,
+    monitoring.router,
+    monitoring.labels_router,
 ]
 _KINDS = ("status", "events", "telemetry")
 # Documented on every operation so clients (and the schemathesis test) know the error shapes.
@@ -108,6 +112,13 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.leader_term.set(term)
 
     leader.on_change.append(_leader_changed)
+    monitor = MonitorJob(
+        metrics,
+        settings.telemetry_window_s,
+        drift_windows=settings.monitor_drift_windows,
+        webhook_url=settings.monitor_webhook_url,
+    )
+    leader.add_job("monitor", settings.monitor_interval_s, monitor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.director = director
     app.state.telemetry = batches
     app.state.leader = leader  # concerns register their periodic jobs with leader.add_job
+    app.state.monitor = monitor
     app.state.mqtt = (
         ControllerMqtt(
             settings.broker_host,

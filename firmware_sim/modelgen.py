@@ -99,7 +99,12 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
         return dst.read_bytes()
 
 
-def _histograms(x: np.ndarray, preds: np.ndarray, bins: int = 8) -> dict[str, Any]:
+def _histograms(x: np.ndarray, probs: np.ndarray, y: np.ndarray, bins: int = 8) -> dict[str, Any]:
+    """The manifest's drift reference: feature and prediction histograms, and the confidence
+    calibration (accuracy per top-class probability bin) the controller estimates accuracy with."""
+    from controller.monitoring.estimate import reference_confidence
+
+    preds = probs.argmax(axis=1)
     edges = np.linspace(0.0, 1.0, bins + 1).tolist()
     features = [
         {"name": f"px{i}", "bin_edges": edges, "counts": np.histogram(x[:, i], bins=edges)[0].tolist()} for i in range(x.shape[1])
@@ -107,6 +112,7 @@ def _histograms(x: np.ndarray, preds: np.ndarray, bins: int = 8) -> dict[str, An
     return {
         "features": features,
         "predictions": {"classes": list(range(N_CLASSES)), "counts": np.bincount(preds, minlength=N_CLASSES).tolist()},
+        "confidence": reference_confidence(probs, y),
     }
 
 
@@ -144,7 +150,7 @@ def make_onnx_bundle(
             "golden": {"vectors": vectors, "atol": 1e-4},
             "latency_budget_ms": 5.0,
             "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
-            "reference": _histograms(x, preds),
+            "reference": _histograms(x, probs, y),
             "hardware": {"arch": arch or []},
             "lineage": {
                 "dataset_sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest(),
@@ -244,7 +250,7 @@ def make_tflite_bundle(
             "golden": {"vectors": vectors, "atol": 1e-6},
             "latency_budget_ms": 5.0,
             "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
-            "reference": _histograms(x, preds),
+            "reference": _histograms(x, probs, y),
             "hardware": {"arch": arch or []},
             "lineage": {"code_version": "firmware_sim.modelgen", "metrics": {"accuracy": float((preds == y).mean())}},
         }

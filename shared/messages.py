@@ -22,12 +22,13 @@ from shared import compact
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError, SchemaError
 from shared.schema import Reader
-from shared.telemetry import N_LATENCY_BUCKETS
+from shared.telemetry import CONFIDENCE_BINS, N_LATENCY_BUCKETS
 from shared.topics import Kind, validate_device_id
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024  # bytes; larger payloads are rejected unread
 MAX_INFLATED_BYTES = 1024 * 1024  # bytes a compressed payload may inflate to
+MAX_LATE_LABELS = 1000  # late labels per telemetry message
 _ROLE = re.compile(r"^(production|canary|shadow|arm-[a-z0-9_-]{1,32})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ONLINE, OFFLINE = "online", "offline"
@@ -224,7 +225,7 @@ def read_role_summary(r: Reader) -> dict[str, Any]:
     """Validate one role summary (format in ``shared.telemetry``) so ``merge`` cannot fail on types."""
     feats = r.obj("features", optional=True)
     features = {} if feats is None else _feature_counts(feats)
-    return {
+    out = {
         "model": r.string("model", max_len=128),
         "version": r.integer("version", minimum=1),
         "count": r.integer("count", minimum=0),
@@ -236,6 +237,43 @@ def read_role_summary(r: Reader) -> dict[str, Any]:
         "shadow": _count_map(r, "shadow", ("agree", "disagree")),
         "labels": _count_map(r, "labels", ("count", "correct")),
     }
+    # Optional parts (newer agents): the top-class confidence histogram and data-quality counts.
+    if r.data.get("confidence") is not None:
+        out["confidence"] = _counts(r.array("confidence"), f"{r.where}.confidence", CONFIDENCE_BINS)
+    quality = r.obj("quality", optional=True)
+    if quality is not None:
+        out["quality"] = {
+            k: _counts(quality.array(k), f"{quality.where}.{k}", max_items=4096) for k in ("nan", "inf", "out_of_range")
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class LateLabel:
+    """A label for a prediction of an earlier window, joined on the device (see ``shared.telemetry``)."""
+
+    prediction_id: str
+    role: str
+    model: str
+    version: int
+    window_start: float  # the prediction's window (device clock, unix seconds)
+    predicted: int | None
+    label: int
+
+    @classmethod
+    def read(cls, r: Reader) -> LateLabel:
+        predicted = r.data.get("predicted")
+        if predicted is not None:
+            predicted = r.integer("predicted", minimum=0)
+        return cls(
+            prediction_id=r.string("prediction_id", max_len=64),
+            role=validate_role(r.string("role", max_len=40), f"{r.where}.role"),
+            model=r.string("model", max_len=128),
+            version=r.integer("version", minimum=1),
+            window_start=r.number("window_start", minimum=0),
+            predicted=predicted,
+            label=r.integer("label", minimum=0),
+        )
 
 
 @dataclass(frozen=True)
@@ -251,6 +289,7 @@ class Telemetry:
     system: dict[str, Any] = field(default_factory=dict)  # gauges (psutil), not merged
     counters: dict[str, int] = field(default_factory=dict)  # agent-level sums, e.g. desired_rejected
     agent: dict[str, Any] = field(default_factory=dict)  # version, boot id, window index since boot
+    labels: list[LateLabel] = field(default_factory=list)  # labels for predictions of earlier windows
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -270,6 +309,10 @@ class Telemetry:
             system=r.raw_obj("system", optional=True),
             counters=_count_map(r, "counters"),
             agent=r.raw_obj("agent", optional=True),
+            labels=[
+                LateLabel.read(Reader(x, f"{r.where}.labels[{i}]"))
+                for i, x in enumerate(r.array("labels", optional=True, max_items=MAX_LATE_LABELS))
+            ],
         )
 
     def to_payload(self) -> dict[str, Any]:

@@ -9,7 +9,10 @@ A role summary (one per model role per window) looks like::
      "predictions": [601, 588, ...],             # counts per class (or per prediction bin, see below)
      "features": {"px0": [..], ...},             # counts over the manifest's reference bin edges, see below
      "shadow": {"agree": 5900, "disagree": 100}, # shadow model's top class agrees with this role's
-     "labels": {"count": 40, "correct": 38}}     # ground truth reported by local apps
+     "labels": {"count": 40, "correct": 38},     # ground truth reported by local apps
+     "confidence": [0, 0, ..., 310, 5400],       # top-class probability per CONFIDENCE_BINS bin
+     "quality": {"nan": [..], "inf": [..],       # per feature (reference order): non-finite inputs
+                 "out_of_range": [..]}}          #   and inputs outside the feature spec's range
 
 Histograms over reference bin edges (``features`` and, for regression outputs,
 ``predictions``) have ``len(edges) + 1`` counts: index 0 counts values below
@@ -17,6 +20,12 @@ Histograms over reference bin edges (``features`` and, for regression outputs,
 reference bin also holds ``v == edges[-1]``, as in ``numpy.histogram``), and the
 last index counts values above ``edges[-1]``. So ``counts[1:-1]`` lines up with
 the manifest's reference counts and out-of-range inputs stay visible.
+
+``confidence`` (classification) counts each prediction's top-class probability
+in ``CONFIDENCE_BINS`` equal bins over [0, 1] (:func:`confidence_bin`); the
+controller estimates accuracy from it where labels are missing. ``quality``
+counts bad input values per feature, in the order of the manifest's reference
+features. Both are optional: older agents do not send them.
 
 Latency buckets are fixed and log-spaced: bucket ``i`` holds
 ``(LATENCY_EDGES_MS[i-1], LATENCY_EDGES_MS[i]]`` and the last bucket is
@@ -54,6 +63,16 @@ COUNTERS = (
     "capture_samples",  # inputs captured for upload
     "capture_bytes",  # bytes of those samples
 )
+
+
+CONFIDENCE_BINS = 20  # equal-width bins of the top-class probability over [0, 1]
+
+
+def confidence_bin(p: float) -> int:
+    """Bin of a top-class probability (values outside [0, 1] go to the end bins)."""
+    if not p > 0:  # also NaN
+        return 0
+    return min(int(p * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)
 
 
 def latency_bucket(ms: float) -> int:

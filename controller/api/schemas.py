@@ -336,3 +336,142 @@ class ReleaseSignature(SQLModel):
     version: int = Field(ge=1, description="the pending targets version the signature is for")
     keyid: str = Field(min_length=1, max_length=128)
     sig: str = Field(min_length=1, max_length=1024, regex=r"^[0-9a-f]+$")
+
+
+# --- monitoring ---------------------------------------------------------------------
+
+
+class FeatureDriftPublic(SQLModel):
+    name: str
+    n_ref: int
+    n_cur: int
+    psi: float
+    psi_threshold: float
+    js: float
+    js_threshold: float
+    wasserstein: float
+    wasserstein_threshold: float
+    out_of_range: float
+    drifted: bool
+    verdict: str
+
+
+class PredictionDriftPublic(SQLModel):
+    n_ref: int
+    n_cur: int
+    psi: float
+    js: float
+    chi2: float | None
+    chi2_p: float | None
+    cramers_v: float | None
+    drifted: bool
+    verdict: str
+
+
+class VersionDriftPublic(SQLModel):
+    model: str
+    version: int
+    cohort: str
+    role: str
+    since: int  # first window start merged
+    until: int  # last window start merged
+    windows: int
+    device_windows: int
+    excluded_windows: int
+    reference: str  # manifest | period
+    drifted_features: int
+    drift_share: float
+    dataset_drift: bool
+    thresholds: dict[str, float]
+    features: list[FeatureDriftPublic]
+    predictions: PredictionDriftPublic | None
+    quality: list[dict[str, Any]]
+
+
+class WindowAccuracyPublic(SQLModel):
+    version: int
+    window_start: int
+    predictions: int
+    labels: int
+    correct: int
+    accuracy: float | None
+    estimated: float | None
+    estimated_stderr: float | None
+
+
+class AccuracyPublic(SQLModel):
+    model: str
+    cohort: str
+    role: str
+    predictions: int
+    labels: int
+    correct: int
+    accuracy: float | None
+    estimated: float | None
+    windows: list[WindowAccuracyPublic]
+
+
+class LabelItem(SQLModel):
+    device_id: str = Field(max_length=64)
+    prediction_id: str = Field(min_length=1, max_length=64)
+    label: int = Field(ge=0, le=2**31 - 1)
+    predicted: int = Field(ge=0, le=2**31 - 1, description="the class the model predicted (from the predict answer)")
+    model: str = Field(max_length=128)
+    version: int = Field(ge=1, le=2**31 - 1)
+    predicted_at: float = Field(ge=0, le=2**40, description="unix seconds of the prediction")
+    role: str = Field(default="production", max_length=40)
+
+
+class LabelBatch(SQLModel):
+    labels: list[LabelItem] = Field(min_length=1, max_length=10_000)
+
+
+class LabelsStored(SQLModel):
+    stored: int
+
+
+class BurnRuleIn(SQLModel):
+    long_s: int = Field(ge=1, le=90 * 86400)
+    short_s: int = Field(ge=1, le=90 * 86400)
+    factor: float = Field(gt=0, le=10_000)
+    severity: str = Field(default="page", schema_extra={"pattern": "^(page|ticket)$"})
+
+
+class SloIn(SQLModel):
+    model: str = Field(max_length=128)
+    cohort: str = Field(default="*", max_length=64)
+    kind: str = Field(schema_extra={"pattern": "^(accuracy|latency|availability|errors)$"})
+    target: float = Field(gt=0, lt=1, description="share of good events, e.g. 0.99")
+    threshold_ms: float | None = Field(default=None, gt=0, le=3_600_000, description="latency objectives: slow above this")
+    windows: list[BurnRuleIn] = Field(default_factory=list, max_length=8, description="burn-rate rules; empty: the defaults")
+
+
+class SloPublic(SloIn):
+    name: str
+
+
+class SloStatus(SQLModel):
+    name: str
+    kind: str
+    model: str
+    cohort: str
+    target: float
+    firing: bool
+    severity: str | None
+    summary: str | None
+    evidence: dict[str, Any] | None
+
+
+class AlertPublic(SQLModel):
+    id: int
+    key: str
+    kind: str
+    model: str
+    cohort: str
+    severity: str
+    state: str
+    summary: str
+    evidence: dict[str, Any]
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None

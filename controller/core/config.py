@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         None, max_length=40, description="this replica's name in leadership and metrics; default: random per process"
     )
     leader_lease_s: float = Field(10.0, ge=0.5, le=300, description="leader lease; a dead leader is replaced within this")
+    # --- monitoring (controller/monitoring/, docs/operations.md) ---
+    monitor_interval_s: float = Field(30.0, gt=0, le=3600, description="how often the leader evaluates drift and SLOs")
+    monitor_drift_windows: int = Field(3, ge=1, le=1440, description="latest complete windows merged for the drift check")
+    monitor_webhook_url: str | None = Field(None, description="POST alert transitions here as JSON (optional)")
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -45,6 +45,64 @@ class Metrics:
         self.http_requests = Counter(
             "edgefleet_http_requests", "HTTP requests by method, route and status", ["method", "route", "status"], registry=r
         )
+        # Monitoring (set by the leader's monitor job, so only the leading replica exports them).
+        self.drift_share = Gauge(
+            "edgefleet_drift_share_ratio",
+            "Share of input features drifted in the latest drift check",
+            ["model", "version", "cohort"],
+            registry=r,
+        )
+        self.drift_detected = Gauge(
+            "edgefleet_drift_detected", "1 while dataset drift is detected", ["model", "version", "cohort"], registry=r
+        )
+        self.drift_psi = Gauge(
+            "edgefleet_drift_psi",
+            "Population stability index per input feature",
+            ["model", "version", "cohort", "feature"],
+            registry=r,
+        )
+        self.prediction_psi = Gauge(
+            "edgefleet_prediction_drift_psi",
+            "Population stability index of the predictions",
+            ["model", "version", "cohort"],
+            registry=r,
+        )
+        self.accuracy = Gauge(
+            "edgefleet_model_accuracy_ratio",
+            "Accuracy over the SLO's short window: measured from labels or estimated from confidence",
+            ["model", "cohort", "source"],
+            registry=r,
+        )
+        self.slo_burn = Gauge(
+            "edgefleet_slo_burn_rate",
+            "Error-budget burn rate of an SLO over a window",
+            ["slo", "model", "cohort", "window"],
+            registry=r,
+        )
+        self.slo_target = Gauge(
+            "edgefleet_slo_target_ratio", "Objective of an SLO", ["slo", "model", "cohort", "kind"], registry=r
+        )
+        self.alerts_firing = Gauge(
+            "edgefleet_monitor_alerts_firing", "Monitoring alerts firing now", ["kind", "severity"], registry=r
+        )
+        self.alert_transitions = Counter(
+            "edgefleet_monitor_alert_transitions", "Monitoring alerts opened or resolved", ["kind", "state"], registry=r
+        )
+        self.webhook_failures = Counter("edgefleet_monitor_webhook_failures", "Alert webhook deliveries that failed", registry=r)
+        self.devices = Gauge(
+            "edgefleet_devices",
+            "Registered devices by the model version they report running in production, and presence",
+            ["model", "version", "online"],
+            registry=r,
+        )
+        self.monitor_last_run = Gauge(
+            "edgefleet_monitor_last_run_timestamp_seconds", "When the monitor job last finished (unix seconds)", registry=r
+        )
+        for kind in ("drift", "slo", "quality"):
+            for sev in ("page", "ticket"):
+                self.alerts_firing.labels(kind, sev)
+            for state in ("firing", "resolved"):
+                self.alert_transitions.labels(kind, state)
         for kind in ("status", "events", "telemetry"):
             for outcome in OUTCOMES:
                 self.messages.labels(kind, outcome)

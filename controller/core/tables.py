@@ -262,3 +262,64 @@ class PendingTargets(SQLModel, table=True):
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the metadata with the signatures so far
     changes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- monitoring: labels, objectives, alerts ------------------------------------------
+
+
+class PredictionLabel(SQLModel, table=True):
+    """Ground truth for one prediction, attributed to the prediction's window and version.
+
+    Labels come from devices (feedback from local apps, joined on the device to
+    the prediction it names) or from a back office through ``POST /v1/labels``,
+    possibly days later. One row per (device, prediction id); a label posted
+    again replaces the earlier one.
+    """
+
+    __table_args__ = (
+        UniqueConstraint("device_id", "prediction_id"),
+        Index("ix_predictionlabel_model_window", "model", "window_start"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    prediction_id: str = Field(max_length=64)
+    model: str = Field(max_length=128)
+    version: int
+    role: str = Field(default="production", max_length=40)
+    window_start: int = Field(sa_type=BigInteger)  # unix seconds, aligned: the prediction's window
+    predicted: int | None = None  # class the model predicted
+    label: int  # true class
+    source: str = Field(max_length=16)  # device | api
+    received_at: float  # unix seconds
+
+
+class SloObjective(SQLModel, table=True):
+    """A service-level objective for a model in a cohort (see controller.monitoring.slo)."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    model: str = Field(max_length=128)
+    cohort: str = Field(default="*", max_length=64)
+    kind: str = Field(max_length=16)  # accuracy | latency | availability | errors
+    target: float  # share of good events, e.g. 0.99
+    threshold_ms: float | None = None  # latency: a request slower than this is bad
+    windows: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # burn-rate rules
+    created_by: str = Field(default="", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class MonitorAlert(SQLModel, table=True):
+    """One alert (drift, SLO burn, data quality) from open to resolved, with its evidence."""
+
+    __table_args__ = (Index("ix_monitoralert_key_state", "key", "state"),)
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=256)  # what fires: e.g. drift/digits/*/production
+    kind: str = Field(max_length=16)  # drift | slo | quality
+    model: str = Field(max_length=128)
+    cohort: str = Field(max_length=64)
+    severity: str = Field(max_length=16)  # page | ticket
+    state: str = Field(max_length=16)  # firing | resolved
+    summary: str = Field(default="", max_length=1024)
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None = None

@@ -9,7 +9,8 @@ background thread writes them in batches:
 3. merge each role summary into the aggregate rows of its key
    (model, version, role, cohort, window) for the whole fleet (``*``) and for
    every cohort the device is in, in this process's own ``shard`` rows;
-4. commit, then acknowledge the MQTT messages (at-least-once from the broker,
+4. store the late labels the windows carry (``controller.telemetry.labels``);
+5. commit, then acknowledge the MQTT messages (at-least-once from the broker,
    made exactly-once by the dedupe).
 
 Nothing here raises into the MQTT loop; every dropped message is counted in
@@ -38,6 +39,7 @@ from controller.core.tables import TelemetryAggregate
 from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
 from controller.telemetry.cursors import add_gaps, claim_gap, dedupe, gaps_left, read_cursors, write_cursors
 from controller.telemetry.gc_tuning import ingest_gc
+from controller.telemetry.labels import LabelIn, store_labels
 from controller.telemetry.membership import MembershipCache
 from shared.messages import Telemetry
 from shared.telemetry import MergeError
@@ -256,6 +258,7 @@ class TelemetryIngest:
             fresh = 0
             late: list[tuple[int, _Item, list[tuple[str, str, int, dict[str, Any]]], tuple[str, ...]]] = []
             gaps: list[tuple[str, int, int]] = []
+            late_labels: list[LabelIn] = []  # labels for predictions of earlier windows, joined on the device
             for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
                 m = item.msg
                 cohorts = membership[m.device_id]
@@ -273,6 +276,7 @@ class TelemetryIngest:
                     outcomes["duplicate"] += 1
                     continue
                 state[m.device_id] = (high, bits)
+                late_labels.extend(self._labels(m))
                 ws = window_start(m.window_start, self.window_s)
                 for role, model, version, summary in parts:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
@@ -282,6 +286,7 @@ class TelemetryIngest:
                 if not claim_gap(session, item.msg.device_id, item.msg.seq):
                     outcomes["duplicate"] += 1
                     continue
+                late_labels.extend(self._labels(item.msg))
                 ws = window_start(item.msg.window_start, self.window_s)
                 for role, model, version, summary in parts:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
@@ -299,10 +304,29 @@ class TelemetryIngest:
                 outcomes["malformed"] += len(refused)
             write_cursors(session, cursors, state)
             self._write_aggs(session, new_aggs)
+            if late_labels:
+                store_labels(session, late_labels)
             session.commit()
         if outcomes["unknown_device"]:
             log.warning("%d telemetry windows from devices that are not enrolled ignored", outcomes["unknown_device"])
         return dict(outcomes), new_aggs
+
+    def _labels(self, m: Telemetry) -> list[LabelIn]:
+        """The message's labels for predictions of earlier windows, on the aggregate window grid."""
+        return [
+            LabelIn(
+                m.device_id,
+                x.prediction_id,
+                x.model,
+                x.version,
+                window_start(x.window_start, self.window_s),
+                x.label,
+                x.predicted,
+                x.role,
+                "device",
+            )
+            for x in m.labels
+        ]
 
     def _merge_into_aggregates(self, session: Session, partials: dict[Key, list[_Partial]], refused: set[int]) -> dict[Key, _Agg]:
         """Add each key's partial sums to its aggregate; messages in a partial that does not fit are refused."""
