@@ -120,6 +120,34 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("GET", "/v1/telemetry"): Probe(VIEW, "/v1/telemetry", 200, params={"model": "digits"}),
     ("GET", "/metrics"): Probe(VIEW, "/metrics", 200),
     ("GET", "/v1/capture/{device_id}"): Probe(VIEW, "/v1/capture/pi-{caller}", 200),
+    # monitoring
+    ("GET", "/v1/monitoring/drift"): Probe(VIEW, "/v1/monitoring/drift", 200, params={"model": "digits"}),
+    ("GET", "/v1/monitoring/accuracy"): Probe(VIEW, "/v1/monitoring/accuracy", 200, params={"model": "digits"}),
+    ("GET", "/v1/monitoring/quality"): Probe(VIEW, "/v1/monitoring/quality", 200, params={"model": "digits"}),
+    ("GET", "/v1/monitoring/slos"): Probe(VIEW, "/v1/monitoring/slos", 200),
+    ("PUT", "/v1/monitoring/slos/{name}"): Probe(
+        OPER, "/v1/monitoring/slos/slo-{caller}", 200, json={"model": "digits", "kind": "errors", "target": 0.99}
+    ),
+    ("DELETE", "/v1/monitoring/slos/{name}"): Probe(OPER, "/v1/monitoring/slos/none-{caller}", 404),
+    ("GET", "/v1/monitoring/alerts"): Probe(VIEW, "/v1/monitoring/alerts", 200),
+    ("POST", "/v1/labels"): Probe(
+        OPER,
+        "/v1/labels",
+        200,
+        json={
+            "labels": [
+                {
+                    "device_id": "pi-{caller}",
+                    "prediction_id": "p1",
+                    "label": 1,
+                    "predicted": 1,
+                    "model": "digits",
+                    "version": 1,
+                    "predicted_at": 1.0,
+                }
+            ]
+        },
+    ),
 }
 
 
