@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, console, out
+from controller.cli.common import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, call, call_pages, console, out, say
 
 app = typer.Typer(help="Drift, accuracy (measured and estimated), SLOs and alerts.", no_args_is_help=True)
 
@@ -41,15 +41,15 @@ def drift(
     params: dict[str, Any] = {"model": model, "cohort": cohort, "since": int(time.time() - hours * 3600)}
     if version is not None:
         params["version"] = version
-    rows = call(url, token, "GET", "/v1/monitoring/drift", params=params)
+    rows = call_pages(url, token, "/v1/monitoring/drift", params)
     if as_json:
         out(rows, True)
         return
     if not rows:
-        console.print(f"no telemetry for {model} in {cohort} in the last {hours:g} h")
+        say(f"no telemetry for {model} in {cohort} in the last {hours:g} h")
     for r in rows:
-        verdict = "[red]DRIFT[/red]" if r["dataset_drift"] else "[green]no drift[/green]"
-        console.print(
+        verdict = "DRIFT" if r["dataset_drift"] else "no drift"
+        say(
             f"{model} v{r['version']} in {cohort}, {_t(r['since'])}..{_t(r['until'])} UTC, "
             f"{r['device_windows']} device windows ({r['excluded_windows']} windows excluded for data quality): "
             f"{verdict}, {r['drifted_features']} of {len(r['features'])} features ({r['drift_share']:.0%})"
@@ -98,13 +98,13 @@ def slo(
 ) -> None:
     """Objectives and their burn rates now."""
     params = {k: v for k, v in (("model", model), ("cohort", cohort)) if v is not None}
-    rows = call(url, token, "GET", "/v1/monitoring/slos", params=params)
+    rows = call_pages(url, token, "/v1/monitoring/slos", params)
     t = Table("slo", "kind", "model", "cohort", "target", "burn (long/short, limit)", "state")
     for r in rows:
         burns = ", ".join(
             f"{_f(x['long_burn'], '.1f')}/{_f(x['short_burn'], '.1f')} >{x['rule']['factor']:g}" for x in r["evidence"]["rules"]
         )
-        state = f"[red]FIRING ({r['severity']})[/red]" if r["firing"] else "[green]ok[/green]"
+        state = f"FIRING ({r['severity']})" if r["firing"] else "ok"
         t.add_row(r["name"], r["kind"], r["model"], r["cohort"], f"{r['target']:.4g}", burns, state)
     out(rows, as_json, t)
 
@@ -119,7 +119,7 @@ def alerts(
 ) -> None:
     """Monitoring alerts, newest first."""
     params = {k: v for k, v in (("state", state), ("model", model)) if v is not None}
-    rows = call(url, token, "GET", "/v1/monitoring/alerts", params=params)
+    rows = call_pages(url, token, "/v1/monitoring/alerts", params)
     t = Table("opened", "kind", "severity", "state", "key", "summary")
     for r in rows:
         t.add_row(_t(r["opened_at"]), r["kind"], r["severity"], r["state"], r["key"], r["summary"])

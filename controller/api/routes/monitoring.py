@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlmodel import col, select
 
 from controller.api.deps import Operator, SessionDep, SettingsDep, needs
+from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import (
     AccuracyPublic,
     AlertPublic,
@@ -48,9 +49,10 @@ def _not_found(exc: service.NotFound) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
 
 
-@router.get("/drift", response_model=list[VersionDriftPublic])
+@router.get("/drift", response_model=list[VersionDriftPublic], responses=PAGED)
 def drift(
     session: SessionDep,
+    page: PageDep,
     model: Model,
     cohort: Cohort = FLEET,
     role: RoleQ = "production",
@@ -99,7 +101,7 @@ def drift(
                 quality=vd.quality,
             )
         )
-    return out
+    return page.slice(out)
 
 
 @router.get("/accuracy", response_model=AccuracyPublic)
@@ -127,9 +129,10 @@ def accuracy(
     )
 
 
-@router.get("/quality", response_model=list[dict[str, object]])
+@router.get("/quality", response_model=list[dict[str, object]], responses=PAGED)
 def quality(
     session: SessionDep,
+    page: PageDep,
     model: Model,
     cohort: Cohort = FLEET,
     role: RoleQ = "production",
@@ -139,7 +142,7 @@ def quality(
 ) -> list[dict[str, object]]:
     """Windows that break a data-quality rule (non-finite or out-of-range inputs, a stuck feature)."""
     try:
-        return list(service.quality(session, service.Scope(model, cohort, role, since, until, version)))
+        return page.slice(list(service.quality(session, service.Scope(model, cohort, role, since, until, version))))
     except service.NotFound as exc:
         raise _not_found(exc) from None
 
@@ -215,9 +218,10 @@ def delete_slo(name: SloName, session: SessionDep, me: Operator) -> None:
     session.commit()
 
 
-@router.get("/slos", response_model=list[SloStatus])
+@router.get("/slos", response_model=list[SloStatus], responses=PAGED)
 def slos(
     session: SessionDep,
+    page: PageDep,
     settings: SettingsDep,
     model: Annotated[str | None, Query(max_length=128)] = None,
     cohort: Annotated[str | None, Query(max_length=64)] = None,
@@ -230,7 +234,7 @@ def slos(
         q = q.where(SloObjective.cohort == cohort)
     end = int(time.time() // settings.telemetry_window_s) * settings.telemetry_window_s
     out = []
-    for o in session.exec(q.order_by(col(SloObjective.name))).all():
+    for o in page.rows(session, q.order_by(col(SloObjective.name))):
         ev = evaluate_slo(session, o, end, settings.telemetry_window_s)
         out.append(
             SloStatus(
@@ -248,13 +252,13 @@ def slos(
     return out
 
 
-@router.get("/alerts", response_model=list[AlertPublic])
+@router.get("/alerts", response_model=list[AlertPublic], responses=PAGED)
 def alerts(
     session: SessionDep,
+    page: PageDep,
     state: Annotated[str | None, Query(pattern="^(firing|resolved)$")] = None,
     kind: Annotated[str | None, Query(pattern="^(drift|slo|quality)$")] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AlertPublic]:
     """Monitoring alerts, newest first."""
     q = select(MonitorAlert)
@@ -264,5 +268,5 @@ def alerts(
         q = q.where(MonitorAlert.kind == kind)
     if model is not None:
         q = q.where(MonitorAlert.model == model)
-    rows = session.exec(q.order_by(col(MonitorAlert.id).desc()).limit(limit)).all()
+    rows = page.rows(session, q.order_by(col(MonitorAlert.id).desc()))
     return [AlertPublic.model_validate(r, from_attributes=True) for r in rows]
