@@ -292,7 +292,7 @@ def test_slo_burn_rate_alert_pages_and_shows_in_metrics(api, model):
         msgs.append(fleet.window("d4", NOW - (5 - k) * W, s))
     fleet.send(msgs)
     run_monitor(api, now=NOW + 1)
-    [status_] = api.admin.get("/v1/monitoring/slos").json()
+    [status_] = api.admin.get("/v1/monitoring/slos", params={"at": NOW + 1}).json()
     assert status_["firing"] and status_["severity"] == "page"
     rule = status_["evidence"]["rules"][0]
     assert rule["short_burn"] == pytest.approx(10.0) and rule["long_burn"] == pytest.approx(4.0)

@@ -225,14 +225,15 @@ def slos(
     settings: SettingsDep,
     model: Annotated[str | None, Query(max_length=128)] = None,
     cohort: Annotated[str | None, Query(max_length=64)] = None,
+    at: Annotated[int | None, Query(ge=0, le=2**40, description="evaluate as of this time (unix seconds); default now")] = None,
 ) -> list[SloStatus]:
-    """Objectives with their burn rates now (over complete windows)."""
+    """Objectives with their burn rates now, or as of ``at`` (over complete windows)."""
     q = select(SloObjective)
     if model is not None:
         q = q.where(SloObjective.model == model)
     if cohort is not None:
         q = q.where(SloObjective.cohort == cohort)
-    end = int(time.time() // settings.telemetry_window_s) * settings.telemetry_window_s
+    end = int((time.time() if at is None else at) // settings.telemetry_window_s) * settings.telemetry_window_s
     out = []
     for o in page.rows(session, q.order_by(col(SloObjective.name))):
         ev = evaluate_slo(session, o, end, settings.telemetry_window_s)
