@@ -181,11 +181,22 @@ class Lab:
         return self.director.public_key_hex
 
     # -- the device side ---------------------------------------------------------
-    def updater(self, data_dir: Path, *, arch: str = "x86_64", health: HealthConfig | None = None, **fetch_kw: Any) -> Updater:
-        store = Store(data_dir)
+    def updater(
+        self,
+        data_dir: Path,
+        *,
+        arch: str = "x86_64",
+        health: HealthConfig | None = None,
+        store: Store | None = None,
+        fetcher: Fetcher | None = None,
+        image_repo: Any = None,
+        **fetch_kw: Any,
+    ) -> Updater:
+        """A device's updater with the real seams, or the given ones (tests of one verification layer alone)."""
+        store = store or Store(data_dir)
         host = ModelHost()
-        fetcher = Fetcher(timeout=fetch_kw.pop("timeout", 5.0), **fetch_kw)
-        client = ImageRepoClient(
+        fetcher = fetcher or Fetcher(timeout=fetch_kw.pop("timeout", 5.0), **fetch_kw)
+        client = image_repo or ImageRepoClient(
             metadata_dir=data_dir / "tuf",
             metadata_url=f"{self.server.url}/metadata/",
             bootstrap_root=self.repo.root_bytes(1),
