@@ -95,6 +95,7 @@ class AgentConfig:
     image_repo: ImageRepoConfig | None = None  # without it no bundle can be verified, so none is installed
     download: DownloadConfig = field(default_factory=lambda: DownloadConfig())
     health: HealthConfig = field(default_factory=lambda: HealthConfig())
+    development: bool = False  # a test or development device: test hooks may be armed (never on a fleet device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +191,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         inference_threads=_get(data, "inference_threads", int, where, 1),
         log_level=_get(data, "log_level", str, where, "INFO").upper(),
         http_port=_get(data, "http_port", int, where, None),
+        development=_get(data, "development", bool, where, False),
         image_repo=image_repo,
         download=DownloadConfig(
             min_speed=float(_get(dl, "min_speed", (int, float), dw, _DOWNLOAD.min_speed)),

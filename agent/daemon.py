@@ -29,8 +29,17 @@ log = logging.getLogger(__name__)
 
 
 def _test_checkpoint(cfg: AgentConfig) -> Checkpoint | None:
-    """The crash tests' pause hook, only when its environment variable is set (it logs a warning then)."""
-    if not os.environ.get("EDGEFLEET_TEST_PAUSE_AT"):
+    """The crash tests' pause hook: only when its environment variable is set and the config says
+    ``development = true`` (it logs a warning then); set on any other agent, it is refused with an error."""
+    want = os.environ.get("EDGEFLEET_TEST_PAUSE_AT")
+    if not want:
+        return None
+    if not cfg.development:
+        log.error(
+            "EDGEFLEET_TEST_PAUSE_AT=%s is set but this agent is not a development agent (development = true in its "
+            "config): the test pause hook is refused and updates run normally; remove the variable",
+            want,
+        )
         return None
     from agent.ota import testhook
 

@@ -149,6 +149,7 @@ def write_agent_config(
     extra: str = "",
     controller_url: str | None = None,
     image_repo: tuple[str, bytes] | None = None,
+    development: bool = False,  # allows test hooks such as EDGEFLEET_TEST_PAUSE_AT
 ) -> Path:
     """Write an agent config. ``controller_url`` (or ``image_repo`` = (metadata URL, root bytes))
     pins the controller's TUF root, without which the agent installs nothing."""
@@ -169,6 +170,7 @@ def write_agent_config(
         f'data_dir = "{data_dir}"\n'
         f'socket_path = "{data_dir / "agent.sock"}"\n'
         f"director_public_keys = [{keys}]\n"
+        f"development = {'true' if development else 'false'}\n"
         f"{extra}\n"
         f'[broker]\nhost = "{broker_host}"\nport = {broker_port}\nkeepalive = 10\nreconnect_min = 1\nreconnect_max = 5\n'
     )

@@ -123,6 +123,7 @@ def test_sigkill_then_restart_serves_a_verified_model(mosquitto, tmp_path, bundl
             director_keys=[lab.director_key_hex],
             image_repo=(f"{lab.server.url}/metadata/", lab.repo.root_bytes(1)),
             extra=HEALTH,
+            development=True,  # the pause hook is refused otherwise
         )
         agent = start_agent(tmp_path, device, env={"EDGEFLEET_TEST_PAUSE_AT": f"{point}@2"}, **cfg_kw)
         pub = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.STATUS))

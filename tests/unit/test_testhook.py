@@ -21,3 +21,40 @@ def test_hook_warns_at_start_and_passes_other_points(tmp_path, caplog):
     hook("VERIFYING", 1)  # another version: returns at once
     hook("DOWNLOADING", 2)
     assert not (tmp_path / "paused").exists()
+
+
+def _config(tmp_path, development: bool):
+    from agent.config import parse_config
+
+    return parse_config(
+        {"device_id": "hook-1", "data_dir": str(tmp_path), "director_public_keys": ["11" * 32], "development": development}
+    )
+
+
+def test_hook_is_refused_with_an_error_on_an_agent_not_in_development(tmp_path, caplog, monkeypatch):
+    from agent.daemon import _test_checkpoint
+
+    monkeypatch.setenv(testhook.ENV, "VERIFYING")
+    with caplog.at_level(logging.WARNING):
+        assert _test_checkpoint(_config(tmp_path, development=False)) is None
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "test pause hook is refused" in errors[0].getMessage()
+
+
+def test_hook_is_armed_loudly_on_a_development_agent(tmp_path, caplog, monkeypatch):
+    from agent.daemon import _test_checkpoint
+
+    monkeypatch.setenv(testhook.ENV, "VERIFYING")
+    with caplog.at_level(logging.WARNING):
+        hook = _test_checkpoint(_config(tmp_path, development=True))
+    assert hook is not None
+    assert any(r.levelno == logging.WARNING and "test pause hook active" in r.getMessage() for r in caplog.records)
+
+
+def test_development_defaults_to_false():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        from agent.config import parse_config
+
+        assert parse_config({"device_id": "hook-2", "data_dir": d, "director_public_keys": ["11" * 32]}).development is False
