@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps lint typecheck test test-fast demo bench clean
+.PHONY: install system-deps qemu-rootfs lint typecheck test test-fast demo bench clean
 
 install: system-deps $(STAMP)
 
@@ -20,6 +20,17 @@ system-deps:
 	@command -v promtool >/dev/null || { \
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@missing=""; \
+	  command -v qemu-aarch64-static >/dev/null || missing="$$missing qemu-user-static"; \
+	  command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap || missing="$$missing debootstrap"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing (Debian packages, for aarch64 agents under QEMU)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi
+
+# The arm64 Debian image with the agent's aarch64 wheels (cached in ~/.cache/edgefleet/qemu; ~40 s cold).
+qemu-rootfs: install
+	$(PY) scripts/qemu_rootfs.py
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +46,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy agent shared controller firmware_sim
 
-test: install lint typecheck
+test: install lint typecheck qemu-rootfs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

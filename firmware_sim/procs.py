@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import httpx
 from firmware_sim.mosquitto import listening_socket
 
 REPO = Path(__file__).resolve().parent.parent
+
+# (python arguments, extra environment) -> (argv, environment): how to run Python somewhere else (e.g. under QEMU)
+Interpreter = Callable[[list[str], dict[str, str]], tuple[list[str], dict[str, str]]]
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -59,12 +63,18 @@ class Proc:
             return ""
 
 
-def _spawn(name: str, args: list[str], log_path: Path, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> Proc:
+def _spawn(
+    name: str,
+    args: list[str],
+    log_path: Path,
+    env: dict[str, str],
+    pass_fds: tuple[int, ...] = (),
+    interpreter: Interpreter | None = None,
+) -> Proc:
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv, full_env = interpreter(args, env) if interpreter is not None else ([sys.executable, *args], _env(env))
     with open(log_path, "ab") as log:
-        popen = subprocess.Popen(
-            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=_env(env), cwd=REPO, pass_fds=pass_fds
-        )
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO, pass_fds=pass_fds)
     return Proc(name, popen, log_path)
 
 
@@ -178,11 +188,19 @@ def write_agent_config(
 
 
 def start_agent(
-    workdir: Path, device_id: str, config_path: Path | None = None, env: dict[str, str] | None = None, **cfg_kw: object
+    workdir: Path,
+    device_id: str,
+    config_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    interpreter: Interpreter | None = None,
+    **cfg_kw: object,
 ) -> AgentProc:
+    """Start ``python -m agent`` for one device; ``interpreter`` runs it elsewhere (see firmware_sim.qemu.runner)."""
     cfg = config_path or write_agent_config(workdir, device_id, **cfg_kw)  # type: ignore[arg-type]
     data_dir = cfg.parent
-    p = _spawn(f"agent-{device_id}", ["-m", "agent", "--config", str(cfg)], data_dir / "agent.log", env or {})
+    p = _spawn(
+        f"agent-{device_id}", ["-m", "agent", "--config", str(cfg)], data_dir / "agent.log", env or {}, interpreter=interpreter
+    )
     return AgentProc(
         p.name, p.popen, p.log_path, device_id=device_id, socket_path=data_dir / "agent.sock", data_dir=data_dir, config_path=cfg
     )
