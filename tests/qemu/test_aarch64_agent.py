@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.client import AgentClient
+from agent.localapi.client import AgentClient
 from firmware_sim.modelgen import load_digits, make_tflite_bundle
 from firmware_sim.procs import write_agent_config
 from firmware_sim.qemu.rootfs import ensure_rootfs
