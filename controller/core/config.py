@@ -166,8 +166,8 @@ class Settings(BaseSettings):
 
     @property
     def dev_tuf_keys_dir(self) -> Path:
-        """Development only: every TUF key (root, release, online) in PEM files."""
-        return self.data_dir / "keys" / "tuf"
+        """Development only: every TUF key (root, release, online) in PEM files, beside the other secrets."""
+        return self.secrets / "keys" / "tuf"
 
     @property
     def signs_releases_online(self) -> bool:

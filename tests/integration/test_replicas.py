@@ -133,12 +133,7 @@ def test_concurrent_releases_through_two_replicas_make_one_valid_chain(tmp_path,
     dev = {"environment": "development", "admin_token": TOKEN, "mqtt_enabled": False, "database_url": database_url}
     sa = Settings(data_dir=tmp_path / "a", secrets_dir=secrets, **dev)  # type: ignore[arg-type]
     sb = Settings(data_dir=tmp_path / "b", secrets_dir=secrets, **dev)  # type: ignore[arg-type]
-    a_app = create_app(sa)
-    # Development keys live in each data dir; the second replica must use the first's release keys.
-    (tmp_path / "b" / "keys").parent.mkdir(parents=True, exist_ok=True)
-    import shutil
-
-    shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys", dirs_exist_ok=True)
+    a_app = create_app(sa)  # development keys (release keys too) are made in the shared secrets directory
     b_app = create_app(sb)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     bundles = {name: make_bundle(1, name=name) for name in ("m-a", "m-b", "m-c", "m-d", "warm-a", "warm-b")}
