@@ -107,8 +107,8 @@ def run(devices: int = 3, workdir: Path = Path(".demo")) -> None:
         console.rule("a tampered bundle")
         victim = agents[0]
         v2 = next(m for m in api.get("/v1/models").json() if m["version"] == 2)
-        blob = controller.data_dir / "bundles" / f"{v2['sha256']}.tar"
-        original = blob.read_bytes()
+        original = api.get(f"/v1/bundles/{v2['sha256']}").raise_for_status().content  # fills the replica's bundle cache
+        blob = controller.data_dir / "cache" / "bundles" / f"{v2['sha256']}.tar"  # the copy this replica serves
         mid = len(original) // 2
         blob.write_bytes(original[:mid] + bytes(b ^ 0xFF for b in original[mid : mid + 16]) + original[mid + 16 :])
         api.put(f"/v1/devices/{victim.device_id}/desired", json={"model": "digits", "version": 2}).raise_for_status()
