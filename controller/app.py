@@ -31,6 +31,7 @@ from controller.api.routes import (
     enrolment,
     models,
     monitoring,
+    rollouts,
     telemetry,
     tokens,
     tuf,
@@ -47,6 +48,8 @@ from controller.monitoring.jobs import MonitorJob
 from controller.release.blobstore import open_blob_store
 from controller.release.imageservice import ImageRepoService
 from controller.release.registry import Registry, RegistryError
+from controller.rollouts.engine import RolloutEngine, Services
+from controller.rollouts.service import RolloutError
 from controller.telemetry.batch import TelemetryIngest
 from controller.telemetry.cursors import prune_gaps
 from controller.telemetry.ingest import Ingestor
@@ -68,6 +71,7 @@ ROUTERS = [
     enrolment.router,
     monitoring.router,
     monitoring.labels_router,
+    rollouts.router,
 ]
 _KINDS = ("status", "events", "telemetry")
 # Documented on every operation so clients (and the schemathesis test) know the error shapes.
@@ -193,6 +197,9 @@ def create_app(settings: Settings) -> FastAPI:
     leader.add_job("tuf.refresh", imagerepo.refresh_interval_s(), _refresh_tuf)
     leader.add_job("telemetry.gaps.prune", 3600, _prune_gaps)
     leader.add_job("desired.refresh", refresh_interval_s(settings), _refresh_desired)
+    publish = app.state.mqtt.publish_desired if app.state.mqtt is not None else None
+    app.state.rollouts = RolloutEngine(Services(director, settings, app.state.registry, publish))
+    leader.add_job("rollouts", settings.rollout_interval_s, app.state.rollouts.job)
     identity.install(app, settings, engine)
     for r in ROUTERS:
         app.include_router(r, responses=ERROR_RESPONSES)
@@ -201,6 +208,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> problems.ProblemResponse:
+        return problems.respond(problems.problem(exc.status, str(exc), request.url.path))
+
+    @app.exception_handler(RolloutError)
+    async def rollout_error(request: Request, exc: RolloutError) -> problems.ProblemResponse:
         return problems.respond(problems.problem(exc.status, str(exc), request.url.path))
 
     @app.middleware("http")

@@ -475,3 +475,59 @@ class AlertPublic(SQLModel):
     opened_at: float
     updated_at: float
     resolved_at: float | None
+
+
+# --- rollouts -------------------------------------------------------------------------
+
+
+class RolloutCreate(SQLModel):
+    cohort: str = Field(max_length=64)
+    model: str = Field(max_length=128)
+    version: int = Field(ge=1, description="the candidate version")
+    baseline_version: int | None = Field(default=None, ge=1, description="default: what the cohort runs in production now")
+    stages: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=32,
+        description="default: shadow 5% then canary 1%, 5%, 25%, 50%, 100%; fields in controller/rollouts/plan.py Stage",
+    )
+    thresholds: dict[str, Any] | None = Field(default=None, description="overrides of controller/rollouts/plan.py Thresholds")
+    reason: str = Field(default="", max_length=1024)
+
+
+class RolloutAction(SQLModel):
+    reason: str = Field(default="", max_length=1024)
+
+
+class RolloutDecisionPublic(SQLModel):
+    at: str
+    stage: int
+    actor: str
+    action: str
+    verdict: str
+    reason: str
+    evidence: dict[str, Any]
+    audit_seq: int
+
+
+class RolloutPublic(SQLModel):
+    id: int
+    cohort: str
+    model: str
+    candidate_version: int
+    baseline_version: int
+    state: str  # RUNNING | PAUSED | COMPLETED | ROLLED_BACK
+    stage: int  # 1-based
+    stage_kind: str
+    stage_share: float
+    waiting: str  # while PAUSED: operator | check | approval | human
+    stage_passed: bool
+    reason: str
+    stages: list[dict[str, Any]]
+    thresholds: dict[str, Any]
+    stage_started_at: float
+    deadline_at: float
+    created_by: str
+    created_at: float
+    devices: dict[str, int]  # on_candidate, reverted, skipped_hardware
+    last_analysis: dict[str, Any]
+    decisions: list[RolloutDecisionPublic] = Field(default_factory=list)

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     monitor_interval_s: float = Field(30.0, gt=0, le=3600, description="how often the leader evaluates drift and SLOs")
     monitor_drift_windows: int = Field(3, ge=1, le=1440, description="latest complete windows merged for the drift check")
     monitor_webhook_url: str | None = Field(None, description="POST alert transitions here as JSON (optional)")
+    rollout_interval_s: float = Field(60.0, gt=0, le=3600, description="rollout analysis interval, seconds (leader job)")
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -323,3 +323,74 @@ class MonitorAlert(SQLModel, table=True):
     opened_at: float
     updated_at: float
     resolved_at: float | None = None
+
+
+# --- rollouts (controller.rollouts) -------------------------------------------------
+
+
+class Rollout(SQLModel, table=True):
+    """A staged move of one cohort from a baseline version to a candidate (controller.rollouts.state)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    cohort: str = Field(max_length=64, index=True)
+    model: str = Field(max_length=128)
+    candidate_version: int
+    baseline_version: int
+    state: str = Field(max_length=16, index=True)  # RUNNING | PAUSED | COMPLETED | ROLLED_BACK
+    stage: int = 0  # index into stages
+    waiting: str = Field(default="", max_length=16)  # why PAUSED: operator | check | approval | human
+    stage_passed: bool = False  # the current stage passed and waits (check gate or approval) to advance
+    reason: str = Field(default="", max_length=2048)
+    stages: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    thresholds: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    stage_started_at: float = 0.0  # unix seconds
+    deadline_at: float = 0.0  # unix seconds: an inconclusive stage pauses for a human after this
+    last_analysis: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(default="", max_length=64)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    revision: int = 0  # +1 on every change: the compare-and-set that serialises replicas and requests
+
+
+class RolloutDevice(SQLModel, table=True):
+    """A device of a rollout's cohort that was put on the candidate, or skipped (hardware)."""
+
+    rollout_id: int = Field(primary_key=True)
+    device_id: str = Field(primary_key=True, max_length=64)
+    bucket: float  # stable hash of (rollout, device) in [0, 1): devices join the candidate in bucket order
+    arm: str = Field(max_length=16)  # canary | skipped
+    role: str = Field(default="", max_length=40)  # the role the candidate was assigned to (shadow | production)
+    stage: int = 0  # stage that put it on the candidate
+    assigned_at: float = 0.0
+    reverted: bool = False  # put back on the baseline
+
+
+class RolloutWindow(SQLModel, table=True):
+    """One device telemetry window of a device in a running rollout's cohort (slim role summaries).
+
+    Written by the telemetry ingester beside the cohort aggregates, so the analysis
+    compares canary and baseline devices one device at a time.
+    """
+
+    __table_args__ = (Index("ix_rolloutwindow_rollout_window", "rollout_id", "window_start"),)
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int
+    device_id: str = Field(max_length=64)
+    window_start: float  # unix seconds (the device's window start)
+    window_s: float
+    roles: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class RolloutDecision(SQLModel, table=True):
+    """Each decision of a rollout with the numbers behind it (also in the audit log)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(index=True)
+    at: str = Field(max_length=32)
+    stage: int
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=32)  # created | advanced | held | paused | resumed | promoted | rolled_back | completed
+    verdict: str = Field(default="", max_length=16)  # pass | fail | inconclusive | ""
+    reason: str = Field(default="", max_length=4096)
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    audit_seq: int = 0

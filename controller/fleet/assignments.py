@@ -82,3 +82,35 @@ def assign(
             DesiredChange(device_id=device.id, role=role, at=entry.at, model=mv.name, version=mv.version, audit_seq=entry.seq)
         )
     return out
+
+
+def unassign(
+    session: Session,
+    *,
+    devices: list[Device],
+    role: str,
+    by: Principal,
+    reason: str,
+    director: Director,
+    settings: Settings,
+) -> list[tuple[str, Envelope]]:
+    """Remove ``role`` from the desired state of ``devices`` that have it (caller commits, then publishes)."""
+    out = []
+    changed = [d for d in devices if role in (d.desired or {})]
+    for device in changed:
+        desired = {r: Assignment(**a) for r, a in (device.desired or {}).items() if r != role}
+        device.desired_counter += 1
+        envelope = director.sign_desired(device.id, device.desired_counter, desired, settings.desired_ttl_s)
+        device.desired = {r: a.__dict__ for r, a in desired.items()}
+        session.add(device)
+        out.append((device.id, envelope))
+    if changed:
+        audit.record(
+            session,
+            actor=by.name,
+            action="desired.unassigned",
+            subject=f"device:{changed[0].id}" if len(changed) == 1 else "devices",
+            reason=reason,
+            evidence={"role": role, "devices": [d.id for d in changed]},
+        )
+    return out

@@ -8,7 +8,9 @@ background thread writes them in batches:
    (``TelemetryCursor``: highest seq and a bitmap of the 62 below it);
 3. merge each role summary into the aggregate rows of its key
    (model, version, role, cohort, window) for the whole fleet (``*``) and for
-   every cohort the device is in, in this process's own ``shard`` rows;
+   every cohort the device is in, in this process's own ``shard`` rows, and,
+   for a device in a running rollout's cohort, one per-device row
+   (``controller.telemetry.rollout_windows``);
 4. store the late labels the windows carry (``controller.telemetry.labels``);
 5. commit, then acknowledge the MQTT messages (at-least-once from the broker,
    made exactly-once by the dedupe).
@@ -41,6 +43,7 @@ from controller.telemetry.cursors import add_gaps, claim_gap, dedupe, gaps_left,
 from controller.telemetry.gc_tuning import ingest_gc
 from controller.telemetry.labels import LabelIn, store_labels
 from controller.telemetry.membership import MembershipCache
+from controller.telemetry.rollout_windows import RolloutWindows
 from shared.messages import Telemetry
 from shared.telemetry import MergeError
 
@@ -119,6 +122,7 @@ class TelemetryIngest:
         self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._aggs: dict[Key, _Agg] = {}
         self._membership = MembershipCache(membership_ttl_s)
+        self._rollouts = RolloutWindows()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.flushed = 0  # windows merged (for the benchmark and tests)
@@ -259,6 +263,8 @@ class TelemetryIngest:
             late: list[tuple[int, _Item, list[tuple[str, str, int, dict[str, Any]]], tuple[str, ...]]] = []
             gaps: list[tuple[str, int, int]] = []
             late_labels: list[LabelIn] = []  # labels for predictions of earlier windows, joined on the device
+            rollouts = self._rollouts.active(session)
+            per_device: list[dict[str, Any]] = []
             for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
                 m = item.msg
                 cohorts = membership[m.device_id]
@@ -280,6 +286,8 @@ class TelemetryIngest:
                 ws = window_start(m.window_start, self.window_s)
                 for role, model, version, summary in parts:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
+                if rollouts:
+                    per_device += RolloutWindows.rows(rollouts, m, cohorts)
                 fresh += 1
             add_gaps(session, gaps, time.time())
             for idx, item, parts, cohorts in late:  # rare: one lookup each, after this batch's gaps exist
@@ -290,6 +298,8 @@ class TelemetryIngest:
                 ws = window_start(item.msg.window_start, self.window_s)
                 for role, model, version, summary in parts:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
+                if rollouts:
+                    per_device += RolloutWindows.rows(rollouts, item.msg, cohorts)
                 fresh += 1
             partials: dict[Key, list[_Partial]] = defaultdict(list)
             refused: set[int] = set()
@@ -306,6 +316,7 @@ class TelemetryIngest:
             self._write_aggs(session, new_aggs)
             if late_labels:
                 store_labels(session, late_labels)
+            RolloutWindows.write(session, per_device)
             session.commit()
         if outcomes["unknown_device"]:
             log.warning("%d telemetry windows from devices that are not enrolled ignored", outcomes["unknown_device"])

@@ -58,3 +58,30 @@ def test_operator_workflow_from_push_to_audit_verify(run, tmp_path, make_bundle)
     out = run("audit", "verify", code=4)
     assert "BROKEN" in out and "edited after it was written" in out
     assert "needs the admin role" in run("tokens", "list", token=tok["olivia"], code=1)
+
+
+def test_rollout_commands_create_show_pause_resume_promote_abort(run, tmp_path, make_bundle):
+    for v in (1, 2):
+        (tmp_path / f"v{v}.tar").write_bytes(make_bundle(v))
+        run("models", "push", str(tmp_path / f"v{v}.tar"))
+    tok = json.loads(run("tokens", "create", "ann", "--role", "approver", "--json"))["token"]
+    run("models", "approve", "digits", "1", "-r", "ok", token=tok)
+    for d in ("c-1", "c-2", "c-3"):
+        run("devices", "add", d)
+    run("cohorts", "create", "lab", "--member", "c-1", "--member", "c-2", "--member", "c-3")
+    run("cohorts", "assign", "lab", "digits", "1")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"stages": [{"share": 0.34, "min_duration_s": 0}, {"share": 1.0, "min_duration_s": 3600}]}))
+    assert "v1 -> v2 on lab, RUNNING, stage 1/2 (canary 34%)" in run(
+        "rollouts", "create", "lab", "digits", "2", "--plan", str(plan)
+    )
+    assert "RUNNING" in run("rollouts", "list")
+    assert "PAUSED (waiting: operator)" in run("rollouts", "pause", "1", "-r", "look")
+    assert "stage 1/2" in run("rollouts", "resume", "1")
+    assert "needs an approved version" in run("rollouts", "promote", "1", code=1)
+    run("models", "approve", "digits", "2", "-r", "ok", token=tok)
+    assert "stage 2/2" in run("rollouts", "promote", "1")
+    assert "ROLLED_BACK" in run("rollouts", "abort", "1", "-r", "enough")
+    shown = run("rollouts", "show", "1")
+    assert "promoted" in shown and "rolled_back" in shown
+    assert "'nope'" in run("rollouts", "create", "nope", "digits", "2", code=1)

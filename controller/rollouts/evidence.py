@@ -1,0 +1,137 @@
+"""What a stage observed, read from the database: per-device sums, rollbacks, presence.
+
+Per-device telemetry comes from ``rolloutwindow`` rows (written at ingest for
+devices of a running rollout's cohort). Both arms are read over the same
+windows: those that started once the stage had begun, so a stage is judged
+only on what happened during it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from controller.core.tables import Device, DeviceEvent, Rollout, RolloutDevice, RolloutWindow
+from controller.rollouts.analysis import Observation, Unit
+from controller.rollouts.plan import SHADOW, Stage
+
+REFUSALS = ("ota.rolled_back", "ota.rejected")
+
+
+def _add(acc: dict[str, Any], s: dict[str, Any]) -> None:
+    acc["count"] += int(s.get("count", 0))
+    acc["errors"] += int(s.get("errors", 0))
+    labels, shadow = s.get("labels") or {}, s.get("shadow") or {}
+    acc["labels"] += int(labels.get("count", 0))
+    acc["correct"] += int(labels.get("correct", 0))
+    acc["agree"] += int(shadow.get("agree", 0))
+    acc["disagree"] += int(shadow.get("disagree", 0))
+    for key in ("latency_ms", "predictions"):
+        vals = s.get(key) or []
+        if not acc[key]:
+            acc[key] = [0] * len(vals)
+        if len(vals) == len(acc[key]):
+            acc[key] = [a + b for a, b in zip(acc[key], vals, strict=True)]
+
+
+def _empty() -> dict[str, Any]:
+    return {"count": 0, "errors": 0, "labels": 0, "correct": 0, "agree": 0, "disagree": 0, "latency_ms": [], "predictions": []}
+
+
+def _unit(device: Device | None, device_id: str, acc: dict[str, Any]) -> Unit:
+    stratum = (device.hardware_class, device.region) if device else ("", "")
+    return Unit(
+        device_id=device_id,
+        stratum=stratum,
+        count=acc["count"],
+        errors=acc["errors"],
+        labels=acc["labels"],
+        correct=acc["correct"],
+        latency_ms=tuple(acc["latency_ms"]),
+        predictions=tuple(acc["predictions"]),
+        agree=acc["agree"],
+        disagree=acc["disagree"],
+    )
+
+
+def _is(s: dict[str, Any] | None, model: str, version: int) -> bool:
+    return bool(s) and s.get("model") == model and s.get("version") == version  # type: ignore[union-attr]
+
+
+def _seen_after(d: Device, t: float) -> bool:
+    if d.last_seen is None:
+        return False
+    seen = d.last_seen if d.last_seen.tzinfo else d.last_seen.replace(tzinfo=timezone.utc)
+    return seen.timestamp() >= t
+
+
+def refusals(session: Session, r: Rollout, device_ids: Iterable[str]) -> list[str]:
+    """Candidate devices whose agent rolled the candidate back or refused it since the rollout began."""
+    ids = list(device_ids)
+    if not ids:
+        return []
+    since = datetime.fromtimestamp(r.created_at, timezone.utc).replace(tzinfo=None)
+    rows = session.exec(select(DeviceEvent).where(col(DeviceEvent.device_id).in_(ids), col(DeviceEvent.kind).in_(REFUSALS))).all()
+    out = set()
+    for e in rows:
+        at = e.received_at if e.received_at.tzinfo is None else e.received_at.astimezone(timezone.utc).replace(tzinfo=None)
+        if at >= since and e.detail.get("model") == r.model and e.detail.get("version") == r.candidate_version:
+            out.add(e.device_id)
+    return sorted(out)
+
+
+def observe(session: Session, r: Rollout, stage: Stage, members: list[Device], now: float, final: bool) -> Observation:
+    """Build the stage's :class:`Observation` (candidate devices vs baseline devices, or shadow vs production)."""
+    assert r.id is not None
+    on_cand = {
+        d.device_id: d
+        for d in session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id, RolloutDevice.arm == "canary")).all()
+        if not d.reverted
+    }
+    skipped = set(
+        session.exec(
+            select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == r.id, RolloutDevice.arm == "skipped")
+        ).all()
+    )
+    by_id = {d.id: d for d in members}
+    since = r.stage_started_at
+    rows = session.exec(
+        select(RolloutWindow).where(RolloutWindow.rollout_id == r.id, col(RolloutWindow.window_start) >= since)
+    ).all()
+    cand: dict[str, dict[str, Any]] = {}
+    base: dict[str, dict[str, Any]] = {}
+    for w in rows:
+        prod = w.roles.get("production")
+        if w.device_id in on_cand:
+            if stage.kind == SHADOW:
+                shadow = w.roles.get("shadow")
+                if _is(shadow, r.model, r.candidate_version):
+                    _add(cand.setdefault(w.device_id, _empty()), shadow)  # type: ignore[arg-type]
+                    if prod:
+                        _add(base.setdefault(w.device_id, _empty()), prod)
+            elif _is(prod, r.model, r.candidate_version):
+                _add(cand.setdefault(w.device_id, _empty()), prod)  # type: ignore[arg-type]
+        elif w.device_id in by_id and w.device_id not in skipped and _is(prod, r.model, r.baseline_version):
+            _add(base.setdefault(w.device_id, _empty()), prod)  # type: ignore[arg-type]
+    baseline_ids = [d for d in by_id if d not in on_cand and d not in skipped]
+    # Offline devices are counted apart; a device that went offline after it got the candidate
+    # (or, for the baseline, during the stage) counts against its arm.
+    cand_devices = [(by_id.get(d) or session.get(Device, d), row.assigned_at) for d, row in on_cand.items()]
+    went_offline = sum(1 for d, at in cand_devices if d is not None and not d.online and _seen_after(d, at))
+    base_offline = sum(1 for d in baseline_ids if not by_id[d].online and _seen_after(by_id[d], r.stage_started_at))
+    return Observation(
+        kind=stage.kind,
+        elapsed_s=max(0.0, now - r.stage_started_at),
+        canary=tuple(_unit(by_id.get(d), d, a) for d, a in sorted(cand.items()) if a["count"] or a["agree"] + a["disagree"]),
+        baseline=tuple(_unit(by_id.get(d), d, a) for d, a in sorted(base.items()) if a["count"]),
+        assigned=len(on_cand),
+        offline=went_offline,
+        offline_before=sum(1 for d, at in cand_devices if d is not None and not d.online and not _seen_after(d, at)),
+        baseline_devices=len(baseline_ids),
+        baseline_offline=base_offline,
+        rollbacks=tuple(refusals(session, r, on_cand)),
+        final=final,
+    )

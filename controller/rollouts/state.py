@@ -1,0 +1,184 @@
+"""The rollout stage machine. Everything that changes a rollout's state lives here.
+
+Rules (as in ``agent/ota/state.py``): this module does no I/O. ``transition``
+takes the current :class:`RolloutRecord` and one event and returns the next
+record, or raises :class:`IllegalTransition` (or :class:`NeedsApproval`) naming
+event and state and changing nothing. The engine persists the record it gets
+back and then acts on the difference (devices assigned, rolled back).
+
+::
+
+    RUNNING(stage i) ─Passed─▶ RUNNING(stage i+1) ... ─Passed on the last stage─▶ COMPLETED
+       │  │ Passed on a stage with a check gate, or the next stage needs an approval the version lacks
+       │  └──────────────▶ PAUSED(stage i, stage_passed) ─Resume─▶ RUNNING(stage i+1)
+       │ Pause / DeadlinePassed (inconclusive too long) ──▶ PAUSED(stage i) ─Resume─▶ RUNNING(stage i)
+       └ Failed / Abort / Revoked (also from PAUSED) ─────▶ ROLLED_BACK
+
+- An inconclusive analysis is no event: the stage holds. Only ``Passed`` and an
+  operator's ``Promote`` advance; nothing else ever promotes.
+- ``Promote`` advances now, skipping the analysis and a check gate, but never an
+  approval: a stage at or beyond ``approval_from`` needs an approved version.
+- An automatic ``Passed`` into such a stage without approval pauses and says so
+  (``waiting="approval"``); ``Resume`` after the approval advances.
+- A paused rollout is still analysed for failure: ``Failed`` rolls back from PAUSED too.
+- COMPLETED and ROLLED_BACK accept nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+class State(str, Enum):
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+
+TERMINAL = frozenset({State.COMPLETED, State.ROLLED_BACK})
+
+
+class Waiting(str, Enum):
+    """Why a rollout is paused ("" while running)."""
+
+    NONE = ""
+    OPERATOR = "operator"  # an operator paused it
+    CHECK = "check"  # the stage passed and has a "pause for check" gate
+    APPROVAL = "approval"  # the next stage needs an approved version
+    HUMAN = "human"  # inconclusive past the stage's deadline
+
+
+class IllegalTransition(Exception):
+    """An event arrived in a state that does not accept it."""
+
+
+class NeedsApproval(IllegalTransition):
+    """Promotion into a stage that needs an approved version, which the candidate is not."""
+
+
+# --- events (frozen dataclasses) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Passed:
+    """The analysis passed the current stage."""
+
+    approved: bool  # the candidate version is approved (registry)
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeadlinePassed:
+    reason: str  # what kept the stage inconclusive
+
+
+@dataclass(frozen=True)
+class Pause:
+    by: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Resume:
+    by: str
+    approved: bool
+
+
+@dataclass(frozen=True)
+class Promote:
+    by: str
+    approved: bool
+
+
+@dataclass(frozen=True)
+class Abort:
+    by: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Revoked:
+    reason: str
+
+
+Event = Passed | Failed | DeadlinePassed | Pause | Resume | Promote | Abort | Revoked
+
+# --- the table -----------------------------------------------------------------
+
+S = State
+TRANSITIONS: dict[State, frozenset[type]] = {
+    S.RUNNING: frozenset({Passed, Failed, DeadlinePassed, Pause, Promote, Abort, Revoked}),
+    S.PAUSED: frozenset({Resume, Failed, Promote, Abort, Revoked}),
+    S.COMPLETED: frozenset(),
+    S.ROLLED_BACK: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """The persisted state of a rollout (columns of the ``rollout`` row)."""
+
+    state: State = State.RUNNING
+    stage: int = 0
+    n_stages: int = 1
+    approval_from: int = 1  # first stage index that needs an approved version
+    gates: frozenset[int] = frozenset()  # stages with a "pause for check" gate
+    waiting: Waiting = Waiting.NONE
+    stage_passed: bool = False
+    reason: str = ""
+
+    @property
+    def last_stage(self) -> bool:
+        return self.stage >= self.n_stages - 1
+
+
+def _advance(rec: RolloutRecord, approved: bool, reason: str) -> RolloutRecord:
+    """Move to the next stage, complete after the last, or wait for the approval it needs."""
+    if rec.last_stage:
+        return replace(rec, state=S.COMPLETED, waiting=Waiting.NONE, stage_passed=True, reason=reason)
+    nxt = rec.stage + 1
+    if nxt >= rec.approval_from and not approved:
+        why = f"stage {nxt + 1} needs an approved version; approve it (POST /v1/approvals), then resume"
+        return replace(rec, state=S.PAUSED, waiting=Waiting.APPROVAL, stage_passed=True, reason=why)
+    return replace(rec, state=S.RUNNING, stage=nxt, waiting=Waiting.NONE, stage_passed=False, reason=reason)
+
+
+def transition(rec: RolloutRecord, event: Event) -> RolloutRecord:
+    """Return the record after ``event``; raise IllegalTransition and change nothing otherwise."""
+    allowed = TRANSITIONS[rec.state]
+    if type(event) not in allowed:
+        names = ", ".join(sorted(e.__name__ for e in allowed)) or "nothing (the rollout is over)"
+        raise IllegalTransition(f"event {type(event).__name__} is not allowed in state {rec.state.value} (allowed: {names})")
+    if isinstance(event, (Failed, Revoked)):
+        return replace(rec, state=S.ROLLED_BACK, waiting=Waiting.NONE, reason=event.reason)
+    if isinstance(event, Abort):
+        return replace(rec, state=S.ROLLED_BACK, waiting=Waiting.NONE, reason=event.reason or f"aborted by {event.by}")
+    if isinstance(event, Pause):
+        return replace(rec, state=S.PAUSED, waiting=Waiting.OPERATOR, reason=event.reason or f"paused by {event.by}")
+    if isinstance(event, DeadlinePassed):
+        return replace(rec, state=S.PAUSED, waiting=Waiting.HUMAN, reason=event.reason)
+    if isinstance(event, Passed):
+        if rec.stage in rec.gates:
+            why = f"stage {rec.stage + 1} passed; paused for a check before the next stage (resume to go on)"
+            return replace(rec, state=S.PAUSED, waiting=Waiting.CHECK, stage_passed=True, reason=why)
+        return _advance(rec, event.approved, f"stage {rec.stage + 1} passed")
+    if isinstance(event, Promote):
+        if not rec.last_stage and rec.stage + 1 >= rec.approval_from and not event.approved:
+            raise NeedsApproval(
+                f"cannot promote to stage {rec.stage + 2}: it needs an approved version (POST /v1/approvals first)"
+            )
+        return _advance(rec, event.approved, f"promoted by {event.by}")
+    # Resume
+    assert isinstance(event, Resume)
+    if rec.stage_passed:
+        nxt = _advance(rec, event.approved, f"resumed by {event.by}")
+        if nxt.waiting is Waiting.APPROVAL and rec.waiting is Waiting.APPROVAL:
+            raise NeedsApproval(f"cannot resume: {nxt.reason}")
+        return nxt
+    return replace(rec, state=S.RUNNING, waiting=Waiting.NONE, reason=f"resumed by {event.by}")

@@ -1,0 +1,286 @@
+"""Rollouts through the HTTP API with a real database and a real broker.
+
+Simulated devices (tests/rolloutsim.py) send real status, telemetry and event
+messages; the controller ingests them (per-device rollout windows included),
+and the test drives the leader's job with ``tick`` for determinism.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlmodel import Session, func, select
+
+from controller.core.tables import AuditEntry, RolloutWindow
+from tests.controller_app import running_api, settings_for
+from tests.rolloutsim import SimDevices, role_summary
+
+pytestmark = [pytest.mark.integration]
+FAST = [
+    {"share": 0.25, "min_duration_s": 0, "min_devices": 2, "min_inferences": 400},
+    {"share": 0.5, "min_duration_s": 0, "min_devices": 2, "min_inferences": 400},
+    {"share": 1.0, "min_duration_s": 0},
+]
+
+
+def wait_until(cond, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Field:
+    """A cohort of simulated devices running digits v1, with v2 registered (not approved)."""
+
+    def __init__(self, api, sim: SimDevices, make_bundle, n: int = 8, cohort: str = "field", prefix: str = "dev") -> None:
+        self.api, self.sim, self.cohort = api, sim, cohort
+        self.op, self.approver = api.as_("olivia"), api.as_("alice")
+        for v in (1, 2):
+            r = self.op.post("/v1/models", content=make_bundle(v))
+            assert r.status_code in (200, 201), r.text
+        if self.approver.get("/v1/models/digits/versions/1").json().get("approved_by") is None:
+            assert self.approver.post("/v1/approvals", json={"model": "digits", "version": 1, "reason": "ok"}).status_code == 201
+        self.sha = {m["version"]: m["sha256"] for m in self.op.get("/v1/models").json()}
+        self.ids = [f"{prefix}-{i}" for i in range(n)]
+        for i, d in enumerate(self.ids):
+            body = {"id": d, "arch": "x86_64", "hardware_class": "pi4", "region": "eu" if i % 2 else "us"}
+            assert self.op.post("/v1/devices", json=body).status_code == 201
+        assert self.op.post("/v1/cohorts", json={"name": cohort, "members": self.ids}).status_code == 201
+        assert (
+            self.op.put(f"/v1/cohorts/{cohort}/desired", json={"model": "digits", "version": 1, "reason": "ok"}).status_code
+            == 200
+        )
+        self.follow()
+
+    @property
+    def engine(self):
+        return self.api.app.state.engine
+
+    def desired(self, d: str, role: str = "production") -> int | None:
+        a = self.op.get(f"/v1/devices/{d}").json()["desired"].get(role)
+        return a["version"] if a else None
+
+    def actual(self, d: str) -> int | None:
+        a = self.op.get(f"/v1/devices/{d}").json()["actual"].get("production")
+        return a["version"] if a else None
+
+    def follow(self) -> dict[str, int]:
+        """Every device runs what its desired state says (as a healthy agent would) and reports it."""
+        running = {}
+        for d in self.ids:
+            v = self.desired(d)
+            running[d] = v
+            self.sim.status(d, {"production": ("digits", v, self.sha[v])})
+        wait_until(lambda: all(self.actual(d) == v for d, v in running.items()), what="actual state reported")
+        return running
+
+    def windows(self, rollout_id: int, errors: dict[int, int], count: int = 300, labels: dict[int, int] | None = None) -> None:
+        """One telemetry window per device: ``errors[version]`` failed inferences of ``count``."""
+        with Session(self.engine) as s:
+            before = s.exec(select(func.count()).where(RolloutWindow.rollout_id == rollout_id)).one()
+        start = time.time()  # a window that began after the current stage did (stages judge their own windows)
+        for d in self.ids:
+            v = self.desired(d) or 1
+            correct = (labels or {}).get(v)
+            n_labels = 100 if correct is not None else 0
+            summary = role_summary("digits", v, count, errors[v], labels=n_labels, correct=correct or 0)
+            self.sim.window(d, {"production": summary}, start)
+
+        def arrived() -> bool:
+            with Session(self.engine) as s:
+                return s.exec(select(func.count()).where(RolloutWindow.rollout_id == rollout_id)).one() >= before + len(self.ids)
+
+        wait_until(arrived, what="rollout windows ingested")
+
+    def tick(self, now: float | None = None) -> dict:
+        self.api.app.state.rollouts.tick(self.engine, now=now)
+        return self.op.get(f"/v1/rollouts/{self.rid}").json()
+
+    def create(self, **body) -> dict:
+        r = self.op.post("/v1/rollouts", json={"cohort": self.cohort, "model": "digits", "version": 2, "stages": FAST, **body})
+        assert r.status_code == 201, r.text
+        self.rid = r.json()["id"]
+        return r.json()
+
+
+@pytest.fixture
+def api(tmp_path, database_url, mosquitto):
+    settings = settings_for(tmp_path, database_url, mosquitto.port).model_copy(update={"rollout_interval_s": 3600})
+    with running_api(settings) as a:
+        a.make("olivia", "operator")
+        a.make("alice", "approver")
+        a.make("vera", "viewer")
+        yield a
+
+
+@pytest.fixture
+def sim(mosquitto):
+    s = SimDevices(mosquitto.host, mosquitto.port)
+    yield s
+    s.close()
+
+
+def on_candidate(f: Field) -> list[str]:
+    return [d for d in f.ids if f.desired(d) == 2]
+
+
+def test_a_good_candidate_walks_every_stage_waiting_for_approval_where_the_registry_says(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    r = f.create(reason="new model")
+    assert (r["state"], r["stage"], r["baseline_version"], r["devices"]["on_candidate"]) == ("RUNNING", 1, 1, 2)
+    first = on_candidate(f)
+    assert len(first) == 2
+    f.follow()
+    f.windows(f.rid, {1: 3, 2: 3})
+    r = f.tick()
+    # stage 1 passed; stage 2 needs the approval v2 does not have: paused, saying so
+    assert (r["state"], r["stage"], r["waiting"]) == ("PAUSED", 1, "approval"), r["last_analysis"]
+    assert "approve" in r["reason"]
+    checks = {c["name"]: c for c in r["last_analysis"]["checks"]}
+    assert checks["error_rate"]["outcome"] == "pass"
+    assert checks["error_rate"]["figures"]["candidate_n"] == 600
+    assert f.op.post(f"/v1/rollouts/{f.rid}/resume", json={}).status_code == 409  # still not approved
+    assert f.approver.post("/v1/approvals", json={"model": "digits", "version": 2, "reason": "ok"}).status_code == 201
+    r = f.op.post(f"/v1/rollouts/{f.rid}/resume", json={"reason": "approved"}).json()
+    assert (r["state"], r["stage"]) == ("RUNNING", 2)
+    second = on_candidate(f)
+    assert set(first) < set(second) and len(second) == 4  # a device keeps its arm as the share grows
+    f.follow()
+    f.windows(f.rid, {1: 3, 2: 2})
+    r = f.tick()
+    assert (r["state"], r["stage"]) == ("RUNNING", 3)
+    assert on_candidate(f) == f.ids
+    f.follow()
+    r = f.tick()
+    assert r["state"] == "COMPLETED"
+    actions = [d["action"] for d in r["decisions"]]
+    assert actions == ["created", "paused", "resumed", "advanced", "completed"] or actions[:2] == ["created", "paused"]
+    assert "advanced" in actions and actions[-1] == "completed"
+    with Session(f.engine) as s:
+        audited = s.exec(select(AuditEntry.action).where(AuditEntry.subject == f"rollout:{f.rid}")).all()
+    assert {"rollout.created", "rollout.paused", "rollout.advanced", "rollout.completed"} <= set(audited)
+
+
+def test_an_error_rate_regression_rolls_every_canary_back_with_the_numbers(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    f.create()
+    canaries = on_candidate(f)
+    f.follow()
+    f.windows(f.rid, {1: 1, 2: 45})
+    r = f.tick()
+    assert r["state"] == "ROLLED_BACK" and "error_rate" in r["reason"]
+    assert on_candidate(f) == [] and all(f.desired(d) == 1 for d in canaries)
+    rb = next(d for d in r["decisions"] if d["action"] == "rolled_back")
+    er = {c["name"]: c for c in rb["evidence"]["checks"]}["error_rate"]
+    assert er["outcome"] == "fail" and er["figures"]["candidate"] == pytest.approx(45 / 300)
+    assert sorted(rb["evidence"]["devices_changed"]) == sorted(canaries)
+    assert r["devices"]["reverted"] == 2
+    assert f.op.post(f"/v1/rollouts/{f.rid}/resume", json={}).status_code == 409
+
+
+def test_an_on_device_rollback_fails_the_stage_at_once(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    f.create()
+    bad = on_candidate(f)[0]
+    sim.event(bad, "ota.rolled_back", "rolled back digits v2: health check failed",
+              {"role": "production", "model": "digits", "version": 2, "reason": "golden vectors"})  # fmt: skip
+    wait_until(lambda: any(e["kind"] == "ota.rolled_back" for e in f.op.get(f"/v1/devices/{bad}/events").json()), what="event")
+    r = f.tick()
+    assert r["state"] == "ROLLED_BACK" and "rolled the candidate back" in r["reason"]
+    assert on_candidate(f) == []
+
+
+def test_a_revoked_candidate_aborts_the_rollout_and_restores_the_baseline(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    f.create()
+    assert on_candidate(f)
+    assert f.approver.post("/v1/models/digits/versions/2/revoke", json={"reason": "bad data"}).status_code == 200
+    r = f.tick()
+    assert r["state"] == "ROLLED_BACK" and "revoked" in r["reason"]
+    assert on_candidate(f) == []
+
+
+def test_low_traffic_holds_and_says_why_then_pauses_for_a_human_at_the_deadline(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    stages = [{**FAST[0], "min_inferences": 5000, "max_duration_s": 600}, FAST[2]]
+    f.create(stages=stages)
+    f.follow()
+    f.windows(f.rid, {1: 0, 2: 0}, count=50)
+    r = f.tick()
+    assert (r["state"], r["stage"]) == ("RUNNING", 1)
+    assert any("low traffic: 100 inferences" in x for x in r["last_analysis"]["reasons"]), r["last_analysis"]["reasons"]
+    r = f.tick()  # the same hold is not recorded again
+    assert [d["action"] for d in r["decisions"]].count("held") == 1
+    r = f.tick(now=time.time() + 601)
+    assert (r["state"], r["waiting"]) == ("PAUSED", "human") and "low traffic" in r["reason"]
+    r = f.op.post(f"/v1/rollouts/{f.rid}/promote", json={})
+    assert r.status_code == 409 and "approved" in r.json()["detail"]  # promotion never skips the approval
+    assert f.approver.post("/v1/approvals", json={"model": "digits", "version": 2, "reason": "ok"}).status_code == 201
+    r = f.op.post(f"/v1/rollouts/{f.rid}/promote", json={}).json()
+    assert (r["state"], r["stage"]) == ("RUNNING", 2)  # a human decided
+
+
+def test_controls_are_role_checked_and_overlapping_rollouts_refused(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    f.create()
+    assert api.as_("vera").post(f"/v1/rollouts/{f.rid}/pause", json={}).status_code == 403
+    assert api.as_("vera").get(f"/v1/rollouts/{f.rid}").status_code == 200
+    f.op.post("/v1/cohorts", json={"name": "half", "members": f.ids[:3]})
+    r = f.op.post("/v1/rollouts", json={"cohort": "half", "model": "digits", "version": 2})
+    assert r.status_code == 409 and f"rollout {f.rid}" in r.json()["detail"] and "3 device(s)" in r.json()["detail"]
+    r = f.op.post(f"/v1/rollouts/{f.rid}/pause", json={"reason": "weekend"}).json()
+    assert (r["state"], r["waiting"], r["reason"]) == ("PAUSED", "operator", "weekend")
+    assert f.op.post(f"/v1/rollouts/{f.rid}/pause", json={}).status_code == 409
+    assert f.op.post(f"/v1/rollouts/{f.rid}/promote", json={}).status_code == 409  # stage 2 needs approval
+    assert f.op.post(f"/v1/rollouts/{f.rid}/resume", json={}).json()["state"] == "RUNNING"
+    r = f.op.post(f"/v1/rollouts/{f.rid}/abort", json={"reason": "changed my mind"}).json()
+    assert (r["state"], r["reason"]) == ("ROLLED_BACK", "changed my mind")
+    assert on_candidate(f) == []
+    assert [x["id"] for x in f.op.get("/v1/rollouts", params={"state": "rolled_back"}).json()] == [f.rid]
+    bad = f.op.post("/v1/rollouts", json={"cohort": "field", "model": "digits", "version": 2, "stages": [{"share": 0.5}]})
+    assert bad.status_code == 422 and "last stage" in bad.json()["detail"]
+
+
+def test_hardware_the_bundle_does_not_support_is_skipped_and_counted(api, sim, make_bundle):
+    from firmware_sim.modelgen import make_onnx_bundle
+
+    f = Field(api, sim, make_bundle, n=4)
+    assert f.op.post("/v1/models", content=make_onnx_bundle(version=3, epochs=20, arch=["aarch64"])).status_code == 201
+    r = f.op.post("/v1/rollouts", json={"cohort": "field", "model": "digits", "version": 3, "stages": FAST})
+    assert r.status_code == 201, r.text
+    assert r.json()["devices"] == {"on_candidate": 0, "reverted": 0, "skipped_hardware": 4}
+
+
+def test_a_controller_recreated_mid_rollout_resumes_exactly_where_it_was(tmp_path, database_url, mosquitto, sim, make_bundle):
+    settings = settings_for(tmp_path, database_url, mosquitto.port).model_copy(update={"rollout_interval_s": 3600})
+    with running_api(settings) as a:
+        a.make("olivia", "operator")
+        a.make("alice", "approver")
+        f = Field(a, sim, make_bundle)
+        f.create()
+        assert f.approver.post("/v1/approvals", json={"model": "digits", "version": 2, "reason": "ok"}).status_code == 201
+        f.follow()
+        f.windows(f.rid, {1: 2, 2: 2})
+        r = f.tick()
+        assert (r["state"], r["stage"]) == ("RUNNING", 2)
+        before = on_candidate(f)
+        tokens = {n: c.headers["Authorization"] for n, c in a._clients.items()}
+    # a new process on the same database: the leader job picks the rollout up on stage 2 with the same devices
+    with running_api(settings) as b:
+        from fastapi.testclient import TestClient
+
+        for name, header in tokens.items():
+            b._clients[name] = TestClient(b.app, headers={"Authorization": header})
+        f.api, f.op, f.approver = b, b.as_("olivia"), b.as_("alice")
+        r = f.op.get(f"/v1/rollouts/{f.rid}").json()
+        assert (r["state"], r["stage"], r["devices"]["on_candidate"]) == ("RUNNING", 2, len(before)), r["decisions"]
+        assert on_candidate(f) == before, r["decisions"]
+        b.app.state.leader.campaign()
+        b.app.state.leader.run_due()  # the registered leader job, as the leader runs it
+        f.follow()
+        f.windows(f.rid, {1: 2, 2: 2})
+        r = f.tick()
+        assert (r["state"], r["stage"]) == ("RUNNING", 3)
+        assert set(before) < set(on_candidate(f))
