@@ -120,6 +120,14 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("GET", "/v1/telemetry"): Probe(VIEW, "/v1/telemetry", 200, params={"model": "digits"}),
     ("GET", "/metrics"): Probe(VIEW, "/metrics", 200),
     ("GET", "/v1/capture/{device_id}"): Probe(VIEW, "/v1/capture/pi-{caller}", 200),
+    # rollouts
+    ("POST", "/v1/rollouts"): Probe(OPER, "/v1/rollouts", 404, json={"cohort": "none-{caller}", "model": "digits", "version": 1}),
+    ("GET", "/v1/rollouts"): Probe(VIEW, "/v1/rollouts", 200),
+    ("GET", "/v1/rollouts/{rollout_id}"): Probe(VIEW, "/v1/rollouts/999999", 404),
+    ("POST", "/v1/rollouts/{rollout_id}/pause"): Probe(OPER, "/v1/rollouts/999999/pause", 404, json={}),
+    ("POST", "/v1/rollouts/{rollout_id}/resume"): Probe(OPER, "/v1/rollouts/999999/resume", 404, json={}),
+    ("POST", "/v1/rollouts/{rollout_id}/promote"): Probe(OPER, "/v1/rollouts/999999/promote", 404, json={}),
+    ("POST", "/v1/rollouts/{rollout_id}/abort"): Probe(OPER, "/v1/rollouts/999999/abort", 404, json={}),
     # monitoring
     ("GET", "/v1/monitoring/drift"): Probe(VIEW, "/v1/monitoring/drift", 200, params={"model": "digits"}),
     ("GET", "/v1/monitoring/accuracy"): Probe(VIEW, "/v1/monitoring/accuracy", 200, params={"model": "digits"}),
