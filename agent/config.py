@@ -53,6 +53,7 @@ class TelemetryConfig:
     queue_max_windows: int = 10_080  # unsent windows kept on disk (7 days at 60 s); oldest dropped beyond
     max_inflight: int = 20  # windows published and not yet acknowledged by the broker
     system_metrics: bool = True  # psutil CPU, memory, disk, temperature
+    prediction_log_max: int = 100_000  # predictions whose context is kept on disk for late labels (~10 MB)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +232,9 @@ def _telemetry(t: dict[str, Any], where: str) -> TelemetryConfig:
         window_s=_positive(float(_get(t, "window_s", (int, float), where, d.window_s)), "window_s", where),
         queue_max_windows=(_positive(_get(t, "queue_max_windows", int, where, d.queue_max_windows), "queue_max_windows", where)),
         max_inflight=_positive(_get(t, "max_inflight", int, where, d.max_inflight), "max_inflight", where),
+        prediction_log_max=_positive(
+            _get(t, "prediction_log_max", int, where, d.prediction_log_max), "prediction_log_max", where
+        ),
         system_metrics=_get(t, "system_metrics", bool, where, d.system_metrics),
     )
 

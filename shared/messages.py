@@ -316,7 +316,11 @@ class Telemetry:
         )
 
     def to_payload(self) -> dict[str, Any]:
-        return _checked(self, _shallow(self))
+        data = _shallow(self)
+        labels = data.pop("labels")
+        if labels:  # omitted when empty: windows without late labels stay as they were
+            data["labels"] = [asdict(x) for x in labels]
+        return _checked(self, data)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,27 @@ from agent.host import InferenceRecord, ModelHost, NoModelError
 from agent.http import from_config
 from agent.link import MqttLink
 from agent.telemetry.capture import CaptureSpool, Uploader
+from agent.telemetry.predlog import Prediction, PredictionLog
 from agent.telemetry.queue import WindowQueue
 from agent.telemetry.sender import Sender
 from agent.telemetry.system import SystemMetrics
 from agent.telemetry.window import RoleAccumulator, WindowBuilder, top_classes
+from shared.messages import MAX_LATE_LABELS, LateLabel, encode_compact, now
 from shared.messages import Telemetry as TelemetryWindow
-from shared.messages import encode_compact, now
 
 log = logging.getLogger(__name__)
-RECENT_PREDICTIONS = 4096  # prediction ids remembered for label feedback
+RECENT_PREDICTIONS = 4096  # predictions kept in memory (with inputs, for capture) for label feedback
+PENDING_LABELS = 10_000  # late labels waiting for the next windows (MAX_LATE_LABELS go in each); oldest dropped
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """What feedback needs of a prediction still in memory."""
+
+    acc: RoleAccumulator  # the window it was counted in
+    prediction: Prediction
+    sha256: str
+    inputs: Any  # kept only while data capture is on
 
 
 class Telemetry:
@@ -61,8 +74,11 @@ class Telemetry:
         self._window_start = time.time()
         self._close_lock = threading.Lock()
         self._malformed_seen = 0
-        self._recent: OrderedDict[str, tuple[str, str, int | None, Any]] = OrderedDict()
+        self._recent: OrderedDict[str, _Recent] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self._unlogged: list[Prediction] = []  # predictions since the last window close, for the prediction log
+        self._late: deque[LateLabel] = deque(maxlen=PENDING_LABELS)  # labels for predictions of earlier windows
+        self.predlog = PredictionLog(cfg.data_dir / "predictions.db", cfg.telemetry.prediction_log_max)
         self._shadow_q: queue.Queue[tuple[Any, int]] = queue.Queue(maxsize=64)
         self._stop = threading.Event()
         self._threads = [
@@ -94,6 +110,7 @@ class Telemetry:
         self.sender.stop()
         if self.uploader is not None:
             self.uploader.stop()
+        self.predlog.close()
 
     # -- windows -----------------------------------------------------------------
     def _window_loop(self) -> None:
@@ -111,6 +128,13 @@ class Telemetry:
             end = time.time()
             roles, counters = self.builder.close()
             counters["messages_malformed"] += self._take_malformed()
+            with self._recent_lock:
+                unlogged, self._unlogged = self._unlogged, []
+                labels = [self._late.popleft() for _ in range(min(len(self._late), MAX_LATE_LABELS))]
+            try:
+                self.predlog.add_many(unlogged)
+            except Exception:  # a full disk must not stop telemetry; those predictions' late labels are lost
+                log.exception("could not write %d predictions to the prediction log", len(unlogged))
             start, self._window_start = self._window_start, end
             index, self.windows = self.windows, self.windows + 1
             seq = self._next_seq()
@@ -130,6 +154,7 @@ class Telemetry:
                         system=system,
                         counters=counters,
                         agent={"version": self.agent_version, "boot": self.boot, "window": index},
+                        labels=labels,
                     )
                 )
 
@@ -175,12 +200,15 @@ class Telemetry:
             return
         predicted = int(top_classes(np.asarray(output))[0]) if acc.spec.classes else None
         keep_inputs = self.spool is not None
-        with self._recent_lock:
-            self._recent[rec.prediction_id] = (rec.role, rec.model.sha256, predicted, inputs if keep_inputs else None)
-            while len(self._recent) > RECENT_PREDICTIONS:
-                self._recent.popitem(last=False)
+        if predicted is not None:
+            pred = Prediction(rec.prediction_id, rec.role, m.name, m.version, round(self._window_start, 3), predicted)
+            with self._recent_lock:
+                self._recent[rec.prediction_id] = _Recent(acc, pred, rec.model.sha256, inputs if keep_inputs else None)
+                self._unlogged.append(pred)
+                while len(self._recent) > RECENT_PREDICTIONS:
+                    self._recent.popitem(last=False)
         if self.spool is not None and self.spool.sampled():
-            self._capture(rec.role, acc, inputs, None, predicted)
+            self._capture(rec.role, acc, inputs, None, predicted, rec.prediction_id)
         if rec.role == "production" and predicted is not None and "shadow" in self.host.roles():
             try:
                 self._shadow_q.put_nowait((rec.inputs, predicted))
@@ -188,28 +216,36 @@ class Telemetry:
                 pass  # shadow comparison is best effort; never slow production down
 
     def feedback(self, prediction_id: str, label: int) -> dict[str, Any]:
-        """Ground truth for an earlier prediction, from a local application."""
+        """Ground truth for an earlier prediction, from a local application.
+
+        It counts for the prediction's window and version: in the window's own summary while
+        that window is open, else as a late label in the next telemetry message. Predictions
+        older than the in-memory ones are found in the prediction log on disk.
+        """
         with self._recent_lock:
             entry = self._recent.get(prediction_id)
-        if entry is None:
+        pred = entry.prediction if entry is not None else self.predlog.get(prediction_id)
+        if pred is None:
             return {"ok": False, "error": f"unknown or expired prediction_id {prediction_id!r:.80}"}
-        role, sha, predicted, inputs = entry
-        acc = self.builder.current(role)
-        if predicted is not None:
-            while acc is not None and acc.sha256 == sha and not acc.record_label(predicted, label):
-                acc = self.builder.current(role)
-        if self.spool is not None and inputs is not None and acc is not None:
-            self._capture(role, acc, inputs, label, predicted)
-        return {"ok": True, "correct": predicted == label if predicted is not None else None}
+        if entry is None or not entry.acc.record_label(pred.predicted, label):
+            late = LateLabel(pred.prediction_id, pred.role, pred.model, pred.version, pred.window_start, pred.predicted, label)
+            with self._recent_lock:
+                self._late.append(late)
+        acc = self.builder.current(pred.role)
+        if self.spool is not None and entry is not None and entry.inputs is not None and acc is not None:
+            self._capture(pred.role, acc, entry.inputs, label, pred.predicted, prediction_id)
+        return {"ok": True, "correct": pred.predicted == label}
 
-    def _capture(self, role: str, acc: RoleAccumulator, inputs: Any, label: int | None, predicted: int | None) -> None:
+    def _capture(
+        self, role: str, acc: RoleAccumulator, inputs: Any, label: int | None, predicted: int | None, prediction_id: str = ""
+    ) -> None:
         assert self.spool is not None
         try:
             data = np.asarray(inputs, dtype=np.float32).round(6).tolist()
         except (ValueError, TypeError):
             return
         sample = {"ts": now(), "role": role, "model": acc.model, "version": acc.version, "inputs": data,
-                  "prediction": predicted, "label": label}  # fmt: skip
+                  "prediction": predicted, "label": label, "prediction_id": prediction_id}  # fmt: skip
         size = self.spool.offer(sample, labelled=label is not None)
         if size:
             self.count("capture_samples")

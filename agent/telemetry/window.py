@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shared.manifest import Manifest
-from shared.telemetry import COUNTERS, N_LATENCY_BUCKETS, empty_role_summary, latency_bucket
+from shared.telemetry import CONFIDENCE_BINS, COUNTERS, N_LATENCY_BUCKETS, empty_role_summary, latency_bucket
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,18 @@ def _edges(value: Any) -> np.ndarray | None:
     return arr
 
 
+def _range(value: Any, edges: np.ndarray) -> tuple[float, float]:
+    """A feature's valid range from the reference (``"range": [low, high]``), else its bin edges' span."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+        and value[0] <= value[1]
+    ):
+        return float(value[0]), float(value[1])
+    return float(edges[0]), float(edges[-1])
+
+
 @dataclass(frozen=True)
 class SummarySpec:
     """What to histogram, read from a manifest's ``reference`` section.
@@ -50,12 +62,14 @@ class SummarySpec:
     feature_edges: tuple[np.ndarray, ...]
     classes: int  # > 0: classification with this many classes
     prediction_edges: np.ndarray | None  # regression bins, when classes == 0
+    feature_ranges: np.ndarray | None = None  # (features, 2): valid [low, high] per feature (``range``, else the edges)
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> SummarySpec:
         ref = m.reference if isinstance(m.reference, dict) else {}
         names: list[str] = []
         edges: list[np.ndarray] = []
+        ranges: list[tuple[float, float]] = []
         feats = ref.get("features")
         for i, f in enumerate(feats if isinstance(feats, list) else []):
             e = _edges(f.get("bin_edges")) if isinstance(f, dict) else None
@@ -65,6 +79,7 @@ class SummarySpec:
                 break
             names.append(str(f.get("name", f"f{i}")))
             edges.append(e)
+            ranges.append(_range(f.get("range"), e))
         preds = ref.get("predictions") if isinstance(ref.get("predictions"), dict) else {}
         classes = preds.get("classes") if isinstance(preds, dict) else None
         pred_edges = _edges(preds.get("bin_edges")) if isinstance(preds, dict) else None
@@ -72,21 +87,36 @@ class SummarySpec:
         if not n_classes and pred_edges is None:
             shape = m.outputs[0].shape
             n_classes = shape[-1] if shape and isinstance(shape[-1], int) else 1
-        return cls(tuple(names), tuple(edges), n_classes, None if n_classes else pred_edges)
+        rng = np.asarray(ranges, dtype=np.float64) if len(ranges) == len(names) and names else None
+        return cls(tuple(names), tuple(edges), n_classes, None if n_classes else pred_edges, rng)
 
     @property
     def n_predictions(self) -> int:
         return self.classes if self.classes else len(self.prediction_edges) + 1  # type: ignore[arg-type]
 
 
-def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Vectorised ``shared.telemetry.bin_index`` over columns: shape (cols, len(edges)+1)."""
+def bin_counts(edges: np.ndarray, values: np.ndarray, finite: np.ndarray | None = None) -> np.ndarray:
+    """Vectorised ``shared.telemetry.bin_index`` over columns: shape (cols, len(edges)+1).
+
+    ``finite`` (same shape as ``values``, False for NaN/inf): those values are not counted.
+    """
     idx = np.searchsorted(edges, values, side="right")
     idx[values == edges[-1]] = len(edges) - 1
     nb = len(edges) + 1
     cols = values.shape[1] if values.ndim == 2 else 1
-    flat = (idx.reshape(-1, cols) + np.arange(cols) * nb).ravel()
-    return np.bincount(flat, minlength=cols * nb).reshape(cols, nb)
+    if finite is None:
+        flat = (idx.reshape(-1, cols) + np.arange(cols) * nb).ravel()
+        return np.bincount(flat, minlength=cols * nb).reshape(cols, nb)
+    idx = np.where(finite, idx, nb)  # one spare bin per column for the values left out
+    flat = (idx.reshape(-1, cols) + np.arange(cols) * (nb + 1)).ravel()
+    return np.bincount(flat, minlength=cols * (nb + 1)).reshape(cols, nb + 1)[:, :nb]
+
+
+def confidence_counts(output: np.ndarray, rows: int) -> np.ndarray:
+    """Top-class probability of each row in ``CONFIDENCE_BINS`` bins (``shared.telemetry.confidence_bin``)."""
+    top = np.nan_to_num(output.astype(np.float64).reshape(rows, -1).max(axis=1), nan=0.0)
+    idx = np.minimum((np.clip(top, 0.0, 1.0) * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1)
+    return np.bincount(idx, minlength=CONFIDENCE_BINS)
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,8 @@ class Parts:
     rows: int
     predictions: np.ndarray | None
     features: np.ndarray | None  # all feature histograms back to back (see RoleAccumulator._offsets)
+    confidence: np.ndarray | None = None  # CONFIDENCE_BINS counts (classification)
+    quality: np.ndarray | None = None  # (3, features): NaN, ±inf, finite but out of range
 
 
 class RoleAccumulator:
@@ -119,6 +151,8 @@ class RoleAccumulator:
         self._feat = np.zeros(int(self._offsets[-1]), dtype=np.int64)
         self._shadow = {"agree": 0, "disagree": 0}
         self._labels = {"count": 0, "correct": 0}
+        self._conf = np.zeros(CONFIDENCE_BINS, dtype=np.int64)
+        self._quality = np.zeros((3, nf), dtype=np.int64)
         self._warned = False
         self._closed = False
 
@@ -135,12 +169,19 @@ class RoleAccumulator:
         x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
         rows = x.shape[0]
         feat: np.ndarray | None = None
+        quality: np.ndarray | None = None
         nf = len(self.spec.feature_names)
         if nf and x.shape[1] == nf:
+            finite = np.isfinite(x)
+            ok = None if finite.all() else finite
             if self._shared_edges is not None:
-                feat = bin_counts(self._shared_edges, x).ravel()
+                feat = bin_counts(self._shared_edges, x, ok).ravel()
             else:
-                feat = np.concatenate([bin_counts(e, x[:, i : i + 1])[0] for i, e in enumerate(self.spec.feature_edges)])
+                feat = np.concatenate(
+                    [bin_counts(e, x[:, i : i + 1], None if ok is None else ok[:, i : i + 1])[0]
+                     for i, e in enumerate(self.spec.feature_edges)]
+                )  # fmt: skip
+            quality = self._quality_of(x, finite, ok is None)
         elif nf and not self._warned:
             self._warned = True
             log.warning(
@@ -156,7 +197,21 @@ class RoleAccumulator:
         else:
             first = out.astype(np.float64).reshape(rows, -1)[:, :1]
             pred = bin_counts(self.spec.prediction_edges, first)[0]  # type: ignore[arg-type]
-        return Parts(lat_bucket, False, rows, pred, feat)
+        conf = confidence_counts(out, rows) if self.spec.classes else None
+        return Parts(lat_bucket, False, rows, pred, feat, conf, quality)
+
+    def _quality_of(self, x: np.ndarray, finite: np.ndarray, all_finite: bool) -> np.ndarray | None:
+        """(3, features) counts of NaN, ±inf and finite values outside each feature's range."""
+        rng = self.spec.feature_ranges
+        q = np.zeros((3, x.shape[1]), dtype=np.int64)
+        if not all_finite:
+            nan = np.isnan(x)
+            q[0] = nan.sum(axis=0)
+            q[1] = (~finite & ~nan).sum(axis=0)
+        if rng is not None:
+            with np.errstate(invalid="ignore"):
+                q[2] = ((x < rng[:, 0]) | (x > rng[:, 1])).sum(axis=0) - (q[1] if not all_finite else 0)
+        return q
 
     def record(self, latency_ms: float, inputs: Any, output: Any, error: bool = False) -> bool:
         return self.add(self.measure(latency_ms, inputs, output, error))
@@ -174,6 +229,10 @@ class RoleAccumulator:
                 self._pred += p.predictions
             if p.features is not None:
                 self._feat += p.features
+            if p.confidence is not None:
+                self._conf += p.confidence
+            if p.quality is not None:
+                self._quality += p.quality
             return True
 
     def record_label(self, predicted: int, label: int) -> bool:
@@ -214,6 +273,11 @@ class RoleAccumulator:
             s["features"] = {n: flat[off[i] : off[i + 1]] for i, n in enumerate(names)}
             s["shadow"] = dict(self._shadow)
             s["labels"] = dict(self._labels)
+            if self.spec.classes:
+                s["confidence"] = self._conf.tolist()
+            if names:
+                nan, inf, oor = self._quality.tolist()
+                s["quality"] = {"nan": nan, "inf": inf, "out_of_range": oor}
         return s
 
 

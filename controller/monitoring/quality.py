@@ -11,8 +11,10 @@ rule when, for some feature:
   reference spreads them (its fullest bin holds less than ``spread_share``) —
   a stuck sensor, a camera gone dark.
 
-Flagged windows can be left out of drift and accuracy analysis (``exclude``), so
-one broken sensor does not read as fleet-wide drift.
+Windows with broken data (``nonfinite``, ``stuck``: :data:`EXCLUDING`) can be left
+out of drift analysis, so one broken sensor does not read as fleet-wide drift.
+``out_of_range`` is flagged but kept: values outside the range are the drift
+signal itself (a sensor that reads too bright), not a reason to look away.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class QualityRules:
 
 
 DEFAULT_RULES = QualityRules()
+EXCLUDING = frozenset({"nonfinite", "stuck"})  # rules whose windows drift analysis may leave out
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from controller.monitoring.accuracy import WindowAccuracy, late_labels, overall,
 from controller.monitoring.drift import DriftReport, Reference, ReferenceError, drift_report, reference_from_manifest
 from controller.monitoring.drift import reference_from_summary as _period_reference
 from controller.monitoring.estimate import calibration
-from controller.monitoring.quality import DEFAULT_RULES, Flag, QualityRules, quality_flags
+from controller.monitoring.quality import DEFAULT_RULES, EXCLUDING, Flag, QualityRules, quality_flags
 from controller.monitoring.stats import DEFAULT_THRESHOLDS, Thresholds
 from controller.monitoring.windows import Window, load_windows, merge_windows
 
@@ -114,7 +114,7 @@ def _screen(
         fl: list[Flag] = quality_flags(ref, w.summary, rules)
         if fl:
             flagged.append({"window_start": w.window_start, "flags": [f.to_dict() for f in fl]})
-        if not (fl and exclude):
+        if not (exclude and any(f.rule in EXCLUDING for f in fl)):
             kept.append(w)
     return kept, (len(ws) - len(kept)), flagged
 

@@ -73,3 +73,9 @@ def test_quality_flags_nonfinite_out_of_range_and_stuck_features():
 def test_quality_ignores_counts_of_the_wrong_shape():
     odd = {"samples": 100, "quality": {"nan": [1]}, "features": {"a": [1, 2]}}
     assert quality_flags(REF, odd) == []
+
+
+def test_only_broken_data_is_excluded_from_drift_analysis():
+    from controller.monitoring.quality import EXCLUDING
+
+    assert {"nonfinite", "stuck"} == EXCLUDING  # out_of_range is drift evidence, never hidden

@@ -37,6 +37,7 @@ class CapturedSample(BaseModel):
     inputs: list[Any]
     prediction: int | None = None
     label: int | None = None
+    prediction_id: str = Field(default="", max_length=64)  # joins labels posted later with POST /v1/labels
 
 
 class CaptureItem(BaseModel):
