@@ -99,7 +99,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
         return dst.read_bytes()
 
 
-def _histograms(x: np.ndarray, probs: np.ndarray, y: np.ndarray, bins: int = 8) -> dict[str, Any]:
+def reference_histograms(x: np.ndarray, probs: np.ndarray, y: np.ndarray, bins: int = 8) -> dict[str, Any]:
     """The manifest's drift reference: feature and prediction histograms, and the confidence
     calibration (accuracy per top-class probability bin) the controller estimates accuracy with."""
     from controller.monitoring.estimate import reference_confidence
@@ -150,7 +150,7 @@ def make_onnx_bundle(
             "golden": {"vectors": vectors, "atol": 1e-4},
             "latency_budget_ms": 5.0,
             "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
-            "reference": _histograms(x, probs, y),
+            "reference": reference_histograms(x, probs, y),
             "hardware": {"arch": arch or []},
             "lineage": {
                 "dataset_sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest(),
@@ -250,7 +250,7 @@ def make_tflite_bundle(
             "golden": {"vectors": vectors, "atol": 1e-6},
             "latency_budget_ms": 5.0,
             "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
-            "reference": _histograms(x, probs, y),
+            "reference": reference_histograms(x, probs, y),
             "hardware": {"arch": arch or []},
             "lineage": {"code_version": "firmware_sim.modelgen", "metrics": {"accuracy": float((preds == y).mean())}},
         }

@@ -33,8 +33,10 @@ class Estimate:
 def calibration(reference: Any) -> list[float]:
     """Accuracy per confidence bin from a manifest's ``reference.confidence`` (bin mid-points without one).
 
-    Each bin's measured accuracy is shrunk towards the bin's mid confidence with the weight of
-    ``PRIOR_WEIGHT`` samples (sparse bins), then made non-decreasing in confidence by isotonic
+    Each bin's measured accuracy is shrunk towards a prior with the weight of ``PRIOR_WEIGHT``
+    samples (sparse bins): the bin's mid confidence scaled by the reference's overall accuracy
+    over its mean confidence (a model that is under- or over-confident everywhere). Then the
+    values are made non-decreasing in confidence by isotonic
     regression (pool adjacent violators, weighted by samples), as CBPE calibrates.
     """
     mids = [(i + 0.5) / CONFIDENCE_BINS for i in range(CONFIDENCE_BINS)]
@@ -44,11 +46,18 @@ def calibration(reference: Any) -> list[float]:
     counts, correct = conf.get("counts"), conf.get("correct")
     if not (isinstance(counts, list) and isinstance(correct, list) and len(counts) == len(correct) == CONFIDENCE_BINS):
         return mids
-    values, weights = [], []
-    for mid, n, k in zip(mids, counts, correct, strict=True):
+    clean = []
+    for n, k in zip(counts, correct, strict=True):
         ok = isinstance(n, int) and isinstance(k, int) and 0 <= k <= n
-        n, k = (n, k) if ok else (0, 0)
-        values.append((k + PRIOR_WEIGHT * mid) / (n + PRIOR_WEIGHT))
+        clean.append((n, k) if ok else (0, 0))
+    # Sparse bins lean on the model's stated confidence, scaled by the reference's accuracy over
+    # its mean confidence (a model under- or over-confident everywhere).
+    stated = sum(n * m for (n, _), m in zip(clean, mids, strict=True))
+    ratio = sum(k for _, k in clean) / stated if stated else 1.0
+    values, weights = [], []
+    for mid, (n, k) in zip(mids, clean, strict=True):
+        prior = min(mid * ratio, 1.0)
+        values.append((k + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT))
         weights.append(n + PRIOR_WEIGHT)
     return isotonic(values, weights)
 
