@@ -139,7 +139,8 @@ def check_drift_alert_and_late_labels(api, agents, x, y) -> None:  # type: ignor
     assert detected_after < 30, f"drift took {detected_after:.1f}s to alert"
     audit = api.get("/v1/audit", params={"action": "monitor.alert.fired"}).json()
     assert any(e["subject"] == alert["key"] and e["evidence"]["top_features"] for e in audit)
-    drift = api.get("/v1/monitoring/drift", params={"model": "digits", "since": int(injected)}).json()
+    since = int(injected) // 2 * 2  # the aggregate window the drift began in
+    drift = wait("drift windows", lambda: api.get("/v1/monitoring/drift", params={"model": "digits", "since": since}).json())
     assert drift[0]["dataset_drift"] and drift[0]["drift_share"] > 0.5
 
     # A local app reports true labels for 30 clean-phase predictions, long after their windows closed.
