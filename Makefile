@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps qemu-rootfs lint typecheck test test-fast demo bench clean
+.PHONY: install system-deps qemu-rootfs lint typecheck test test-fast mutation demo bench clean
 
 install: system-deps $(STAMP)
 
@@ -52,6 +52,10 @@ test: install lint typecheck qemu-rootfs
 test-fast: install
 	$(PY) -m pytest -m "unit" $(PYTEST_ARGS)
 
+# Mutation testing of the safety modules ([tool.mutmut] in pyproject.toml); minutes, not part of `make test`.
+mutation: install
+	$(PY) scripts/mutation.py
+
 demo: install
 	$(PY) scripts/demo.py
 
@@ -59,4 +63,4 @@ bench: install
 	$(PY) scripts/bench.py all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info mutants

@@ -42,7 +42,7 @@ def load_public_key(hex_key: str) -> Ed25519PublicKey:
         raise SignatureError(f"Invalid Ed25519 public key: expected 64 hex characters ({exc})") from exc
 
 
-def generate_private_key_file(path: Path) -> Ed25519PrivateKey:
+def generate_private_key_file(path: Path) -> Ed25519PrivateKey:  # pragma: no mutate block
     """Create a new private key at ``path`` (PEM, mode 0600) and return it."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -53,7 +53,7 @@ def generate_private_key_file(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_private_key_file(path: Path) -> Ed25519PrivateKey:
+def load_private_key_file(path: Path) -> Ed25519PrivateKey:  # pragma: no mutate block
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{path}: expected an Ed25519 private key, got {type(key).__name__}")

@@ -40,6 +40,7 @@ class Faults:
     replace: dict[str, bytes] = field(default_factory=dict)  # metadata name -> bytes served instead
     fail_after: int | None = None  # bundle bytes sent before the connection drops (once)
     range_requests: list[str] = field(default_factory=list)
+    ignore_range: bool = False  # answer 200 with the whole bundle even to a Range request
 
 
 class RepoServer:
@@ -86,7 +87,7 @@ class RepoServer:
                     return
                 data = p.read_bytes() + b"\0" * f.extra_bytes
                 start = 0
-                rng = h.headers.get("Range")
+                rng = None if f.ignore_range else h.headers.get("Range")
                 if rng:
                     f.range_requests.append(rng)
                     start = int(rng.removeprefix("bytes=").split("-")[0])

@@ -43,7 +43,7 @@ def check_desired(
     return desired
 
 
-def latency_p50_ms(model: LoadedModel, runs: int, *, cpu_clock: bool = True) -> float:
+def latency_p50_ms(model: LoadedModel, runs: int, *, cpu_clock: bool = True) -> float:  # pragma: no mutate block
     """Median latency of the golden vectors' inputs over ``runs`` inferences.
 
     With one inference thread the runtime computes on the calling thread, so
@@ -63,7 +63,7 @@ def latency_p50_ms(model: LoadedModel, runs: int, *, cpu_clock: bool = True) -> 
     return median(times)
 
 
-def median(values: list[float]) -> float:
+def median(values: list[float]) -> float:  # pragma: no mutate block
     """The middle value (mean of the two middle ones for an even count); ``values`` must not be empty."""
     s = sorted(values)
     mid = len(s) // 2

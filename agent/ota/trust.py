@@ -65,6 +65,7 @@ def check_agreement(a: Assignment, t: TargetInfo, *, arch: str) -> None:
 
 
 class ImageRepoClient:
+    # pragma: no mutate start
     def __init__(
         self,
         *,
@@ -88,7 +89,8 @@ class ImageRepoClient:
         )
         metadata_dir.mkdir(parents=True, exist_ok=True)
 
-    def _updater(self) -> Updater:
+    # pragma: no mutate end
+    def _updater(self) -> Updater:  # pragma: no mutate block
         cached = self.metadata_dir / "root.json"
         # The provisioned root is only the first link; once cached, the newest verified root is the anchor.
         bootstrap = None if cached.exists() else self._bootstrap

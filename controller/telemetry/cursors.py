@@ -94,7 +94,8 @@ def gaps_left(high: int | None, bits: int, seq: int) -> list[tuple[int, int]]:
     if seq <= high:
         return []
     k = seq - high
-    missing = [high - i for i in range(DEDUPE_WINDOW - 1, max(0, DEDUPE_WINDOW - k) - 1, -1) if not (bits >> i) & 1]
+    top = min(DEDUPE_WINDOW - 1, high)  # bitmap positions below seq 0 never existed
+    missing = [high - i for i in range(top, max(0, DEDUPE_WINDOW - k) - 1, -1) if not (bits >> i) & 1]
     ranges: list[tuple[int, int]] = []
     for x in missing:  # ascending
         if ranges and ranges[-1][1] == x - 1:

@@ -274,3 +274,10 @@ def test_route_answers_each_caller_with_the_exact_status(world: Fixture, route: 
     assert r.status_code == want, f"{route[0]} {route[1]} as {caller}: expected {want}, got {r.status_code}: {r.text[:300]}"
     if want == 401:
         assert r.headers.get("www-authenticate") == "Bearer"
+        assert r.json()["detail"] == UNAUTHORIZED[caller]
+
+
+UNAUTHORIZED = {
+    "anonymous": "missing API token: send 'Authorization: Bearer <token>'",
+    "device": "invalid or revoked API token",  # an enrolment token is no API token
+}

@@ -360,3 +360,64 @@ def test_golden_vectors_alone_roll_back_just_past_the_tolerance(lab: Lab, tmp_pa
     at_edge = with_golden_offset(genuine, ATOL)
     install(lab, up, serve_instead(lab, at_edge, at_edge))
     assert serving(up) == sha(at_edge)
+
+
+# --- the fetcher's resume logic (a prefix on disk is trusted only as far as the final hash) ----------
+
+
+def test_fetcher_resumes_a_prefix_with_range_and_reports_progress(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    a = serve_instead(lab, genuine, genuine)
+    dest = tmp_path / "download.part"
+    dest.write_bytes(genuine[:1000])
+    seen: list[tuple[int, int]] = []
+    Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256, progress=lambda g, t: seen.append((g, t)))
+    assert dest.read_bytes() == genuine
+    assert lab.server.faults.range_requests == ["bytes=1000-"]
+    assert seen and seen[-1] == (a.length, a.length) and seen[0][0] > 1000
+
+
+def test_fetcher_starts_again_when_the_server_ignores_range(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    a = serve_instead(lab, genuine, genuine)
+    lab.server.faults.ignore_range = True
+    dest = tmp_path / "download.part"
+    dest.write_bytes(genuine[:1000])
+    Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256)
+    assert dest.read_bytes() == genuine
+
+
+def test_fetcher_does_not_fetch_what_is_already_complete(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    a = lab.assignment(genuine)  # not served at all: any request would fail
+    dest = tmp_path / "download.part"
+    dest.write_bytes(genuine)
+    Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256)
+    assert dest.read_bytes() == genuine
+
+
+def test_fetcher_discards_a_prefix_longer_than_signed(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    a = serve_instead(lab, genuine, genuine)
+    dest = tmp_path / "download.part"
+    dest.write_bytes(genuine + b"junk")
+    Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256)
+    assert dest.read_bytes() == genuine and lab.server.faults.range_requests == []
+
+
+def test_fetcher_refuses_a_wrong_prefix_even_when_the_rest_is_right(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    a = serve_instead(lab, genuine, genuine)
+    dest = tmp_path / "download.part"
+    dest.write_bytes(b"\0" * 1000)  # a corrupted prefix: resuming keeps it, the hash refuses it
+    with pytest.raises(HashError):
+        Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256)
+    assert not dest.exists()
+
+
+def test_tuf_alone_refuses_a_release_signed_for_other_hardware(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    up = tuf_only(lab, tmp_path / "dev")  # the bundle itself supports any arch: only the signed target says riscv64
+    install(lab, up, lab.publish(genuine, hardware={"arch": ["riscv64"]}))
+    assert "wrong hardware" in lab.last("ota.rejected")["message"]
+    assert serving(up) is None
+
+
+def test_tuf_control_installs_a_release_signed_for_this_hardware(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    up = tuf_only(lab, tmp_path / "dev")
+    install(lab, up, lab.publish(genuine, hardware={"arch": ["riscv64", "x86_64"]}))
+    assert serving(up) == sha(genuine)
