@@ -9,7 +9,9 @@ per line). Prints progress, then one JSON object last::
     {"mutants": 412, "killed": 380, "survived": 32, "equivalent": 32, "unreviewed": [], "other": {}, "seconds": 301.2}
 
 Exit status 1 when a survivor is not in the reviewed list (or a listed name no
-longer survives, so the list stays honest). Not part of ``make test``.
+longer survives, so the list stays honest). Other outcomes (mutmut's
+"suspicious": the test run ended in an unexpected way) are shown in ``other``.
+Not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def main() -> int:
         "seconds": round(seconds, 1),
     }
     print(json.dumps(result))
-    ok = run.returncode == 0 and not unreviewed and not stale and not other and status
+    ok = run.returncode == 0 and not unreviewed and not stale and bool(status)
     return 0 if ok else 1
 
 
