@@ -29,6 +29,7 @@ from controller.api.routes import (
     cohorts,
     devices,
     enrolment,
+    experiments,
     models,
     monitoring,
     rollouts,
@@ -41,6 +42,8 @@ from controller.core.config import Settings
 from controller.core.db import init_db, make_engine
 from controller.core.leader import Leader
 from controller.core.metrics import Metrics
+from controller.experiments.engine import ExperimentEngine
+from controller.experiments.engine import Services as ExperimentServices
 from controller.fleet.director import Director
 from controller.fleet.refresh import refresh_desired, refresh_interval_s
 from controller.identity import wiring as identity
@@ -72,6 +75,7 @@ ROUTERS = [
     monitoring.router,
     monitoring.labels_router,
     rollouts.router,
+    experiments.router,
 ]
 _KINDS = ("status", "events", "telemetry")
 # Documented on every operation so clients (and the schemathesis test) know the error shapes.
@@ -200,6 +204,8 @@ def create_app(settings: Settings) -> FastAPI:
     publish = app.state.mqtt.publish_desired if app.state.mqtt is not None else None
     app.state.rollouts = RolloutEngine(Services(director, settings, app.state.registry, publish))
     leader.add_job("rollouts", settings.rollout_interval_s, app.state.rollouts.job)
+    app.state.experiments = ExperimentEngine(ExperimentServices(app.state.director, settings, app.state.registry, publish))
+    leader.add_job("experiments", settings.experiment_interval_s, app.state.experiments.job)
     identity.install(app, settings, engine)
     for r in ROUTERS:
         app.include_router(r, responses=ERROR_RESPONSES)

@@ -91,6 +91,35 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """Bandit arm weights: the agent serves each production request from an ``arm-*`` role drawn by weight.
+
+    ``seed`` makes the draws reproducible; an empty routing (the default) serves production as usual.
+    """
+
+    experiment: int
+    seed: int
+    weights: dict[str, float]
+
+    @classmethod
+    def read(cls, r: Reader) -> Routing:
+        weights = {}
+        sub = r.obj("weights")
+        assert sub is not None
+        for role in sub.data:
+            if not isinstance(role, str) or not role.startswith("arm-"):
+                raise SchemaError(f"{sub.where}: weights are per arm role (arm-<name>), got {role!r:.40}")
+            validate_role(role, f"{sub.where}.{role}")
+            w = sub.number(role, minimum=0)
+            if w > 1:
+                raise SchemaError(f"{sub.where}.{role}: a weight is at most 1, got {w}")
+            weights[role] = float(w)
+        if len(weights) < 2 or abs(sum(weights.values()) - 1) > 1e-6:
+            raise SchemaError(f"{sub.where}: expected at least two arm weights summing to 1, got {weights}")
+        return cls(experiment=r.integer("experiment", minimum=1), seed=r.integer("seed", minimum=0), weights=weights)
+
+
+@dataclass(frozen=True)
 class Desired:
     """The signed part of a desired-state message."""
 
@@ -100,6 +129,7 @@ class Desired:
     expires_at: float  # unix seconds
     assignments: dict[str, Assignment]
     sampling: dict[str, Any] = field(default_factory=dict)
+    routing: Routing | None = None  # bandit arm weights; None: production serves as usual
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -116,10 +146,19 @@ class Desired:
             expires_at=r.number("expires_at"),
             assignments=assignments,
             sampling=r.raw_obj("sampling", optional=True),
+            routing=_routing(r),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.routing is None:
+            del data["routing"]  # absent, so desired states without routing sign exactly as before
+        return data
+
+
+def _routing(r: Reader) -> Routing | None:
+    sub = r.obj("routing", optional=True)
+    return None if sub is None or not sub.data else Routing.read(sub)
 
 
 # --- device -> cloud ---------------------------------------------------------

@@ -531,3 +531,63 @@ class RolloutPublic(SQLModel):
     devices: dict[str, int]  # on_candidate, reverted, skipped_hardware
     last_analysis: dict[str, Any]
     decisions: list[RolloutDecisionPublic] = Field(default_factory=list)
+
+
+# --- experiments -------------------------------------------------------------------
+
+
+class ArmIn(SQLModel):
+    name: str = Field(regex=r"^[a-z0-9_-]{1,32}$")
+    version: int = Field(ge=1, le=2**31 - 1)
+    share: float = Field(default=1.0, gt=0, le=1000)
+
+
+class ExperimentCreate(SQLModel):
+    name: str = Field(min_length=1, max_length=128)
+    cohort: str = Field(max_length=64)
+    model: str = Field(max_length=128)
+    arms: list[ArmIn] = Field(min_length=2, max_length=8)
+    kind: str = Field(default="ab", description="ab (each device runs one arm) | bandit (every device runs every arm)")
+    control: str = Field(default="", max_length=32, description="the arm others are compared with; default the first")
+    primary_metric: str = Field(default="accuracy", description="accuracy | error_rate | latency_ms")
+    guardrails: list[str] = Field(default_factory=list, max_length=3)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    tau: float | None = Field(default=None, gt=0, le=1e6, description="mixing sd: the effect size the test is tuned for")
+    min_devices: int = Field(default=5, ge=2, le=1_000_000)
+    floor: float = Field(default=0.05, ge=0, lt=0.5, description="bandit: minimum weight per arm")
+    auto_promote: bool = True
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    reason: str = Field(default="", max_length=4096)
+
+
+class ExperimentAction(SQLModel):
+    action: str = Field(description="pause | resume | stop | promote")
+    arm: str = Field(default="", max_length=32, description="promote: the arm that becomes production")
+    reason: str = Field(default="", max_length=4096)
+
+
+class ExperimentPublic(SQLModel):
+    id: int
+    name: str
+    kind: str
+    cohort: str
+    model: str
+    arms: list[dict[str, Any]]
+    control: str
+    primary_metric: str
+    guardrails: list[str]
+    alpha: float
+    tau: float | None
+    min_devices: int
+    floor: float
+    auto_promote: bool
+    state: str
+    weights: dict[str, float]
+    weights_version: int
+    looks: int
+    evaluation: dict[str, Any]
+    decision: dict[str, Any]
+    reason: str
+    created_by: str
+    created_at: datetime
+    ended_at: datetime | None

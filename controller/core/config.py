@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(
         None, max_length=40, description="this replica's name in leadership and metrics; default: random per process"
     )
+    experiment_interval_s: float = Field(60.0, ge=0.1, le=86400, description="seconds between looks at running experiments")
     leader_lease_s: float = Field(10.0, ge=0.5, le=300, description="leader lease; a dead leader is replaced within this")
     # --- monitoring (controller/monitoring/, docs/operations.md) ---
     monitor_interval_s: float = Field(30.0, gt=0, le=3600, description="how often the leader evaluates drift and SLOs")

@@ -29,6 +29,9 @@ class Device(SQLModel, table=True):
     desired: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     desired_expires_at: float = Field(default=0.0, index=True)  # unix seconds: the signed desired state lapses then
     desired_base_url: str = Field(default="", max_length=512)  # EDGEFLEET_PUBLIC_URL its bundle URLs were signed with
+    routing: dict[str, Any] = Field(  # signed with the desired state: bandit arm weights (shared.messages.Routing)
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
     actual: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     online: bool = False
     agent_version: str = Field(default="", max_length=64)
@@ -394,3 +397,62 @@ class RolloutDecision(SQLModel, table=True):
     reason: str = Field(default="", max_length=4096)
     evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     audit_seq: int = 0
+
+
+# --- experiments ------------------------------------------------------------------
+
+
+class Experiment(SQLModel, table=True):
+    """An A/B test or bandit over a cohort (controller.experiments); ``arms`` is [{name, version, share}]."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128)
+    kind: str = Field(max_length=16)  # ab | bandit
+    cohort: str = Field(max_length=64, index=True)
+    model: str = Field(max_length=128)
+    arms: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    control: str = Field(max_length=32)
+    primary_metric: str = Field(max_length=32)
+    guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    alpha: float = 0.05
+    tau: float | None = None  # mixing sd of the confidence sequence; None: the metric's default
+    min_devices: int = 5
+    floor: float = 0.05  # bandit: minimum weight per arm
+    seed: int = 0
+    auto_promote: bool = True
+    state: str = Field(max_length=16, index=True)
+    weights: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    weights_version: int = 0
+    evaluation: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # the latest look
+    looks: int = 0
+    decision: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # once decided
+    reason: str = Field(default="", max_length=1024)
+    created_by: str = Field(default="", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+
+class ExperimentDevice(SQLModel, table=True):
+    """Which arm a device runs in an A/B experiment (a stable hash, kept so the arm never changes)."""
+
+    experiment_id: int = Field(primary_key=True)
+    device_id: str = Field(primary_key=True, max_length=64)
+    arm: str = Field(max_length=32)
+
+
+class ExperimentWindow(SQLModel, table=True):
+    """One device's telemetry window for one role while an experiment on its cohort is active (written at ingest)."""
+
+    __table_args__ = (Index("ix_experimentwindow_experiment_device", "experiment_id", "device_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int
+    device_id: str = Field(max_length=64)
+    window_start: int = Field(sa_type=BigInteger)
+    role: str = Field(max_length=40)
+    model: str = Field(max_length=128)
+    version: int
+    count: int = 0
+    errors: int = 0
+    labels: int = 0
+    correct: int = 0
+    latency_ms_sum: float = 0.0

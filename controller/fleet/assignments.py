@@ -7,6 +7,7 @@ canary) and the audit record are the same for both.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from sqlmodel import Session
@@ -16,7 +17,7 @@ from controller.core.config import Settings
 from controller.core.security import Principal
 from controller.core.tables import DesiredChange, Device, ModelVersion
 from controller.fleet.director import Director
-from shared.messages import Assignment
+from shared.messages import Assignment, Routing
 
 Envelope = dict[str, Any]
 
@@ -29,11 +30,29 @@ def bundle_url(public_url: str, sha256: str) -> str:
 def sign_for(device: Device, desired: dict[str, Assignment], director: Director, settings: Settings) -> Envelope:
     """Sign ``desired`` for ``device`` with the next counter, and remember when it lapses and its URLs' base."""
     device.desired_counter += 1
-    envelope = director.sign_desired(device.id, device.desired_counter, desired, settings.desired_ttl_s)
+    envelope = director.sign_desired(
+        device.id, device.desired_counter, desired, settings.desired_ttl_s, routing=routing_of(device)
+    )
     device.desired = {r: a.__dict__ for r, a in desired.items()}
     device.desired_expires_at = float(envelope["signed"]["expires_at"])
     device.desired_base_url = settings.public_url.rstrip("/")
     return envelope
+
+
+def routing_of(device: Device) -> Routing | None:
+    """The device's bandit routing as last signed (kept by every re-signing), or None."""
+    r = device.routing or {}
+    return Routing(int(r["experiment"]), int(r["seed"]), dict(r["weights"])) if r.get("weights") else None
+
+
+def resign(
+    session: Session, *, device: Device, routing: Routing | None, director: Director, settings: Settings
+) -> tuple[str, Envelope]:
+    """Sign the device's current assignments with new ``routing`` (a small update: no bundle changes)."""
+    device.routing = {} if routing is None else asdict(routing)
+    envelope = sign_for(device, {r: Assignment(**a) for r, a in (device.desired or {}).items()}, director, settings)
+    session.add(device)
+    return device.id, envelope
 
 
 def assign(

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.core.config import Settings
 from controller.core.secrets import load_ed25519
-from shared.messages import SCHEMA_VERSION, Assignment, Desired
+from shared.messages import SCHEMA_VERSION, Assignment, Desired, Routing
 from shared.signing import generate_private_key_file, key_id, load_private_key_file, public_key_hex, sign_document
 
 
@@ -49,7 +49,13 @@ class Director:
         return key_id(self._key.public_key())
 
     def sign_desired(
-        self, device_id: str, counter: int, assignments: dict[str, Assignment], ttl_s: int, sampling: dict[str, Any] | None = None
+        self,
+        device_id: str,
+        counter: int,
+        assignments: dict[str, Assignment],
+        ttl_s: int,
+        sampling: dict[str, Any] | None = None,
+        routing: Routing | None = None,
     ) -> dict[str, Any]:
         issued = round(time.time(), 3)
         desired = Desired(
@@ -59,6 +65,7 @@ class Director:
             expires_at=issued + ttl_s,
             assignments=assignments,
             sampling=sampling or {},
+            routing=routing,
             schema=SCHEMA_VERSION,
         )
         return sign_document(desired.to_dict(), self._key)

@@ -40,6 +40,7 @@ from controller.core.metrics import Metrics
 from controller.core.tables import TelemetryAggregate
 from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
 from controller.telemetry.cursors import add_gaps, claim_gap, dedupe, gaps_left, read_cursors, write_cursors
+from controller.telemetry.experiment_windows import ExperimentWindows
 from controller.telemetry.gc_tuning import ingest_gc
 from controller.telemetry.labels import LabelIn, store_labels
 from controller.telemetry.membership import MembershipCache
@@ -123,6 +124,7 @@ class TelemetryIngest:
         self._aggs: dict[Key, _Agg] = {}
         self._membership = MembershipCache(membership_ttl_s)
         self._rollouts = RolloutWindows()
+        self._experiments = ExperimentWindows()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.flushed = 0  # windows merged (for the benchmark and tests)
@@ -265,6 +267,7 @@ class TelemetryIngest:
             late_labels: list[LabelIn] = []  # labels for predictions of earlier windows, joined on the device
             rollouts = self._rollouts.active(session)
             per_device: list[dict[str, Any]] = []
+            experiments, experiment_rows = self._experiments.active(session), []
             for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
                 m = item.msg
                 cohorts = membership[m.device_id]
@@ -288,6 +291,7 @@ class TelemetryIngest:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
                 if rollouts:
                     per_device += RolloutWindows.rows(rollouts, m, cohorts)
+                experiment_rows.extend(self._experiments.rows(experiments, m, cohorts))
                 fresh += 1
             add_gaps(session, gaps, time.time())
             for idx, item, parts, cohorts in late:  # rare: one lookup each, after this batch's gaps exist
@@ -300,6 +304,7 @@ class TelemetryIngest:
                     groups[(model, version, role, ws, cohorts)].append((idx, summary))
                 if rollouts:
                     per_device += RolloutWindows.rows(rollouts, item.msg, cohorts)
+                experiment_rows.extend(self._experiments.rows(experiments, item.msg, cohorts))
                 fresh += 1
             partials: dict[Key, list[_Partial]] = defaultdict(list)
             refused: set[int] = set()
@@ -317,6 +322,7 @@ class TelemetryIngest:
             if late_labels:
                 store_labels(session, late_labels)
             RolloutWindows.write(session, per_device)
+            self._experiments.write(session, experiment_rows)
             session.commit()
         if outcomes["unknown_device"]:
             log.warning("%d telemetry windows from devices that are not enrolled ignored", outcomes["unknown_device"])
