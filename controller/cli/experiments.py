@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from controller.cli.common import DEFAULT_URL, JsonOpt, ReasonOpt, TokenOpt, UrlOpt, call, console, out
+from controller.cli.common import DEFAULT_URL, JsonOpt, ReasonOpt, TokenOpt, UrlOpt, call, call_pages, console, out
 
 app = typer.Typer(help="Experiments: A/B tests with always-valid intervals, and bandits on the device.", no_args_is_help=True)
 
@@ -52,7 +52,7 @@ def experiments_create(
 
 @app.command("list")
 def experiments_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
-    rows = call(url, token, "GET", "/v1/experiments")
+    rows = call_pages(url, token, "/v1/experiments")
     t = Table("id", "name", "kind", "cohort", "state", "arms", "decision")
     for r in rows:
         arms = ", ".join(f"{a['name']}=v{a['version']}" for a in r["arms"])
@@ -79,7 +79,7 @@ def experiments_show(experiment_id: int, url: UrlOpt = DEFAULT_URL, token: Token
         return
     ev = e["decision"] or e["evaluation"] or {}
     console.print(
-        f"experiment {e['id']} [bold]{e['name']}[/bold]: {e['kind']} on cohort {e['cohort']}, model {e['model']}, "
+        f"experiment {e['id']} {e['name']}: {e['kind']} on cohort {e['cohort']}, model {e['model']}, "
         f"state {e['state']}, {e['looks']} looks, alpha {e['alpha']}, primary {e['primary_metric']}"
     )
     srm = ev.get("srm", {})
@@ -115,7 +115,7 @@ def experiments_show(experiment_id: int, url: UrlOpt = DEFAULT_URL, token: Token
         comps.add_row(c["arm"], c["metric"], _fmt(d.get("diff")), interval, _fmt(d.get("p_value"), 3), c["verdict"])
     console.print(comps)
     if srm:
-        verdict = "[red]MISMATCH: decisions blocked[/red]" if srm.get("mismatch") else "ok"
+        verdict = "MISMATCH: decisions blocked" if srm.get("mismatch") else "ok"
         console.print(
             f"SRM check: devices reporting {srm.get('observed')} vs expected {srm.get('expected')}, "
             f"chi2 {_fmt(srm.get('chi2'))}, p {_fmt(srm.get('p_value'), 3)} (threshold {srm.get('threshold')}): {verdict}"

@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlmodel import col, select
 
 from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import ExperimentAction, ExperimentCreate, ExperimentPublic
 from controller.core.roles import Role
 from controller.core.tables import Experiment
@@ -61,9 +62,9 @@ def create_experiment(
     return exp
 
 
-@router.get("", response_model=list[ExperimentPublic])
-def list_experiments(session: SessionDep) -> list[Experiment]:
-    return list(session.exec(select(Experiment).order_by(col(Experiment.id).desc())).all())
+@router.get("", response_model=list[ExperimentPublic], responses=PAGED)
+def list_experiments(session: SessionDep, page: PageDep) -> list[Experiment]:
+    return page.rows(session, select(Experiment).order_by(col(Experiment.id).desc()))
 
 
 @router.get("/{experiment_id}", response_model=ExperimentPublic)
