@@ -143,7 +143,7 @@ def simulate_bandit(
         labelled = rng.binomial(served, label_fraction)
         succ += rng.binomial(labelled, rates)
         trials += labelled
-        weights = thompson_weights(succ, trials, floor, seed=seed * 100_003 + w)
+        weights = thompson_weights(succ.tolist(), trials.tolist(), floor, seed=seed * 100_003 + w)
         min_w = min(min_w, *weights)
     uniform = windows * requests_per_window * sum(best - r for r in rates) / k
     return BanditResult(regret, uniform, min_w, tuple(weights))

@@ -34,7 +34,8 @@ def api(tmp_path, database_url, mosquitto, make_bundle):
         a.make("alice", "approver")
         for v in (1, 2):
             assert a.admin.post("/v1/models", content=make_bundle(v)).status_code == 201
-            assert a.as_("alice").post("/v1/approvals", json={"model": "digits", "version": v, "reason": "eval"}).status_code == 201
+            r = a.as_("alice").post("/v1/approvals", json={"model": "digits", "version": v, "reason": "eval"})
+            assert r.status_code == 201, r.text
         for d in DEVICES:
             assert a.admin.post("/v1/devices", json={"id": d}).status_code == 201
         assert a.admin.post("/v1/cohorts", json={"name": "trial", "members": DEVICES}).status_code == 201
@@ -85,8 +86,9 @@ def test_ab_experiment_decides_with_evidence_promotes_and_shows_in_the_cli(api, 
     # A second experiment on the same cohort is refused while this one runs.
     r = api.admin.post(
         "/v1/experiments",
-        json={"name": "x", "cohort": "trial", "model": "digits", "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 2}]},
-    )
+        json={"name": "x", "cohort": "trial", "model": "digits",
+              "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 2}]},
+    )  # fmt: skip
     assert r.status_code == 409 and "already active" in r.text
 
     rng = np.random.default_rng(1)

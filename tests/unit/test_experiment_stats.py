@@ -89,7 +89,7 @@ def test_ratio_uses_devices_as_units_and_handles_missing_data() -> None:
     assert (float(r), int(k)) == (pytest.approx(17 / 20), 2)
     assert float(v) == pytest.approx(2 / 1 * ((8 - 0.85 * 10) ** 2 + (9 - 0.85 * 10) ** 2) / 400)
     assert estimate([], []) is None
-    r1, v1, k1 = ratio([5], [10])
+    _r1, v1, k1 = ratio([5], [10])
     assert int(k1) == 1 and np.isinf(v1)
     # a proportion with no errors at all is not certain: the binomial floor applies
     _, v0, _ = ratio([10, 10, 10], [10, 10, 10], proportion=True)
