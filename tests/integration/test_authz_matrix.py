@@ -47,6 +47,8 @@ class Probe:
 VIEW, OPER, APPR, ADMIN = Role.VIEWER.value, Role.OPERATOR.value, Role.APPROVER.value, Role.ADMIN.value
 CAPTURE = {"samples": [{"id": 1, "sample": {"ts": 1.0, "role": "production", "model": "digits", "version": 1, "inputs": [0]}}]}
 
+EXPERIMENT = {"name": "x", "cohort": "none-{caller}", "model": "digits", "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 1}]}
+
 MATRIX: dict[tuple[str, str], Probe] = {
     # documentation and health
     ("GET", "/openapi.json"): Probe(PUBLIC, "/openapi.json", 200),
@@ -128,6 +130,11 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("POST", "/v1/rollouts/{rollout_id}/resume"): Probe(OPER, "/v1/rollouts/999999/resume", 404, json={}),
     ("POST", "/v1/rollouts/{rollout_id}/promote"): Probe(OPER, "/v1/rollouts/999999/promote", 404, json={}),
     ("POST", "/v1/rollouts/{rollout_id}/abort"): Probe(OPER, "/v1/rollouts/999999/abort", 404, json={}),
+    # experiments
+    ("POST", "/v1/experiments"): Probe(OPER, "/v1/experiments", 404, json=EXPERIMENT),
+    ("GET", "/v1/experiments"): Probe(VIEW, "/v1/experiments", 200),
+    ("GET", "/v1/experiments/{experiment_id}"): Probe(VIEW, "/v1/experiments/999", 404),
+    ("POST", "/v1/experiments/{experiment_id}/actions"): Probe(OPER, "/v1/experiments/999/actions", 404, json={"action": "stop"}),
     # monitoring
     ("GET", "/v1/monitoring/drift"): Probe(VIEW, "/v1/monitoring/drift", 200, params={"model": "digits"}),
     ("GET", "/v1/monitoring/accuracy"): Probe(VIEW, "/v1/monitoring/accuracy", 200, params={"model": "digits"}),

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlmodel import col, select
 
-from controller.api.deps import DirectorDep, MqttDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.deps import DirectorDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
 from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import ExperimentAction, ExperimentCreate, ExperimentPublic
 from controller.core.roles import Role
@@ -40,12 +40,14 @@ def create_experiment(
     session: SessionDep,
     registry: RegistryDep,
     director: DirectorDep,
-    mqtt: MqttDep,
     settings: SettingsDep,
     me: Operator,
     request: Request,
 ) -> Experiment:
-    """Start an experiment: devices get their arm (A/B) or every arm and equal weights (bandit), signed and published."""
+    """Start an experiment: devices get their arm (A/B) or every arm and equal weights (bandit), signed and published.
+
+    Without MQTT the signed desired states are written and go out with the next publication.
+    """
     spec = service.Spec(
         name=body.name, cohort=body.cohort, model=body.model,
         arms=tuple(service.ArmSpec(a.name, a.version, a.share) for a in body.arms),
@@ -53,8 +55,6 @@ def create_experiment(
         alpha=body.alpha, tau=body.tau, min_devices=body.min_devices, floor=body.floor,
         auto_promote=body.auto_promote, seed=body.seed, reason=body.reason,
     )  # fmt: skip
-    if mqtt is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "MQTT is disabled on this controller; cannot publish")
     exp, out = service.create(session, spec, by=me, registry=registry, director=director, settings=settings)
     session.commit()
     session.refresh(exp)
