@@ -47,7 +47,8 @@ class Probe:
 VIEW, OPER, APPR, ADMIN = Role.VIEWER.value, Role.OPERATOR.value, Role.APPROVER.value, Role.ADMIN.value
 CAPTURE = {"samples": [{"id": 1, "sample": {"ts": 1.0, "role": "production", "model": "digits", "version": 1, "inputs": [0]}}]}
 
-EXPERIMENT = {"name": "x", "cohort": "none-{caller}", "model": "digits", "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 1}]}
+ARMS = [{"name": "a", "version": 1}, {"name": "b", "version": 1}]
+EXPERIMENT = {"name": "x", "cohort": "none-{caller}", "model": "digits", "arms": ARMS}
 
 MATRIX: dict[tuple[str, str], Probe] = {
     # documentation and health
