@@ -51,7 +51,7 @@ class Agent:
         self.cfg = cfg
         self.store = Store(cfg.data_dir)
         self.seq = SeqCounter(cfg.data_dir / "seq")
-        self.host = ModelHost()
+        self.host = ModelHost(cfg.device_id)
         keys = [load_public_key(k) for k in cfg.director_public_keys]
         trusted = {key_id(k): k for k in keys}
         self.updater = make_updater(cfg, self.store, self.host, trusted, self.report, self.publish_status, _test_checkpoint(cfg))

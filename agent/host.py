@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.routing import ArmRouter
 from agent.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ Observer = Callable[[InferenceRecord], None]
 
 
 class ModelHost:
-    def __init__(self) -> None:
+    def __init__(self, device_id: str = "") -> None:
+        self.router = ArmRouter(device_id)  # bandit weights: production requests served by an arm role
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # guards writers; readers take a snapshot
         self._probes: dict[str, Probe] = {}
@@ -96,6 +98,8 @@ class ModelHost:
         self._probes = {r: p for r, p in self._probes.items() if r != role}
 
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
+        if role == "production" and self.router.routing is not None:
+            role = self.router.choose(self._models) or role
         model = self._models.get(role)
         if model is None:
             raise NoModelError(f"no model loaded in role {role!r}")

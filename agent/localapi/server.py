@@ -78,7 +78,8 @@ class LocalApi:
                 role = req.get("role", "production")
                 return {"ok": True, **self.host.predict(req.get("inputs"), role=str(role))}
             if op == "info":
-                return {"ok": True, "models": {r: _info(m) for r, m in self.host.roles().items()}}
+                models = {r: _info(m) for r, m in self.host.roles().items()}
+                return {"ok": True, "models": models, "routing": self.host.router.snapshot()}
             if op == "feedback":
                 pid, label = req.get("prediction_id"), req.get("label")
                 if not isinstance(pid, str) or not isinstance(label, int) or isinstance(label, bool):

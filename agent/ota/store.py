@@ -29,7 +29,7 @@ from typing import Any
 from agent.ota.state import AT_REST, OtaRecord
 from shared import bundle as bundle_fmt
 from shared.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
-from shared.messages import RunningModel
+from shared.messages import Routing, RunningModel
 
 log = logging.getLogger(__name__)
 SLOTS = ("active", "previous", "candidate")
@@ -90,11 +90,19 @@ class Store:
     def desired_digest(self) -> str:
         return str(self.state.get("desired_digest", ""))
 
-    def set_counter(self, counter: int, digest: str = "") -> None:
+    def set_counter(self, counter: int, digest: str = "", routing: Routing | None = None) -> None:
+        """Accept a desired state: its counter, digest and bandit routing (None: none), in one atomic write."""
         with self._lock:
             self.state["counter"] = counter
             self.state["desired_digest"] = digest
+            self.state["routing"] = None if routing is None else asdict(routing)
             self._save()
+
+    @property
+    def routing(self) -> Routing | None:
+        """The routing of the last accepted desired state (kept across restarts and offline days)."""
+        r = self.state.get("routing")
+        return None if not r else Routing(int(r["experiment"]), int(r["seed"]), {k: float(v) for k, v in r["weights"].items()})
 
     def slot(self, role: str, which: str = "active") -> RunningModel | None:
         entry = self.state.get("roles", {}).get(role, {}).get(which)

@@ -126,6 +126,7 @@ class Updater:
                 self.store.roll_back(self.store.ota.role, self.store.ota.previous_sha256, self.store.ota.reason, time.time())
         for role in list(self.store.state.get("roles", {})):
             self._restore_role(role)
+        self.host.router.set(self.store.routing)  # the last weights, until a newer desired state arrives
 
     def _restore_role(self, role: str) -> None:
         for which in ("active", "previous"):
@@ -187,7 +188,8 @@ class Updater:
             log.warning("rejected desired state: %s", exc)
             self.report("desired.rejected", "warning", str(exc), {})
             return
-        self.store.set_counter(desired.counter, digest)
+        self.store.set_counter(desired.counter, digest, desired.routing)
+        self.host.router.set(desired.routing)
         for role, a in desired.assignments.items():
             active = self.store.slot(role)
             if active is not None and active.sha256 == a.sha256:
