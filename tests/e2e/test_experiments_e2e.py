@@ -44,7 +44,10 @@ def controller(mosquitto: Any, tmp_path: Path) -> Iterator[ControllerProc]:
 def wait(cond: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = cond()
+        try:
+            got = cond()
+        except OSError:  # the agent's socket is not there yet
+            got = None
         if got:
             return got
         time.sleep(0.2)
