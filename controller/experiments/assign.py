@@ -1,6 +1,7 @@
 """Which arm a device runs in an A/B experiment: a stable hash of (experiment, device) (pure).
 
-The device's bucket is a uniform number in [0, 1) from sha256; the arm is the
+The device's bucket is the rollouts' stable hash (``controller.rollouts.selection.bucket``)
+in the ``experiment`` namespace, a uniform number in [0, 1); the arm is the
 one whose cumulative share interval holds it. The same device always gets the
 same arm in the same experiment, whatever the order devices are seen in, and a
 device that joins the cohort later gets the same rule.
@@ -8,13 +9,13 @@ device that joins the cohort later gets the same rule.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
+
+from controller.rollouts.selection import bucket as stable_bucket
 
 
 def bucket(experiment_id: int, device_id: str) -> float:
-    h = hashlib.sha256(f"experiment:{experiment_id}:{device_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
+    return stable_bucket(experiment_id, device_id, namespace="experiment")
 
 
 def assign_arm(experiment_id: int, device_id: str, shares: Sequence[float]) -> int:

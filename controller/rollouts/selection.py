@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def bucket(rollout_id: int, device_id: str) -> float:
-    h = hashlib.sha256(f"rollout:{rollout_id}:{device_id}".encode()).digest()
+def bucket(rollout_id: int, device_id: str, namespace: str = "rollout") -> float:
+    """The device's stable place in [0, 1) for one rollout (or, with ``namespace="experiment"``, one experiment)."""
+    h = hashlib.sha256(f"{namespace}:{rollout_id}:{device_id}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 
