@@ -159,6 +159,7 @@ def test_ab_experiment_reaches_a_decision_and_promotes_the_winner(controller, mo
         with controller.client() as api:
             r = api.post("/v1/experiments", json={
                 "name": "v2 vs v1", "cohort": "lab", "model": "digits", "min_devices": 2, "guardrails": ["error_rate"],
+                "tau": 0.1,  # the effect worth detecting between these two models: decides within a few hundred labels
                 "arms": [{"name": "a", "version": 1}, {"name": "b", "version": 2}],
             })  # fmt: skip
             assert r.status_code == 201, r.text
