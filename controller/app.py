@@ -152,6 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings.blob_store,
         engine,
         settings.blob_cache_dir,
+        legacy_dir=settings.data_dir / "bundles",
         bucket=settings.s3_bucket,
         prefix=settings.s3_prefix,
         endpoint_url=settings.s3_endpoint_url,

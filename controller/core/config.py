@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     broker_ca_file: Path | None = Field(None, description="CA the broker's certificate chains to; default <data_dir>/ca/ca.pem")
     broker_cert_file: Path | None = Field(None, description="the controller's MQTT client certificate")
     broker_key_file: Path | None = Field(None, description="the controller's MQTT client key (mode 0600)")
+    broker_key: str | None = Field(None, repr=False, description="the controller's MQTT client key (PEM) instead of a file")
     broker_crl_file: Path | None = Field(None, description="where the broker reads its CRL; written on every revocation")
     broker_pid_file: Path | None = Field(None, description="Mosquitto's pid_file: SIGHUP after a revocation")
     tls_cert_file: Path | None = Field(None, description="HTTPS certificate (PEM) for the API")

@@ -16,18 +16,29 @@ from controller.core.config import Settings
 from controller.identity.broker_auth import BrokerControl
 from controller.identity.enrolment import current_crl
 from controller.identity.pki import DeviceCA
+from shared.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def mqtt_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The controller's MQTT mTLS context, or None for a plain (development) broker."""
+    """The controller's MQTT mTLS context, or None for a plain (development) broker.
+
+    The client key comes from ``EDGEFLEET_BROKER_KEY_FILE`` or, as PEM, from ``EDGEFLEET_BROKER_KEY``
+    (Kubernetes: a secret in the environment); the latter is written once to a 0600 file in the data
+    directory, because the TLS library reads keys from files."""
     if not settings.broker_tls:
         return None
-    if settings.broker_cert_file is None or settings.broker_key_file is None:
-        raise ValueError("EDGEFLEET_BROKER_TLS=true needs EDGEFLEET_BROKER_CERT_FILE and EDGEFLEET_BROKER_KEY_FILE")
+    key_file = settings.broker_key_file
+    if settings.broker_key:
+        key_file = settings.data_dir / "identity" / "mqtt-client.key"
+        atomic_write_bytes(key_file, settings.broker_key.encode(), mode=0o600)
+    if settings.broker_cert_file is None or key_file is None:
+        raise ValueError(
+            "EDGEFLEET_BROKER_TLS=true needs EDGEFLEET_BROKER_CERT_FILE and EDGEFLEET_BROKER_KEY_FILE (or EDGEFLEET_BROKER_KEY)"
+        )
     ctx = ssl.create_default_context(cafile=str(settings.broker_ca_file or settings.ca_dir / "ca.pem"))
-    ctx.load_cert_chain(str(settings.broker_cert_file), str(settings.broker_key_file))
+    ctx.load_cert_chain(str(settings.broker_cert_file), str(key_file))
     return ctx
 
 

@@ -173,8 +173,12 @@ class S3BlobStore:
         return self.cache.put(sha256, body)
 
 
-def open_blob_store(kind: str, engine: Engine, cache_dir: Path, **s3: Any) -> BlobStore:
-    """The store named by ``EDGEFLEET_BLOB_STORE``."""
-    if kind == "s3":
-        return S3BlobStore(cache_dir=cache_dir, **s3)
-    return DatabaseBlobStore(engine, cache_dir)
+def open_blob_store(kind: str, engine: Engine, cache_dir: Path, legacy_dir: Path | None = None, **s3: Any) -> BlobStore:
+    """The store named by ``EDGEFLEET_BLOB_STORE``; bundles a single controller kept in ``legacy_dir``
+    (before replicas shared them) are copied in once, so nothing registered earlier is lost."""
+    store: BlobStore = S3BlobStore(cache_dir=cache_dir, **s3) if kind == "s3" else DatabaseBlobStore(engine, cache_dir)
+    if legacy_dir is not None and legacy_dir.is_dir():
+        for f in sorted(legacy_dir.glob("*.tar")):
+            if not store.exists(f.stem):
+                store.put(f.read_bytes())
+    return store

@@ -30,7 +30,7 @@ from controller.core.config import Settings
 from controller.core.secrets import load_ed25519
 from controller.core.tables import ModelVersion, TufMetadataRow
 from controller.release import offline
-from controller.release.imagerepo import DevKeys, ImageRepoError, ImageRepository, expiry_from
+from controller.release.imagerepo import ROLES, DevKeys, ImageRepoError, ImageRepository, expiry_from
 from controller.release.registry import Conflict, Registry, ReleaseChange
 from shared.bundle import target_path
 
@@ -75,6 +75,7 @@ class ImageRepoService:
         expiry: dict[str, timedelta],
         initial_dir: Path | None = None,
         dev_keys: DevKeys | None = None,
+        legacy_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.online = online
@@ -82,6 +83,7 @@ class ImageRepoService:
         self.expiry = expiry
         self.initial_dir = initial_dir
         self.dev_keys = dev_keys
+        self.legacy_dir = legacy_dir  # a repository a single controller kept in files before replicas shared it
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: Engine) -> ImageRepoService:
@@ -105,7 +107,15 @@ class ImageRepoService:
         if settings.signs_releases_online and dev_keys is None:
             raise ImageRepoError("online release signing needs development keys; use EDGEFLEET_RELEASE_SIGNING=offline")
         expiry = expiry_from(settings.tuf_timestamp_expiry_s, settings.tuf_snapshot_expiry_s, settings.tuf_targets_expiry_s)
-        svc = cls(engine, online=online, release=release, expiry=expiry, initial_dir=settings.tuf_initial_dir, dev_keys=dev_keys)
+        svc = cls(
+            engine,
+            online=online,
+            release=release,
+            expiry=expiry,
+            initial_dir=settings.tuf_initial_dir,
+            dev_keys=dev_keys,
+            legacy_dir=settings.data_dir / "tuf",
+        )
         svc.ensure()
         return svc
 
@@ -127,6 +137,13 @@ class ImageRepoService:
 
         def seed(session: Session, repo: ImageRepository) -> None:
             if "timestamp" in repo.md:
+                return
+            if self.legacy_dir is not None and (self.legacy_dir / "timestamp.json").is_file():
+                for f in sorted((self.legacy_dir / "metadata").glob("*.json")):
+                    repo.store.write(f.name, f.read_bytes())
+                for role in ROLES:
+                    repo.store.write(role, (self.legacy_dir / f"{role}.json").read_bytes())
+                log.warning("image repository: imported %s into the database (devices keep their trust chain)", self.legacy_dir)
                 return
             root = self.initial_dir / "1.root.json" if self.initial_dir else None
             targets = self.initial_dir / "1.targets.json" if self.initial_dir else None

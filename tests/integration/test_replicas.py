@@ -165,3 +165,33 @@ def test_concurrent_releases_through_two_replicas_make_one_valid_chain(tmp_path,
         assert {p.split("/")[0] for p in targets.signed.targets} == set(bundles)
         for v in range(2, 8):
             assert a.get(f"/v1/tuf/metadata/{v}.targets.json").status_code == 200
+
+
+def test_a_development_controller_upgraded_in_place_keeps_its_repository_and_bundles(tmp_path, database_url, make_bundle):
+    """Metadata and bundles a single controller kept in files move into the database: devices keep their chain."""
+    import hashlib
+
+    from controller.release.imagerepo import DevKeys, ImageRepository
+
+    data = tmp_path / "old"
+    keys = DevKeys.load_or_create(data / "keys" / "tuf")
+    repo = ImageRepository.create(data / "tuf", keys)
+    bundle = make_bundle(1)
+    sha = hashlib.sha256(bundle).hexdigest()
+    repo.add_bundle(
+        model="digits",
+        version=1,
+        sha256=sha,
+        length=len(bundle),
+        runtime="onnx",
+        hardware={},
+        signers=keys.release[:2],
+        online=keys.online,
+    )
+    (data / "bundles").mkdir()
+    (data / "bundles" / f"{sha}.tar").write_bytes(bundle)
+    s = Settings(environment="development", admin_token=TOKEN, mqtt_enabled=False, database_url=database_url, data_dir=data)
+    with TestClient(create_app(s)) as c:
+        assert c.get("/v1/tuf/metadata/2.targets.json").content == (data / "tuf" / "metadata" / "2.targets.json").read_bytes()
+        assert c.get("/v1/tuf/metadata/1.root.json").content == repo.root_bytes(1)
+        assert c.get(f"/v1/bundles/{sha}").content == bundle

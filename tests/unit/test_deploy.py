@@ -51,11 +51,13 @@ def test_replicas_run_non_root_with_probes_secrets_and_a_disruption_budget() -> 
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
-    env = {e["name"] for e in ctr["env"]}
-    assert {"EDGEFLEET_REPLICA_ID", "EDGEFLEET_DATABASE_URL"} <= env
+    env = {e["name"]: e for e in ctr["env"]}
+    assert {"EDGEFLEET_REPLICA_ID", "EDGEFLEET_DATABASE_URL"} <= set(env)
+    for key in ("EDGEFLEET_ADMIN_TOKEN", "EDGEFLEET_DIRECTOR_KEY", "EDGEFLEET_TUF_ONLINE_KEY", "EDGEFLEET_BROKER_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "edgefleet-secrets", key
     secret_vol = next(v for v in spec["volumes"] if "secret" in v)
     paths = {i["path"] for i in secret_vol["secret"]["items"]}
-    assert {"keys/director.pem", "keys/tuf/online.pem", "ca/ca.key", "tuf/1.root.json"} <= paths
+    assert {"ca/ca.key", "ca/ca.pem", "tuf/1.root.json", "tuf/1.targets.json", "identity/_controller.pem"} <= paths
     (pdb,) = by_kind("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     (job,) = by_kind("Job")

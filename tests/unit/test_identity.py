@@ -173,3 +173,26 @@ def test_agent_cli_says_to_enrol_when_the_identity_is_missing(tmp_path: Path, ca
     assert "enrol the device first" in capsys.readouterr().err
     assert main(["--config", str(cfg), "--enrol", "tok"]) == 2
     assert "no controller URL" in capsys.readouterr().err
+
+
+def test_the_broker_client_key_may_come_from_the_environment(ca: pki.DeviceCA, tmp_path: Path) -> None:
+    """Kubernetes passes private keys as environment variables: the key is written once, mode 0600."""
+    from controller.identity.wiring import mqtt_tls_context
+
+    key = pki.new_key()
+    cert = tmp_path / "controller.pem"
+    cert.write_bytes(ca.issue_service(pki.CONTROLLER_IDENTITY, key).pem)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    s = Settings(
+        data_dir=tmp_path / "data",
+        broker_tls=True,
+        broker_cert_file=cert,
+        broker_ca_file=tmp_path / "ca.pem",
+        broker_key=pki.key_pem(key).decode(),
+    )
+    assert "BEGIN" not in repr(s)
+    assert mqtt_tls_context(s) is not None
+    written = tmp_path / "data" / "identity" / "mqtt-client.key"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    with pytest.raises(ValueError, match="EDGEFLEET_BROKER_KEY"):
+        mqtt_tls_context(Settings(data_dir=tmp_path, broker_tls=True, broker_cert_file=cert))
