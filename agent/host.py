@@ -16,7 +16,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from agent.routing import ArmRouter
 from agent.runtime import LoadedModel
@@ -53,6 +55,15 @@ class InferenceRecord:
 
 
 Observer = Callable[[InferenceRecord], None]
+
+
+class Prediction(NamedTuple):
+    """One finished inference with its outputs as arrays (name -> array)."""
+
+    prediction_id: str
+    model: LoadedModel
+    outputs: dict[str, np.ndarray]
+    role: str  # the role that served it (an experiment arm's for a routed production request)
 
 
 class ModelHost:
@@ -98,11 +109,34 @@ class ModelHost:
         self._probes = {r: p for r, p in self._probes.items() if r != role}
 
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
+        """JSON-ready: ``predict_arrays`` with the outputs as nested lists."""
+        r = self.predict_arrays(inputs, role)
+        m = r.model.manifest
+        outputs = {name: arr.tolist() for name, arr in r.outputs.items()}
+        return {"prediction_id": r.prediction_id, "model": m.name, "version": m.version, "role": r.role, "outputs": outputs}
+
+    def predict_arrays(self, inputs: Any, role: str = "production") -> Prediction:
+        """One inference: inputs as lists or arrays (a dict per input name, or one value for a
+        single-input model); the outputs stay arrays. Production requests may be served by an
+        experiment arm's role (``router``); the answer says which role served it."""
         if role == "production" and self.router.routing is not None:
             role = self.router.choose(self._models) or role
         model = self._models.get(role)
         if model is None:
             raise NoModelError(f"no model loaded in role {role!r}")
+        return self._run(model, role, inputs)
+
+    def predict_batch_arrays(self, items: list[Any], role: str = "production") -> list[Prediction]:
+        """One inference per item; each is routed like ``predict_arrays`` (experiment arms), else
+        all run on the model serving ``role`` when the batch starts."""
+        if role == "production" and self.router.routing is not None:
+            return [self.predict_arrays(inputs, role) for inputs in items]
+        model = self._models.get(role)
+        if model is None:
+            raise NoModelError(f"no model loaded in role {role!r}")
+        return [self._run(model, role, inputs) for inputs in items]
+
+    def _run(self, model: LoadedModel, role: str, inputs: Any) -> Prediction:
         observed = bool(self.observers)  # a snapshot: observers attached when the call starts see it
         t0 = _clock() if observed else 0.0
         try:
@@ -129,11 +163,7 @@ class ModelHost:
         pid = f"{self._id_prefix}{next(self._ids):x}"
         if observed:
             self._notify(InferenceRecord(role, model, coerced, outputs, latency_ms, pid))
-        as_lists = {}
-        for name, arr in outputs.items():
-            as_lists[name] = arr.tolist()
-        m = model.manifest
-        return {"prediction_id": pid, "model": m.name, "version": m.version, "role": role, "outputs": as_lists}
+        return Prediction(pid, model, outputs, role)
 
     def _notify(self, record: InferenceRecord) -> None:
         for observe in self.observers:

@@ -1,4 +1,8 @@
-"""A tiny client for the agent's Unix-socket API, for applications and tests."""
+"""A tiny client for the agent's Unix-socket API, for applications and tests.
+
+``predict``/``feedback``/``info`` speak JSON lines; ``predict_array`` and ``predict_batch``
+send binary tensor frames (:mod:`agent.localapi.framing`) and return numpy arrays.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,12 @@ import json
 import socket
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from agent.localapi import framing
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class AgentClient:
@@ -29,6 +39,31 @@ class AgentClient:
 
     def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
         return self.call({"op": "predict", "inputs": inputs, "role": role})
+
+    def predict_array(self, inputs: np.ndarray | dict[str, np.ndarray], role: str = "production") -> dict[str, Any]:
+        """One prediction over a binary frame: an array for a single-input model, or a dict of
+        arrays per input name. The answer's ``outputs`` are arrays (name -> array)."""
+        return self._frame({"op": "predict", "role": role}, inputs)
+
+    def predict_batch(self, inputs: np.ndarray | dict[str, np.ndarray], role: str = "production") -> dict[str, Any]:
+        """Several predictions in one round trip: ``inputs[i]`` (or each array's ``[i]``) is one
+        item. The answer has ``prediction_ids`` and ``outputs`` stacked on a leading batch axis."""
+        return self._frame({"op": "predict_batch", "role": role}, inputs)
+
+    def _frame(self, header: dict[str, Any], inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, Any]:
+        arrays = inputs.items() if isinstance(inputs, dict) else (("", inputs),)
+        self._sock.sendall(framing.encode(header, ((k, np.asarray(v)) for k, v in arrays)))
+        try:
+            frame = framing.read_frame(self._file.read, MAX_ANSWER_BYTES)
+        except framing.FrameError as exc:
+            raise ConnectionError(f"bad answer frame from the agent: {exc}") from exc
+        if frame is None:
+            raise ConnectionError("agent closed the connection")
+        head, outputs = frame
+        head.pop("tensors", None)
+        if head.get("ok"):
+            head["outputs"] = outputs
+        return head
 
     def feedback(self, prediction_id: str, label: Any) -> dict[str, Any]:
         """Report the true label of an earlier prediction (for accuracy monitoring)."""
