@@ -5,7 +5,11 @@
   the bare ``onnxruntime`` session call, same model and input, same run.
   ``overhead_us`` is the same difference in microseconds: the digits model
   runs in ~8 µs, so a fixed few µs of Python weigh more than on real models.
-- ``socket_p50_us``: p50 of a predict over the Unix socket of a real agent process.
+- ``socket_p50_us``: p50 of a JSON-lines predict over the Unix socket of a real agent process.
+- ``socket_binary_p50_us``: the same with binary tensor frames (``AgentClient.predict_array``).
+- ``socket_ratio``: ``socket_binary_p50_us`` ÷ p50 of a bare Python Unix-socket echo server
+  (scripts/benches/_socket_echo.py, its own process) with the same framing, request and answer
+  size; rounds of the three interleaved in the same run so machine noise hits them alike.
 - ``swap_failed_requests`` / ``swap_pause_p99_ms``: 3 clients predict without
   pause over the socket while the agent swaps models 4 times through the full
   verified path; failures counted, p99 of the request latency during the swaps.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,6 +80,40 @@ def _rss_mb(pid: int) -> float:
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _socket_latency(agent_sock: Path, echo_sock: Path, x: np.ndarray) -> dict[str, float]:
+    from agent.localapi.client import AgentClient
+
+    echo = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "benches" / "_socket_echo.py"), str(echo_sock), "10"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        sample, arr = x[:1].tolist(), np.ascontiguousarray(x[:1], dtype=np.float32)
+        with AgentClient(agent_sock) as c, AgentClient(echo_sock) as e:
+            assert c.predict_array(arr)["outputs"]["probs"].shape == e.predict_array(arr)["outputs"]["probs"].shape
+            for _ in range(200):
+                c.predict(sample)
+                c.predict_array(arr)
+                e.predict_array(arr)
+            js, binary, bare = [], [], []
+            for _ in range(5):  # interleaved rounds
+                js += _time_calls(lambda: c.predict(sample), 400)
+                binary += _time_calls(lambda: c.predict_array(arr), 400)
+                bare += _time_calls(lambda: e.predict_array(arr), 400)
+    finally:
+        echo.kill()
+        echo.wait()
+    b, e50 = statistics.median(binary), statistics.median(bare)
+    return {
+        "socket_p50_us": round(statistics.median(js) * 1e6, 1),
+        "socket_binary_p50_us": round(b * 1e6, 1),
+        "socket_echo_p50_us": round(e50 * 1e6, 1),
+        "socket_ratio": round(b / e50, 3),
+    }
 
 
 def run() -> dict[str, Any]:
@@ -163,14 +202,15 @@ def run() -> dict[str, Any]:
                         w.wait_for(
                             lambda m: m.get("state") == "online" and m.get("ota", {}).get("state") == "COMMITTED", "/status", 60
                         )
-                        with AgentClient(agent.socket_path) as c:
-                            sample = x[:1].tolist()
-                            for _ in range(200):
-                                c.predict(sample)
-                            lat = _time_calls(lambda c=c, s=sample: c.predict(s), 2000)
+                        if runtime == "onnx":
+                            result.update(_socket_latency(agent.socket_path, tmp / "echo.sock", x))
+                        else:
+                            with AgentClient(agent.socket_path) as c:
+                                sample = x[:1].tolist()
+                                for _ in range(200):
+                                    c.predict(sample)
                         result[f"rss_mb_{runtime}"] = round(_rss_mb(agent.popen.pid), 1)
                         if runtime == "onnx":
-                            result["socket_p50_us"] = round(statistics.median(lat) * 1e6, 1)
                             _log("idle CPU over 10 s")
                             c0, t0 = _cpu_s(agent.popen.pid), time.monotonic()
                             time.sleep(10)

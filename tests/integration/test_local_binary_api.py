@@ -120,7 +120,7 @@ def test_bad_frames_get_an_error_then_close_and_others_carry_on(served, payload,
         assert other.predict_array(x[:1])["ok"]
         s = _raw(path)
         s.sendall(payload)
-        head, data = _read_answer(s)
+        head, _data = _read_answer(s)
         assert head["ok"] is False and head["error"].startswith("bad frame") and message in head["error"], head
         assert s.recv(1) == b""  # closed: the stream is out of step
         s.close()
