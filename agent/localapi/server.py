@@ -145,7 +145,9 @@ class LocalApi:
                 preds.append({"error": f"bad input: {exc}"})
                 continue
             model = r.model
-            preds.append({"prediction_id": r.prediction_id, "outputs": {k: v.tolist() for k, v in r.outputs.items()}})
+            outputs = {k: v.tolist() for k, v in r.outputs.items()}
+            version = r.model.manifest.version
+            preds.append({"prediction_id": r.prediction_id, "role": r.role, "version": version, "outputs": outputs})
         m = model.manifest
         return {"ok": True, "model": m.name, "version": m.version, "role": role, "predictions": preds}
 
@@ -161,7 +163,7 @@ class LocalApi:
             if op == "predict":
                 r = self.host.predict_arrays(inputs, role)
                 m = r.model.manifest
-                head = {"ok": True, "prediction_id": r.prediction_id, "model": m.name, "version": m.version, "role": role}
+                head = {"ok": True, "prediction_id": r.prediction_id, "model": m.name, "version": m.version, "role": r.role}
                 return framing.encode(head, r.outputs.items())
             if op == "predict_batch":
                 return self._predict_batch_frame(inputs, role)
@@ -196,6 +198,9 @@ class LocalApi:
             "version": m.version,
             "role": role,
         }
+        if any(p.role != role for p in preds):  # production requests routed to experiment arms
+            head["roles"] = [p.role for p in preds]
+            head["versions"] = [p.model.manifest.version for p in preds]
         return framing.encode(head, outputs)
 
 

@@ -143,3 +143,19 @@ def test_truncated_frames_do_not_hurt_the_server(served):
         s.close()
     with AgentClient(path) as c:
         assert c.predict_array(x[:1])["ok"]
+
+
+def test_routed_production_requests_say_which_arm_served(served):
+    from shared.messages import Routing
+
+    path, host = served
+    host.swap("arm-b", host.get("production"))
+    host.router.set(Routing(experiment=1, seed=2, weights={"arm-b": 1.0}))
+    x, _ = load_digits()
+    with AgentClient(path) as c:
+        assert c.predict_array(x[:1])["role"] == "arm-b"
+        assert c.predict(x[:1].tolist())["role"] == "arm-b"
+        b = c.predict_batch(x[:2].reshape(2, 1, 64))
+        j = c.call({"op": "predict_batch", "inputs": [x[:1].tolist()]})
+    assert b["roles"] == ["arm-b", "arm-b"] and b["versions"] == [1, 1]
+    assert j["predictions"][0]["role"] == "arm-b"
