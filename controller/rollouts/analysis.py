@@ -63,7 +63,7 @@ class Observation:
     offline_before: int = 0  # ... of which were offline already (counted apart; they get it when they return)
     baseline_devices: int = 0  # baseline devices in the cohort
     baseline_offline: int = 0  # ... of which went offline during the stage
-    rollbacks: tuple[str, ...] = ()  # devices whose agent rolled the candidate back or refused it
+    rollbacks: tuple[str, ...] = ()  # devices whose agent rolled the candidate back (health check failed)
     final: bool = False  # the whole cohort is on the candidate: nothing left to compare with
 
 
@@ -270,7 +270,9 @@ def device_checks(obs: Observation, th: Thresholds) -> list[Check]:
     n_rb = len(obs.rollbacks)
     figures: dict[str, Any] = {"devices": sorted(obs.rollbacks), "limit": th.max_device_rollbacks}
     if n_rb > th.max_device_rollbacks:
-        out.append(Check("device_rollbacks", FAIL, f"{n_rb} device(s) rolled the candidate back or refused it", figures))
+        out.append(
+            Check("device_rollbacks", FAIL, f"{n_rb} device(s) rolled the candidate back (on-device health check)", figures)
+        )
     else:
         out.append(Check("device_rollbacks", PASS, f"{n_rb} device rollbacks", figures))
     c_off = obs.offline / obs.assigned if obs.assigned else 0.0

@@ -266,18 +266,23 @@ class RolloutEngine:
             if did not in rows:
                 bucket = selection.bucket(r.id or 0, did)
                 session.add(RolloutDevice(rollout_id=r.id or 0, device_id=did, bucket=bucket, arm="skipped"))
-        if not sel.chosen:
+        retry = evidence.rejected_since(
+            session, r, {d: row.assigned_at for d, row in rows.items() if row.arm == "canary" and not row.reverted}
+        )
+        chosen = [*sel.chosen, *(d for d in retry if d in by_id and d not in sel.chosen)]
+        if not chosen:
             return out
         rule_role = stage.role if stage.kind == SHADOW else ("canary" if r.stage < approval_from(stages) else "production")
         mv = self.s.registry.assignable(session, r.model, r.candidate_version, rule_role)
-        devices = [by_id[d] for d in sel.chosen]
+        devices = [by_id[d] for d in chosen]
         out += assignments.assign(
             session,
             devices=devices,
             mv=mv,
             role=stage.role,
             by=_principal(r),
-            reason=f"rollout {r.id} stage {r.stage + 1} ({stage.kind} {stage.share:.0%})",
+            reason=f"rollout {r.id} stage {r.stage + 1} ({stage.kind} {stage.share:.0%})"
+            + (f"; again for {', '.join(retry)} (refused before installing)" if retry else ""),
             director=self.s.director,
             settings=self.s.settings,
             cohort=r.cohort,

@@ -9,7 +9,7 @@ only on what happened during it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -18,7 +18,7 @@ from controller.core.tables import Device, DeviceEvent, Rollout, RolloutDevice, 
 from controller.rollouts.analysis import Observation, Unit
 from controller.rollouts.plan import SHADOW, Stage
 
-REFUSALS = ("ota.rolled_back", "ota.rejected")
+ROLLED_BACK, REJECTED = "ota.rolled_back", "ota.rejected"
 
 
 def _add(acc: dict[str, Any], s: dict[str, Any]) -> None:
@@ -68,19 +68,29 @@ def _seen_after(d: Device, t: float) -> bool:
     return seen.timestamp() >= t
 
 
-def refusals(session: Session, r: Rollout, device_ids: Iterable[str]) -> list[str]:
-    """Candidate devices whose agent rolled the candidate back or refused it since the rollout began."""
-    ids = list(device_ids)
+def _events(session: Session, r: Rollout, ids: list[str], kind: str) -> list[tuple[str, float]]:
+    """(device, unix time received) of the agents' ``kind`` events about the candidate since the rollout began."""
     if not ids:
         return []
-    since = datetime.fromtimestamp(r.created_at, timezone.utc).replace(tzinfo=None)
-    rows = session.exec(select(DeviceEvent).where(col(DeviceEvent.device_id).in_(ids), col(DeviceEvent.kind).in_(REFUSALS))).all()
-    out = set()
+    rows = session.exec(select(DeviceEvent).where(col(DeviceEvent.device_id).in_(ids), DeviceEvent.kind == kind)).all()
+    out = []
     for e in rows:
-        at = e.received_at if e.received_at.tzinfo is None else e.received_at.astimezone(timezone.utc).replace(tzinfo=None)
-        if at >= since and e.detail.get("model") == r.model and e.detail.get("version") == r.candidate_version:
-            out.add(e.device_id)
-    return sorted(out)
+        at = (e.received_at if e.received_at.tzinfo else e.received_at.replace(tzinfo=timezone.utc)).timestamp()
+        if at >= r.created_at and e.detail.get("model") == r.model and e.detail.get("version") == r.candidate_version:
+            out.append((e.device_id, at))
+    return out
+
+
+def refusals(session: Session, r: Rollout, device_ids: Iterable[str]) -> list[str]:
+    """Candidate devices whose agent rolled the candidate back (its health check failed) since the rollout began."""
+    return sorted({d for d, _ in _events(session, r, list(device_ids), ROLLED_BACK)})
+
+
+def rejected_since(session: Session, r: Rollout, assigned_at: dict[str, float]) -> list[str]:
+    """Devices that refused the candidate before installing it (download or verification) since it was assigned.
+
+    Not a verdict on the model: the engine assigns it again (the agent discards a failed download)."""
+    return sorted({d for d, at in _events(session, r, list(assigned_at), REJECTED) if at >= assigned_at[d]})
 
 
 def observe(session: Session, r: Rollout, stage: Stage, members: list[Device], now: float, final: bool) -> Observation:

@@ -284,3 +284,17 @@ def test_a_controller_recreated_mid_rollout_resumes_exactly_where_it_was(tmp_pat
         r = f.tick()
         assert (r["state"], r["stage"]) == ("RUNNING", 3)
         assert set(before) < set(on_candidate(f))
+
+
+def test_a_download_refused_before_install_is_assigned_again_not_counted_against_the_model(api, sim, make_bundle):
+    f = Field(api, sim, make_bundle)
+    f.create()
+    dev = on_candidate(f)[0]
+    counter = f.op.get(f"/v1/devices/{dev}").json()["desired_counter"]
+    sim.event(dev, "ota.rejected", "download failed: HashError", {"role": "production", "model": "digits", "version": 2})
+    wait_until(lambda: any(e["kind"] == "ota.rejected" for e in f.op.get(f"/v1/devices/{dev}/events").json()), what="event")
+    r = f.tick()
+    assert r["state"] == "RUNNING"
+    assert f.op.get(f"/v1/devices/{dev}").json()["desired_counter"] == counter + 1  # signed again, new counter
+    f.tick()
+    assert f.op.get(f"/v1/devices/{dev}").json()["desired_counter"] == counter + 1  # once per refusal
