@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from controller import __version__
+from controller import __version__, web
 from controller.api import problems
 from controller.api.routes import (
     approvals,
@@ -28,6 +28,7 @@ from controller.api.routes import (
     capture,
     cohorts,
     devices,
+    docs,
     enrolment,
     experiments,
     models,
@@ -76,6 +77,7 @@ ROUTERS = [
     monitoring.labels_router,
     rollouts.router,
     experiments.router,
+    docs.router,
 ]
 _KINDS = ("status", "events", "telemetry")
 # Documented on every operation so clients (and the schemathesis test) know the error shapes.
@@ -144,7 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
                 mqtt.stop()
             engine.dispose()
 
-    app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics
@@ -212,6 +214,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(r, responses=ERROR_RESPONSES)
 
     problems.install(app)
+    docs.install(app)
+    web.install(app)
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> problems.ProblemResponse:
