@@ -46,6 +46,7 @@ from controller.core.metrics import Metrics
 from controller.experiments.engine import ExperimentEngine
 from controller.experiments.engine import Services as ExperimentServices
 from controller.fleet.director import Director
+from controller.fleet.gauges import FleetCollector
 from controller.fleet.refresh import refresh_desired, refresh_interval_s
 from controller.identity import wiring as identity
 from controller.monitoring.jobs import MonitorJob
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.database_url)
     init_db(engine)
     metrics = Metrics()
+    metrics.registry.register(FleetCollector(engine))
     batches = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
 
     leader = Leader(engine, identity=settings.replica_id, lease_s=settings.leader_lease_s)
@@ -227,9 +229,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.http_requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - started)
         return response
 
     @app.get("/readyz", response_model=Ready, tags=["health"], responses={503: {"model": Ready}})

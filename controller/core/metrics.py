@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -103,6 +103,15 @@ class Metrics:
                 self.alerts_firing.labels(kind, sev)
             for state in ("firing", "resolved"):
                 self.alert_transitions.labels(kind, state)
+        self.http_seconds = Histogram(
+            "edgefleet_http_request_duration_seconds",
+            "HTTP request latency by method and route (the route template, not the raw path)",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
+        PlatformCollector(registry=r)  # python_info
         for kind in ("status", "events", "telemetry"):
             for outcome in OUTCOMES:
                 self.messages.labels(kind, outcome)

@@ -86,3 +86,24 @@ def test_docs_use_the_controllers_own_assets(api):
     assert api.admin.get("/docs/static/swagger-ui-bundle.js").status_code == 200
     assert api.admin.get("/redoc").status_code == 404
     assert api.admin.get("/", follow_redirects=False).headers["location"] == "/ui/"
+
+
+def test_metrics_have_process_latency_and_fleet_gauges(api):
+    from sqlmodel import Session
+
+    from controller.core.tables import Device, DeviceEvent
+
+    api.admin.post("/v1/devices", json={"id": "pi-1"})
+    api.admin.post("/v1/devices", json={"id": "pi-2"})
+    with Session(api.app.state.engine) as s:
+        d = s.get(Device, "pi-2")
+        assert d is not None
+        d.online, d.actual = True, {"production": {"model": "digits", "version": 3, "sha256": "0" * 64}}
+        s.add(d)
+        s.add(DeviceEvent(device_id="pi-2", seq=1, kind="ota.rolled_back", severity="error", message="health check failed"))
+        s.commit()
+    text = api.admin.get("/metrics").text
+    assert "process_resident_memory_bytes" in text and "python_info" in text
+    assert 'edgefleet_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/devices"}' in text
+    assert "edgefleet_devices_not_converged 0.0" in text
+    assert 'edgefleet_ota_failures_total{kind="ota.rolled_back"} 1.0' in text
