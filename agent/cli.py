@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, logs
 from agent.config import AgentConfig, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
@@ -15,6 +14,14 @@ DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edgefleet-agent", description="edgefleet device agent")
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=("run", "status"),
+        default="run",
+        help="run the agent (default), or ask the running one for its status",
+    )
+    p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
     p.add_argument("--check-config", action="store_true", help="validate the config file and exit")
     p.add_argument("--enrol", metavar="TOKEN", help="enrol this device with a one-time token, then exit")
@@ -28,13 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.enrol:
         return _enrol(cfg, args.enrol, args.controller)
+    if args.command == "status":
+        from agent import status
+
+        return status.main(cfg.socket_path, args.json)
     if args.check_config:
         print(f"{args.config}: OK (device {cfg.device_id}, broker {cfg.broker.host}:{cfg.broker.port})")
         return 0
     from agent.memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread starts
-    logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s %(levelname)s [{cfg.device_id}] %(name)s: %(message)s")
+    logs.setup(cfg.log_level, cfg.device_id, cfg.log_format)
     from agent.daemon import Agent
     from agent.identity import IdentityError
 

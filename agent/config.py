@@ -92,6 +92,7 @@ class AgentConfig:
     download_timeout: float = 30.0  # seconds without progress before giving up
     inference_threads: int = 1
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one object per line); no own timestamp under journald either way
     http_port: int | None = None  # local HTTP API on 127.0.0.1; None: Unix socket only
     image_repo: ImageRepoConfig | None = None  # without it no bundle can be verified, so none is installed
     download: DownloadConfig = field(default_factory=lambda: DownloadConfig())
@@ -191,6 +192,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
         download_timeout=float(_get(data, "download_timeout", (int, float), where, 30.0)),
         inference_threads=_get(data, "inference_threads", int, where, 1),
         log_level=_get(data, "log_level", str, where, "INFO").upper(),
+        log_format=_choice(_get(data, "log_format", str, where, "text"), ("text", "json"), "log_format", where),
         http_port=_get(data, "http_port", int, where, None),
         development=_get(data, "development", bool, where, False),
         image_repo=image_repo,
@@ -205,6 +207,12 @@ def parse_config(data: dict[str, Any], where: str = "config") -> AgentConfig:
             latency_runs=_positive(_get(hc, "latency_runs", int, hw, _HEALTH.latency_runs), "latency_runs", hw),
         ),
     )
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str, where: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: {key!r} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _positive(value: _N, key: str, where: str) -> _N:

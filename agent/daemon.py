@@ -8,6 +8,7 @@ import platform
 import signal
 import threading
 import time
+from dataclasses import asdict
 from typing import Any
 
 from agent import __version__
@@ -58,7 +59,7 @@ class Agent:
         self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)  # first: may refuse the identity
         self.renewer = make_renewer(cfg, self.link.reload_identity)
         self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
-        api = LocalApi(self.host, feedback=self.telemetry.feedback)
+        api = LocalApi(self.host, feedback=self.telemetry.feedback, status=self.local_status)
         self.api = SocketServer(cfg.socket_path, api)
         self.http = None
         if cfg.http_port is not None:
@@ -78,6 +79,22 @@ class Agent:
             models=self.updater.running(),  # what really serves
             ota=self.updater.ota_status(),
         )
+
+    def local_status(self) -> dict[str, Any]:
+        """What ``edgefleet-agent status`` shows: broker link, OTA state, models, telemetry queue."""
+        return {
+            "device_id": self.cfg.device_id,
+            "agent_version": __version__,
+            "broker": {
+                "connected": self.link.connected,
+                "host": self.cfg.broker.host,
+                "port": self.cfg.broker.port,
+                "last_contact": self.link.last_contact,
+            },
+            "ota": self.updater.ota_status(),
+            "models": {role: asdict(m) for role, m in self.updater.running().items()},
+            "telemetry": {"queue_depth": self.telemetry.queue.pending(), "windows": self.telemetry.windows},
+        }
 
     def publish_status(self) -> None:
         self.link.publish(Kind.STATUS, self.status(), retain=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,7 @@ class MqttLink:
         self._on_desired = on_desired
         self._on_connect_cb = on_connect
         self.connected = False
+        self.last_contact: float | None = None  # unix time the broker last answered (connect, ack, message)
         self.connects = 0  # successful connections so far (a new value means a new session)
         self.malformed = 0  # messages that could not be handed over (wrong topic, handler crash)
         self.on_published: Callable[[int], None] | None = None  # called with the mid of each acknowledged QoS 1 publish
@@ -154,6 +156,7 @@ class MqttLink:
             return
         self.connects += 1
         self.connected = True
+        self.last_contact = time.time()
         log.info("connected to broker %s:%s", self.cfg.broker.host, self.cfg.broker.port)
         client.subscribe(device_topic(self.cfg.device_id, Kind.DESIRED), qos=1)
         self._on_connect_cb()
@@ -163,6 +166,7 @@ class MqttLink:
         log.warning("disconnected from broker (%s); reconnecting with backoff", reason)
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any = None, props: Any = None) -> None:
+        self.last_contact = time.time()
         cb = self.on_published
         if cb is not None:
             cb(mid)  # must not block or take locks held around publish(): paho holds its own lock here

@@ -12,6 +12,7 @@ one connection may mix them. JSON lines (a request starts with ``{``):
     {"op": "feedback", "prediction_id": "...", "label": 7}
         -> {"ok": true, "correct": true}      (labels feed the telemetry window's accuracy)
     {"op": "ping"}    -> {"ok": true}
+    {"op": "status"}  -> {"ok": true, "device_id": ..., "broker": {...}, "ota": {...}, "models": {...}, "telemetry": {...}}
 
 Binary tensor frames (:mod:`agent.localapi.framing`: ``b"\\x00EF1"``, u32 LE header
 length, JSON header, raw little-endian arrays) for ``predict`` and ``predict_batch``:
@@ -49,6 +50,7 @@ from agent.localapi import framing
 
 log = logging.getLogger(__name__)
 Feedback = Callable[[str, int], dict[str, Any]]  # (prediction_id, label) -> {"ok": ..., "correct": ...}
+StatusFn = Callable[[], dict[str, Any]]  # the agent's own view: broker, OTA, models, telemetry queue
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # bytes per request line or frame's data
 _FRAME_START = framing.MAGIC[:1]
 
@@ -90,8 +92,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class LocalApi:
     """Request handling, apart from the socket, so it can be tested directly."""
 
-    def __init__(self, host: ModelHost, feedback: Feedback | None = None) -> None:
+    def __init__(self, host: ModelHost, feedback: Feedback | None = None, status: StatusFn | None = None) -> None:
         self.host = host
+        self.status = status
         self.feedback = feedback  # where true labels go (the telemetry service); None: not enabled
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
@@ -124,6 +127,8 @@ class LocalApi:
                 return self.feedback(pid, label)
             if op == "ping":
                 return {"ok": True}
+            if op == "status" and self.status is not None:
+                return {"ok": True, **self.status()}
         except NoModelError as exc:
             return {"ok": False, "error": str(exc)}
         except (ValueError, TypeError) as exc:
@@ -131,7 +136,7 @@ class LocalApi:
         except Exception as exc:  # a runtime failure must not kill the server
             log.exception("inference failed")
             return {"ok": False, "error": f"inference failed: {exc}"}
-        return {"ok": False, "error": f"unknown op {op!r}; expected predict, predict_batch, info, feedback or ping"}
+        return {"ok": False, "error": f"unknown op {op!r}; expected predict, predict_batch, info, feedback, status or ping"}
 
     def _predict_batch_json(self, items: Any, role: str) -> dict[str, Any]:
         if not isinstance(items, list):
