@@ -14,7 +14,7 @@ from controller.api.deps import RegistryDep, SessionDep, SettingsDep
 from controller.core.roles import Role
 from controller.core.tables import Cohort, Device, ModelVersion
 from controller.release.registry import RegistryError
-from controller.web import views
+from controller.web import monitor_view, views
 from controller.web.auth import COOKIE, SESSION_S, User, WebUser, check_csrf, needs_role, principal_for
 from controller.web.render import page
 
@@ -124,10 +124,25 @@ def telemetry(
     )
 
 
+@router.get("/ui/drift")
+def drift(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: User,
+    model: Annotated[str, Query(max_length=128)] = "",
+    cohort: Annotated[str, Query(max_length=64)] = "*",
+) -> HTMLResponse:
+    names = list(session.exec(select(ModelVersion.name).distinct().order_by(col(ModelVersion.name))).all())
+    cohorts = ["*", *session.exec(select(Cohort.name).order_by(col(Cohort.name))).all()]
+    p = monitor_view.drift_page(session, model or (names[0] if names else ""), cohort, int(settings.telemetry_window_s))
+    return page(request, "drift.html", user, p=p, names=names, cohorts=cohorts)
+
+
 @router.get("/ui/{section}")
 def not_here_yet(request: Request, section: str, user: User) -> HTMLResponse:
-    """Rollouts, experiments and drift: pages for engines this controller does not run yet."""
-    if section not in ("rollouts", "experiments", "drift"):
+    """Rollouts and experiments: pages for engines this controller does not run yet."""
+    if section not in ("rollouts", "experiments"):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no console page {section!r}")
     return page(request, "pending.html", user, section=section)
 
