@@ -124,6 +124,11 @@ def telemetry(
     )
 
 
+@router.get("/ui/rollouts")
+def rollouts(request: Request, session: SessionDep, user: User) -> HTMLResponse:
+    return page(request, "rollouts.html", user, rows=views.rollouts(session))
+
+
 @router.get("/ui/drift")
 def drift(
     request: Request,
@@ -141,8 +146,8 @@ def drift(
 
 @router.get("/ui/{section}")
 def not_here_yet(request: Request, section: str, user: User) -> HTMLResponse:
-    """Rollouts and experiments: pages for engines this controller does not run yet."""
-    if section not in ("rollouts", "experiments"):
+    """Experiments: a page for an engine this controller does not run yet."""
+    if section != "experiments":
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no console page {section!r}")
     return page(request, "pending.html", user, section=section)
 

@@ -8,7 +8,17 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from controller.core.tables import ActualChange, AuditEntry, Cohort, Device, DeviceEvent, ModelVersion, TelemetryAggregate
+from controller.core.tables import (
+    ActualChange,
+    AuditEntry,
+    Cohort,
+    Device,
+    DeviceEvent,
+    ModelVersion,
+    Rollout,
+    RolloutDecision,
+    TelemetryAggregate,
+)
 from controller.fleet import convergence
 from controller.fleet.cohorts import members
 from controller.release.registry import Registry
@@ -129,3 +139,19 @@ def latency_series(session: Session, model: str, cohort: str) -> dict[str, Any]:
         "series": [{"label": f"v{v} p95 ms", "values": [p95.get((w, v)) for w in windows]} for v in versions],
         "counts": [sum(counts.get((w, v), 0) for v in versions) for w in windows],
     }
+
+
+@dataclass
+class RolloutRow:
+    rollout: Rollout
+    decisions: list[RolloutDecision]
+
+
+def rollouts(session: Session, limit: int = 50) -> list[RolloutRow]:
+    """Newest rollouts first, each with its last decisions (what the engine decided and why)."""
+    rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(limit)).all()
+    out = []
+    for r in rows:
+        q = select(RolloutDecision).where(RolloutDecision.rollout_id == r.id).order_by(col(RolloutDecision.id).desc()).limit(10)
+        out.append(RolloutRow(r, list(session.exec(q).all())))
+    return out

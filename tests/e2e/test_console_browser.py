@@ -53,6 +53,8 @@ def stack(tmp_path_factory, mosquitto, make_bundle) -> Iterator[tuple[Controller
                 "/v1/devices/pi-0002/desired", json={"model": "digits", "version": 1, "role": "canary", "reason": "try <b>it</b>"}
             )
             assert r.status_code == 200, r.text
+            r = op.post("/v1/rollouts", json={"cohort": "eu", "model": "digits", "version": 2, "baseline_version": 1})
+            assert r.status_code == 201, r.text
         yield ctl, tokens
     finally:
         ctl.stop()
@@ -112,10 +114,14 @@ def test_pages_render_without_console_errors_or_foreign_requests(stack, browser)
         page.wait_for_load_state("networkidle")
         shot(page, path.strip("/").replace("/", "-").replace("ui-", "").replace("ui", "fleet") or "fleet")
     assert page.goto(f"{ctl.url}/ui/").status == 200
-    assert page.inner_text("#devices-total") == "3" and page.inner_text("#devices-stuck") == "1"
+    assert (
+        page.inner_text("#devices-total") == "3" and page.inner_text("#devices-stuck") == "2"
+    )  # pi-0002 by hand, one by the rollout
     assert "offline, never seen" in page.inner_text("#stuck")
     page.goto(f"{ctl.url}/ui/devices/pi-0002")
     assert "digits v1" in page.inner_text("#roles") and "offline" in page.inner_text("#why")
+    page.goto(f"{ctl.url}/ui/rollouts")
+    assert "#1 digits v1 → v2 on eu: RUNNING" in page.inner_text("#rollouts") and "created" in page.inner_text("#rollouts")
     page.goto(f"{ctl.url}/ui/telemetry")
     assert "No telemetry windows" in page.inner_text("#latency-chart")
     r = page.goto(f"{ctl.url}/docs")
