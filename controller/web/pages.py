@@ -146,7 +146,7 @@ def drift(
 
 @router.get("/ui/{section}")
 def not_here_yet(request: Request, section: str, user: User) -> HTMLResponse:
-    """Experiments: a page for an engine this controller does not run yet."""
+    """Experiments: no console page yet; the page points to the CLI and the API."""
     if section != "experiments":
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no console page {section!r}")
     return page(request, "pending.html", user, section=section)
