@@ -54,9 +54,24 @@ MATRIX: dict[tuple[str, str], Probe] = {
     # documentation and health
     ("GET", "/openapi.json"): Probe(PUBLIC, "/openapi.json", 200),
     ("GET", "/docs"): Probe(PUBLIC, "/docs", 200),
-    ("GET", "/docs/oauth2-redirect"): Probe(PUBLIC, "/docs/oauth2-redirect", 200),
-    ("GET", "/redoc"): Probe(PUBLIC, "/redoc", 200),
     ("GET", "/healthz"): Probe(PUBLIC, "/healthz", 200),
+    ("GET", "/v1/schemas/{name}.json"): Probe(PUBLIC, "/v1/schemas/manifest.json", 200),
+    # the web console: its session is a cookie, never a bearer token, so every bearer caller is sent to the
+    # login page (followed: 200), actions included; the console's own
+    # role checks are tested in tests/e2e/test_console_browser.py and tests/integration/test_console_pages.py
+    ("GET", "/"): Probe(PUBLIC, "/", 200),
+    ("GET", "/ui/"): Probe(PUBLIC, "/ui/", 200),
+    ("GET", "/ui/login"): Probe(PUBLIC, "/ui/login", 200),
+    ("POST", "/ui/login"): Probe(PUBLIC, "/ui/login", 422),
+    ("POST", "/ui/logout"): Probe(PUBLIC, "/ui/logout", 200),
+    ("GET", "/ui/audit"): Probe(PUBLIC, "/ui/audit", 200),
+    ("GET", "/ui/devices/{device_id}"): Probe(PUBLIC, "/ui/devices/pi-{caller}", 200),
+    ("GET", "/ui/drift"): Probe(PUBLIC, "/ui/drift", 200),
+    ("GET", "/ui/models"): Probe(PUBLIC, "/ui/models", 200),
+    ("POST", "/ui/models/{name}/{version}/approve"): Probe(PUBLIC, "/ui/models/digits/1/approve", 200),
+    ("GET", "/ui/rollouts"): Probe(PUBLIC, "/ui/rollouts", 200),
+    ("GET", "/ui/telemetry"): Probe(PUBLIC, "/ui/telemetry", 200),
+    ("GET", "/ui/{section}"): Probe(PUBLIC, "/ui/experiments", 200),
     ("GET", "/readyz"): Probe(PUBLIC, "/readyz", 200),
     # what devices fetch without a token (signed or content-addressed)
     ("GET", "/v1/bundles/{sha256}"): Probe(PUBLIC, "/v1/bundles/{sha256}", 200),
