@@ -53,12 +53,13 @@ class TlsClient:
     events: list[str] = field(default_factory=list)
     suback: list[list[int]] = field(default_factory=list)
     pubacks: dict[int, int] = field(default_factory=dict)
+    client_id: str | None = None  # None: a random one
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
         ctx = ssl.create_default_context(cafile=str(self.ca))
         if self.cert is not None and self.key is not None:
             ctx.load_cert_chain(str(self.cert), str(self.key))

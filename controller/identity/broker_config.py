@@ -35,6 +35,8 @@ class BrokerSecurity:
             "tls_version tlsv1.2",
             "require_certificate true",
             "use_identity_as_username true",
+            # The client id is the certificate CN: no client can take another's id and knock it off.
+            "use_username_as_clientid true",
             f"acl_file {self.acl_file}",
         ]
         if self.dynsec_config is not None:

@@ -13,9 +13,9 @@ import getpass
 import os
 from pathlib import Path
 
-from controller.identity.broker_auth import provision, write_identity
+from controller.identity.broker_auth import controller_identities, provision, write_identity
 from controller.identity.broker_config import MosquittoConfig
-from controller.identity.pki import CONTROLLER_IDENTITY, DeviceCA
+from controller.identity.pki import DeviceCA
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,15 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8883)
     p.add_argument("--bind", default="0.0.0.0")  # a broker listens for devices
     p.add_argument("--host", action="append", default=[], help="name or IP devices use for the broker (repeatable)")
+    p.add_argument("--replicas", type=int, default=1, help="controller replicas: one client certificate each")
     p.add_argument("--run-as", default=None, help="user Mosquitto runs as (default: mosquitto when started as root)")
     args = p.parse_args(argv)
 
     ca = DeviceCA.open(args.data_dir / "ca", create=True)
-    sec = provision(ca, args.out.resolve(), hosts=tuple(args.host or ["127.0.0.1", "localhost"]))
+    names = controller_identities(args.replicas)
+    sec = provision(ca, args.out.resolve(), hosts=tuple(args.host or ["127.0.0.1", "localhost"]), controllers=names)
     pid = args.out.resolve() / "mosquitto.pid"
     conf = MosquittoConfig(port=args.port, bind=args.bind, security=sec, pid_file=pid, run_as=args.run_as)
     (args.out / "mosquitto.conf").write_text(conf.render())
-    ident = write_identity(ca, CONTROLLER_IDENTITY, args.data_dir.resolve() / "identity")
+    idents = [write_identity(ca, name, args.data_dir.resolve() / "identity") for name in names]
+    ident = idents[0]
     if args.run_as:
         import pwd
 
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         "EDGEFLEET_BROKER_PID_FILE": pid,
     }.items():
         print(f"  {k}={v}")
+    for other in idents[1:]:
+        print(f"  replica {other.cert.stem}: EDGEFLEET_BROKER_CERT_FILE={other.cert} EDGEFLEET_BROKER_KEY_FILE={other.key}")
     if os.geteuid() == 0 and not args.run_as:
         print(
             f"note: as root Mosquitto switches to user 'mosquitto'; "

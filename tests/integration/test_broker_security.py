@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from controller.identity import pki
-from controller.identity.broker_auth import DYNSEC_TOPIC, BrokerControl, kick_command, provision, write_identity
+from controller.identity.broker_auth import (
+    DYNSEC_TOPIC,
+    BrokerControl,
+    controller_identities,
+    kick_command,
+    provision,
+    write_identity,
+)
 from controller.identity.broker_config import MosquittoConfig
 from firmware_sim.mosquitto import MosquittoProcess, free_port
 from shared.csr import make_csr
@@ -35,7 +42,7 @@ class SecureBroker:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ca = pki.DeviceCA.generate()
-        self.sec = provision(self.ca, root / "broker")
+        self.sec = provision(self.ca, root / "broker", controllers=controller_identities(2))
         self.proc = MosquittoProcess(
             root / "run",
             MosquittoConfig(
@@ -43,15 +50,16 @@ class SecureBroker:
             ),
         )
         self.controller = write_identity(self.ca, pki.CONTROLLER_IDENTITY, root / "controller")
+        self.replica2 = write_identity(self.ca, controller_identities(2)[1], root / "controller")
         self.control = BrokerControl(self.sec.crlfile, root / "run" / "mosquitto.pid")
         self.revoked: list[tuple[int, dt.datetime]] = []
 
-    def client(self, device_id: str | None = None, **kw: object) -> TlsClient:
+    def client(self, device_id: str | None = None, client_id: str | None = None, **kw: object) -> TlsClient:
         if device_id is None:
             ident = self.controller
         else:
             ident, _ = device_identity(self.ca, device_id, self.root / "devices", trust=self.sec.cafile, **kw)  # type: ignore[arg-type]
-        return TlsClient(self.proc.host, self.proc.port, ident.ca, ident.cert, ident.key)
+        return TlsClient(self.proc.host, self.proc.port, ident.ca, ident.cert, ident.key, client_id=client_id)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,8 @@ def clients() -> Iterator[list[TlsClient]]:
         c.close()
 
 
-def connected(broker: SecureBroker, clients: list[TlsClient], device_id: str | None) -> TlsClient:
-    c = broker.client(device_id)
+def connected(broker: SecureBroker, clients: list[TlsClient], device_id: str | None, client_id: str | None = None) -> TlsClient:
+    c = broker.client(device_id, client_id)
     clients.append(c)
     assert c.connect(), c.events
     return c
@@ -79,7 +87,13 @@ def connected(broker: SecureBroker, clients: list[TlsClient], device_id: str | N
 
 def test_generated_config_is_tls_only_with_certificate_identity(broker: SecureBroker) -> None:
     text = broker.proc.conf_path.read_text()
-    for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false", "crlfile "):
+    for line in (
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "allow_anonymous false",
+        "crlfile ",
+    ):
         assert line in text
     assert "pattern write edgefleet/v1/dev/%u/telemetry" in broker.sec.acl_file.read_text()
     assert broker.sec.keyfile.stat().st_mode & 0o777 == 0o600
@@ -388,3 +402,22 @@ def test_agent_link_survives_concurrent_publishes_and_deliveries_over_tls(broker
         assert len(connects) == 1, "the link lost its TLS session and reconnected"
     finally:
         link.stop()
+
+
+def test_device_cannot_take_another_clients_id(broker, clients) -> None:
+    """The broker binds the client id to the certificate CN: a device cannot knock another client off."""
+    victim = connected(broker, clients, "sec-victim", client_id="sec-victim")
+    ctl = connected(broker, clients, None, client_id="edgefleet-controller-1")
+    r2 = broker.replica2
+    replica = TlsClient(broker.proc.host, broker.proc.port, r2.ca, r2.cert, r2.key, client_id="edgefleet-controller-1")
+    clients.append(replica)
+    assert replica.connect(), replica.events  # a second replica with the same configured id does not kick the first
+    assert replica.subscribe("$share/controllers/edgefleet/v1/dev/+/status") == [1]
+    for stolen in ("sec-victim", "_controller", "_controller-2", "edgefleet-controller-1"):
+        thief = connected(broker, clients, "sec-thief", client_id=stolen)
+        time.sleep(0.3)
+        assert victim.connected.is_set(), (stolen, victim.events)
+        assert ctl.connected.is_set(), (stolen, ctl.events)
+        assert replica.connected.is_set(), (stolen, replica.events)
+        thief.close()
+    assert not any(e.startswith("disconnect") for e in victim.events + ctl.events + replica.events)
