@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,6 +57,7 @@ from controller.rollouts.engine import RolloutEngine, Services
 from controller.rollouts.service import RolloutError
 from controller.telemetry.batch import TelemetryIngest
 from controller.telemetry.cursors import prune_gaps
+from controller.telemetry.guard import LoopState
 from controller.telemetry.ingest import Ingestor
 from controller.telemetry.receiver import ControllerMqtt
 
@@ -98,9 +99,10 @@ class Ready(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok | degraded (answered with 503: the MQTT receive loop died or is stuck)
     version: str
     mqtt_connected: bool
+    mqtt_receive: str  # running | stalled | dead | not_started | disabled
     replica: str
     leader: bool  # this replica holds the leader lease
     leader_replica: str | None  # who holds it, as last seen
@@ -176,6 +178,8 @@ def create_app(settings: Settings) -> FastAPI:
             client_id=settings.mqtt_client_id or f"edgefleet-controller-{leader.identity}",
             share_group=settings.mqtt_share_group,
             tls=identity.mqtt_tls_context(settings),
+            on_callback_error=lambda name: metrics.callback_errors.labels(name).inc(),
+            stall_s=settings.mqtt_stall_s,
         )
         if settings.mqtt_enabled
         else None
@@ -211,6 +215,7 @@ def create_app(settings: Settings) -> FastAPI:
     leader.add_job("rollouts", settings.rollout_interval_s, app.state.rollouts.job)
     app.state.experiments = ExperimentEngine(ExperimentServices(app.state.director, settings, app.state.registry, publish))
     leader.add_job("experiments", settings.experiment_interval_s, app.state.experiments.job)
+    metrics.receive_running.set_function(lambda: float(_receive_state(app) in (LoopState.RUNNING, None)))
     identity.install(app, settings, engine)
     for r in ROUTERS:
         app.include_router(r, responses=ERROR_RESPONSES)
@@ -251,16 +256,21 @@ def create_app(settings: Settings) -> FastAPI:
             response.status_code = 503
         return Ready(ready=database and mqtt_ok, database=database, mqtt_connected=mqtt_ok)
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
-    def healthz() -> Health:
+    @app.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    def healthz(response: Response) -> Health:
         m = app.state.mqtt
         connected = bool(m and m.connected.is_set())
         metrics.mqtt_connected.set(1 if connected else 0)
+        receive = _receive_state(app)
+        healthy = receive in (LoopState.RUNNING, LoopState.NOT_STARTED, None)
+        if not healthy:
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         ls = leader.status()
         return Health(
-            status="ok",
+            status="ok" if healthy else "degraded",
             version=__version__,
             mqtt_connected=connected,
+            mqtt_receive="disabled" if receive is None else receive.value,
             replica=leader.identity,
             leader=ls.is_leader,
             leader_replica=ls.holder,
@@ -268,3 +278,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     return app
+
+
+def _receive_state(app: FastAPI) -> LoopState | None:
+    m = app.state.mqtt
+    return None if m is None else m.loop_state()  # type: ignore[no-any-return]

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     mqtt_share_group: str = Field(
         "controllers", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the shared-subscription group every replica joins"
     )
+    mqtt_stall_s: float = Field(
+        60.0, gt=0, le=3600, description="a receive callback running longer than this marks the replica unhealthy"
+    )
     telemetry_window_s: int = Field(60, ge=1, le=86400, description="aggregate window, seconds")
     telemetry_late_horizon_s: int = Field(
         30 * 24 * 3600, ge=60, description="a window this much later than newer ones from its device still counts once"

@@ -40,6 +40,17 @@ class Metrics:
         )
         self.queue_depth = Gauge("edgefleet_ingest_queue_depth", "Telemetry windows waiting for the next batch", registry=r)
         self.mqtt_connected = Gauge("edgefleet_mqtt_connected", "1 when the controller is connected to the broker", registry=r)
+        self.receive_running = Gauge(
+            "edgefleet_mqtt_receive_running",
+            "1 while the MQTT receive loop runs; 0 when it died or one callback is stuck (see /healthz)",
+            registry=r,
+        )
+        self.callback_errors = Counter(
+            "edgefleet_mqtt_callback_errors",
+            "Exceptions caught in MQTT callbacks (the loop went on), by callback",
+            ["callback"],
+            registry=r,
+        )
         self.leader = Gauge("edgefleet_leader", "1 while this replica holds the leader lease", registry=r)
         self.leader_term = Gauge("edgefleet_leader_term", "Leadership term this replica last saw", registry=r)
         self.http_requests = Counter(

@@ -62,7 +62,7 @@ def controller_identities(replicas: int = 1) -> tuple[str, ...]:
     """
     if replicas < 1:
         raise ValueError(f"need at least one controller identity, got {replicas}")
-    return (CONTROLLER_IDENTITY,) + tuple(f"{CONTROLLER_IDENTITY}-{i}" for i in range(2, replicas + 1))
+    return (CONTROLLER_IDENTITY, *(f"{CONTROLLER_IDENTITY}-{i}" for i in range(2, replicas + 1)))
 
 
 def render_acl(controllers: tuple[str, ...] = (CONTROLLER_IDENTITY,)) -> str:

@@ -29,6 +29,6 @@ def decode_telemetry(payload: bytes) -> Telemetry:
         payload = compact.decompress(payload, MAX_INFLATED_BYTES)
     try:
         data = _decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # msgspec raises RecursionError on deep nesting
         raise SchemaError(f"payload is not valid JSON: {exc}") from None
     return Telemetry.read(Reader(data))
