@@ -117,7 +117,14 @@ def create_app(settings: Settings) -> FastAPI:
     init_db(engine)
     metrics = Metrics()
     metrics.registry.register(FleetCollector(engine))
-    batches = TelemetryIngest(engine, metrics, window_s=settings.telemetry_window_s, batch_max=settings.ingest_batch_max)
+    batches = TelemetryIngest(
+        engine,
+        metrics,
+        window_s=settings.telemetry_window_s,
+        batch_max=settings.ingest_batch_max,
+        max_age_s=settings.telemetry_max_age_s,
+        max_ahead_s=settings.telemetry_max_ahead_s,
+    )
 
     leader = Leader(engine, identity=settings.replica_id, lease_s=settings.leader_lease_s)
 

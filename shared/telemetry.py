@@ -45,6 +45,8 @@ both the agent (building windows) and the controller (aggregating them).
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,3 +160,43 @@ def derive(summary: dict[str, Any]) -> dict[str, float | None]:
         "accuracy": labels.get("correct", 0) / labels["count"] if labels.get("count") else None,
         "shadow_agreement": shadow.get("agree", 0) / compared if compared else None,
     }
+
+
+def _valid_edges(value: Any) -> bool:
+    """Strictly increasing finite numbers, at least two (the agent's rule for usable bin edges)."""
+    if not isinstance(value, list) or len(value) < 2:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return False
+    return all(a < b for a, b in itertools.pairwise(value))
+
+
+def summary_shape(reference: Any, output_shape: Sequence[Any] | None) -> tuple[dict[str, int], int]:
+    """The histogram shape a manifest fixes: ``({feature: n_bins}, n_predictions)``.
+
+    Pure and shared: the agent builds its windows with this shape and the
+    controller refuses summaries of any other, so the shape comes from the
+    signed manifest and never from whichever device reported first. A feature
+    list with any unusable ``bin_edges`` turns feature histograms off (``{}``).
+    """
+    ref = reference if isinstance(reference, dict) else {}
+    features: dict[str, int] = {}
+    feats = ref.get("features")
+    for i, f in enumerate(feats if isinstance(feats, list) else []):
+        edges = f.get("bin_edges") if isinstance(f, dict) else None
+        if not _valid_edges(edges):
+            features = {}
+            break
+        assert isinstance(f, dict) and isinstance(edges, list)
+        features[str(f.get("name", f"f{i}"))] = len(edges) + 1
+    preds = ref.get("predictions") if isinstance(ref.get("predictions"), dict) else {}
+    classes = preds.get("classes") if isinstance(preds, dict) else None
+    n_classes = len(classes) if isinstance(classes, list) and classes else 0
+    if n_classes:
+        return features, n_classes
+    pred_edges = preds.get("bin_edges") if isinstance(preds, dict) else None
+    if _valid_edges(pred_edges):
+        assert isinstance(pred_edges, list)
+        return features, len(pred_edges) + 1
+    last = output_shape[-1] if output_shape else None
+    return features, last if isinstance(last, int) and not isinstance(last, bool) and last > 0 else 1

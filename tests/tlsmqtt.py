@@ -59,7 +59,9 @@ class TlsClient:
         self._cond = threading.Condition()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id or f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         ctx = ssl.create_default_context(cafile=str(self.ca))
         if self.cert is not None and self.key is not None:
             ctx.load_cert_chain(str(self.cert), str(self.key))

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     telemetry_late_horizon_s: int = Field(
         30 * 24 * 3600, ge=60, description="a window this much later than newer ones from its device still counts once"
     )
+    telemetry_max_age_s: float = Field(
+        30 * 86400, gt=0, description="telemetry windows that started longer ago than this are refused, seconds"
+    )
+    telemetry_max_ahead_s: float = Field(
+        3600, gt=0, description="telemetry windows that start further ahead of the controller's clock are refused, seconds"
+    )
     ingest_batch_max: int = Field(5000, ge=1, description="telemetry windows per database batch at most")
     replica_id: str | None = Field(
         None, max_length=40, description="this replica's name in leadership and metrics; default: random per process"

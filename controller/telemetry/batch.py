@@ -3,6 +3,10 @@
 Telemetry windows are many: :class:`TelemetryIngest` queues them and a
 background thread writes them in batches:
 
+0. refuse windows whose start is far from this controller's clock, and role
+   summaries whose histograms do not have the shape their model version's
+   registered manifest fixes (``shapes.py``), so no device can decide the
+   shape of an aggregate;
 1. drop windows from devices that are not enrolled (counted);
 2. dedupe by (device, seq) against a per-device sliding window
    (``TelemetryCursor``: highest seq and a bitmap of the 62 below it);
@@ -45,6 +49,7 @@ from controller.telemetry.gc_tuning import ingest_gc
 from controller.telemetry.labels import LabelIn, store_labels
 from controller.telemetry.membership import MembershipCache
 from controller.telemetry.rollout_windows import RolloutWindows
+from controller.telemetry.shapes import ShapeBook
 from shared.messages import Telemetry
 from shared.telemetry import MergeError
 
@@ -52,7 +57,6 @@ log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
 MAX_SEQ = 2**63 - 1
-MAX_TIME = 2**40  # unix seconds; anything later is malformed
 _NAP_S = 0.005  # while a batch lingers, look at the queue this often
 
 
@@ -110,8 +114,14 @@ class TelemetryIngest:
         linger_s: float = 0.05,
         membership_ttl_s: float = 120.0,
         shard: str | None = None,
+        max_age_s: float = 30 * 86400,
+        max_ahead_s: float = 3600,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """Windows starting more than ``max_age_s`` before or ``max_ahead_s`` after ``clock()`` are refused."""
         self.engine = engine
+        self.shapes = ShapeBook(engine)
+        self.max_age_s, self.max_ahead_s, self._clock = max_age_s, max_ahead_s, clock
         # One batch reads the dedupe cursors, then writes them: on SQLite take the write lock first.
         sqlite = engine.dialect.name == "sqlite"
         self._batch_engine = make_engine(engine.url.render_as_string(hide_password=False), immediate=True) if sqlite else engine
@@ -234,12 +244,17 @@ class TelemetryIngest:
         try:
             if msg.seq > MAX_SEQ:
                 raise SummaryError(f"seq {msg.seq} exceeds {MAX_SEQ}")
-            if not 0 <= msg.window_start < MAX_TIME:
-                raise SummaryError(f"window_start {msg.window_start} out of range")
+            now = self._clock()
+            if not now - self.max_age_s <= msg.window_start <= now + self.max_ahead_s:
+                raise SummaryError(
+                    f"window_start {msg.window_start:.0f} is {msg.window_start - now:+.0f} s from the controller's clock "
+                    f"(accepted: -{self.max_age_s:.0f} to +{self.max_ahead_s:.0f})"
+                )
             out = []
             for role, summary in msg.roles.items():
                 try:
                     model, version = check_summary(summary, deep=False)  # value types checked by controller.telemetry.decode
+                    self.shapes.check(summary, model, version)
                 except SummaryError as exc:
                     raise SummaryError(f"roles.{role}: {exc}") from None
                 out.append((role, model, version, summary))

@@ -37,7 +37,7 @@ from shared.topics import Kind, device_topic, fleet_filter
 N_DEVICES = int(os.environ.get("EDGEFLEET_BENCH_DEVICES", "1000"))
 N_MESSAGES = int(os.environ.get("EDGEFLEET_BENCH_MESSAGES", "10000"))
 PG_URL = os.environ.get("EDGEFLEET_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-WINDOW = 1_800_000_000
+WINDOW = int(time.time()) // 3600 * 3600 - 86400  # a day ago: inside the controller's accepted range
 
 
 def log(msg: str) -> None:
@@ -149,7 +149,7 @@ def ingest(broker: MosquittoProcess, msgs: list[tuple[str, bytes]], database_url
 
     from controller.core.db import init_db, make_engine
     from controller.core.metrics import Metrics
-    from controller.core.tables import Cohort, Device
+    from controller.core.tables import Cohort, Device, ModelVersion
     from controller.telemetry.batch import TelemetryIngest
     from controller.telemetry.ingest import Ingestor
     from controller.telemetry.receiver import ControllerMqtt
@@ -161,6 +161,13 @@ def ingest(broker: MosquittoProcess, msgs: list[tuple[str, bytes]], database_url
             s.add(Device(id=f"bench-{i:05d}", region=("eu", "us", "ap")[i % 3], hardware_class=("rpi4", "jetson")[i % 2]))
         s.add(Cohort(name="eu", filter={"region": ["eu"]}))
         s.add(Cohort(name="jetsons", filter={"hardware_class": ["jetson"]}))
+        reference = {
+            "features": [{"name": f"px{j}", "bin_edges": [float(k) for k in range(7)]} for j in range(64)],
+            "predictions": {"classes": list(range(10))},
+        }  # the shape summaries must have (8 bins per feature, 10 classes)
+        s.add(
+            ModelVersion(name="digits", version=3, runtime="onnx", sha256="0" * 64, length=1, manifest={"reference": reference})
+        )
         s.commit()
     cid = f"bench-ctl-{uuid.uuid4().hex[:6]}"
     park(broker, cid)

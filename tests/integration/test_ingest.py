@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import Session, select
 
 from controller.core.metrics import Metrics
-from controller.core.tables import Cohort, Device, TelemetryAggregate
+from controller.core.tables import Cohort, Device, ModelVersion, TelemetryAggregate
 from controller.telemetry.aggregate import merge_many
 from controller.telemetry.batch import TelemetryIngest
 from controller.telemetry.ingest import Ingestor
@@ -20,7 +20,27 @@ from shared.telemetry import N_LATENCY_BUCKETS, merge
 from shared.topics import Kind, device_topic
 
 pytestmark = [pytest.mark.integration]
-WINDOW = 1_800_000_000  # aligned to 60 s
+WINDOW = int(time.time()) // 60 * 60 - 3600  # an hour ago, aligned to 60 s
+REFERENCE = {  # what the registered manifest of digits v3 says: 4 bins per feature, 10 classes
+    "features": [{"name": "px0", "bin_edges": [0, 1, 2]}, {"name": "px1", "bin_edges": [0.5, 1.5, 2.5]}],
+    "predictions": {"classes": list(range(10))},
+}
+
+
+def register(engine, model: str = "digits", version: int = 3, reference: dict | None = None) -> None:
+    """A registered model version: the ingest takes summary shapes from its manifest."""
+    with Session(engine) as s:
+        s.add(
+            ModelVersion(
+                name=model,
+                version=version,
+                runtime="onnx",
+                sha256="0" * 64,
+                length=1,
+                manifest={"reference": reference or REFERENCE, "outputs": [{"shape": [1, 10]}]},
+            )
+        )
+        s.commit()
 
 
 def summary(i: int, version: int = 3) -> dict:
@@ -40,14 +60,14 @@ def summary(i: int, version: int = 3) -> dict:
     }
 
 
-def window(device: str, seq: int, i: int, **roles) -> bytes:
+def window(device: str, seq: int, i: int, start: float = WINDOW + 5, **roles) -> bytes:
     return json.dumps(
         {
             "schema": 1,
             "device_id": device,
             "seq": seq,
             "sent_at": time.time(),
-            "window_start": WINDOW + 5,
+            "window_start": start,
             "window_s": 60,
             "roles": roles or {"production": summary(i)},
             "system": {"cpu": 0.5},
@@ -71,6 +91,7 @@ def wait_until(cond, timeout: float = 20.0, what: str = "") -> None:
 @pytest.fixture
 def replicas(engine, mosquitto):
     """Two controller replicas (ingester + MQTT consumer each) sharing one subscription."""
+    register(engine)
     made = []
     for _ in range(2):
         metrics = Metrics()
@@ -213,5 +234,40 @@ def test_windows_far_behind_the_newest_are_stored_exactly_once(engine, mosquitto
     got, windows, _ = merged_rows(engine, "*")
     assert windows == 7
     assert got == functools.reduce(merge, sent.values())
+    pub.loop_stop()
+    pub.disconnect()
+
+
+def test_one_device_cannot_shape_or_poison_fleet_aggregates(engine, mosquitto, replicas):
+    """The shape comes from the registered manifest, not from the first sender; far-off windows are refused."""
+    with Session(engine) as s:
+        for d in ("evil-1", "good-1", "good-2"):
+            s.add(Device(id=d))
+        s.commit()
+    pub = publisher(mosquitto)
+    odd = {**summary(1), "predictions": [1, 2, 3], "features": {"px0": [1]}}  # not digits v3's shape
+    future = time.time() + 365 * 86400
+    evil = [
+        window("evil-1", 1, 1, production=odd),  # first for this window: on the old code it fixed the shape
+        window("evil-1", 2, 1, start=future),  # a correct summary for a window a year ahead
+        window("evil-1", 3, 1, start=future, production=odd),
+        window("evil-1", 4, 1, start=WINDOW - 60 * 86400),  # two months old
+        window("evil-1", 5, 1, production={**summary(1), "version": 99}),  # no such registered version
+    ]
+    for p in evil:
+        pub.publish(device_topic("evil-1", Kind.TELEMETRY), p, qos=1).wait_for_publish(5)
+    wait_until(lambda: total(replicas, "telemetry", "malformed") >= len(evil), what="the evil windows refused")
+    honest = [summary(10 + i) for i in range(4)]
+    for i, s in enumerate(honest):
+        dev = f"good-{1 + i % 2}"
+        pub.publish(device_topic(dev, Kind.TELEMETRY), window(dev, 10 + i, 0, production=s), qos=1).wait_for_publish(5)
+    wait_until(lambda: total(replicas, "telemetry", "accepted") >= len(honest), what="every honest window accepted")
+    time.sleep(0.3)
+    assert total(replicas, "telemetry", "malformed") == len(evil)
+    got, windows, _ = merged_rows(engine, "*")
+    assert windows == len(honest) and got == functools.reduce(merge, honest)
+    with Session(engine) as s:
+        starts = {r.window_start for r in s.exec(select(TelemetryAggregate)).all()}
+    assert starts == {WINDOW}, "nothing stored for a window far from the controller's clock"
     pub.loop_stop()
     pub.disconnect()
