@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="an S3-compatible endpoint (MinIO, Ceph, ...); default AWS")
     s3_region: str | None = None
     max_bundle_bytes: int = 512 * 1024 * 1024
+    bundle_auth: bool = Field(False, description="bundle downloads need a device credential (shared/device_auth.py)")
+    capture_quota_bytes: int = Field(64 * 1024 * 1024, ge=0, description="captured data stored per device at most, bytes")
+    capture_quota_files: int = Field(10_000, ge=0, description="capture batches stored per device at most")
     # --- identity and transport security (docs/operations.md) ---
     admin_token_file: Path | None = Field(None, description="read the admin token from this file (mode 0600)")
     device_cert_days: int = Field(30, ge=1, le=825, description="validity of a device certificate, days")

@@ -1,20 +1,47 @@
-"""The controller's data-capture route (real controller process): bounded, validated, idempotent."""
+"""The controller's data-capture route (real controller process): device-signed, bounded, never overwritten."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
 
+from controller.identity.pki import make_csr, new_key
 from firmware_sim.procs import start_controller
+from shared.device_auth import sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+class Device:
+    """An enrolled device: its key and the serial of the certificate the controller issued it."""
+
+    def __init__(self, admin: httpx.Client, device_id: str) -> None:
+        assert admin.post("/v1/devices", json={"id": device_id}).status_code == 201
+        token = admin.post("/v1/identity/tokens", json={"device_id": device_id}).json()["token"]
+        self.id, self.key = device_id, new_key()
+        r = admin.post("/v1/identity/enrol", json={"token": token, "csr": make_csr(self.key, device_id).decode()})
+        assert r.status_code == 201, r.text
+        self.serial = r.json()["serial"]
+
+    def post(self, api: httpx.Client, body: object, *, as_device: str | None = None, **kw: object) -> httpx.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        path = f"/v1/capture/{as_device or self.id}"
+        auth = sign(self.key, self.serial, "POST", path, data)
+        return api.post(path, content=data, headers={"Authorization": auth, "Content-Type": "application/json"}, **kw)
+
+
 @pytest.fixture(scope="module")
 def controller(mosquitto, tmp_path_factory):
-    proc = start_controller(tmp_path_factory.mktemp("ctl"), broker_host=mosquitto.host, broker_port=mosquitto.port)
+    proc = start_controller(
+        tmp_path_factory.mktemp("ctl"),
+        broker_host=mosquitto.host,
+        broker_port=mosquitto.port,
+        env={"EDGEFLEET_CAPTURE_QUOTA_FILES": "5", "EDGEFLEET_CAPTURE_QUOTA_BYTES": "4000"},
+    )
     with proc.client() as admin:
-        assert admin.post("/v1/devices", json={"id": "cap-1"}).status_code == 201
+        proc.devices = {d: Device(admin, d) for d in ("cap-1", "cap-2", "cap-q")}  # type: ignore[attr-defined]
     yield proc
     proc.stop()
 
@@ -23,6 +50,11 @@ def controller(mosquitto, tmp_path_factory):
 def api(controller):
     with httpx.Client(base_url=controller.url, timeout=30) as client:  # devices carry no operator token
         yield client
+
+
+@pytest.fixture
+def dev(controller):
+    return controller.devices["cap-1"]
 
 
 @pytest.fixture
@@ -36,15 +68,44 @@ def item(i: int, label: int | None = None) -> dict:
                                 "inputs": [[0.0, 1.0]], "prediction": 3, "label": label}}  # fmt: skip
 
 
-def test_batches_are_stored_and_a_resent_batch_is_not_counted_twice(api, admin):
+def test_batches_are_stored_and_a_resent_batch_is_not_counted_twice(api, admin, dev):
     batch = {"samples": [item(1, 3), item(2), item(3, 4)]}
-    r = api.post("/v1/capture/cap-1", json=batch)
+    r = dev.post(api, batch)
     assert r.status_code == 200, r.text
     assert r.json() == {"stored": 3, "file": "000000000001-000000000003.jsonl"}
-    assert api.post("/v1/capture/cap-1", json=batch).status_code == 200  # answer lost, agent retries
-    assert api.post("/v1/capture/cap-1", json={"samples": [item(3, 4), item(4)]}).status_code == 200
+    assert dev.post(api, batch).status_code == 200  # answer lost, agent retries
+    assert dev.post(api, {"samples": [item(3, 4), item(4)]}).status_code == 200
     assert admin.get("/v1/capture/cap-1").json() == {"device_id": "cap-1", "samples": 4, "labelled": 2, "batches": 2}
     assert api.get("/v1/capture/cap-1").status_code == 401
+
+
+def test_uploads_need_the_devices_own_credential_and_never_overwrite(api, admin, controller, dev):
+    batch = {"samples": [item(100, 1), item(101)]}
+    assert api.post("/v1/capture/cap-2", json=batch).status_code == 401  # no credential
+    other = controller.devices["cap-2"]
+    assert other.post(api, batch, as_device="cap-1").status_code == 401  # cap-2's key for cap-1's data
+    stranger = Device.__new__(Device)
+    stranger.id, stranger.key, stranger.serial = "cap-1", new_key(), dev.serial  # right serial, wrong key
+    assert stranger.post(api, batch).status_code == 401
+    path = "/v1/capture/cap-1"
+    body = json.dumps(batch).encode()
+    stale = sign(dev.key, dev.serial, "POST", path, body, ts=1)
+    assert api.post(path, content=body, headers={"Authorization": stale}).status_code == 401
+    tampered = sign(dev.key, dev.serial, "POST", path, body)
+    assert (
+        api.post(path, content=body.replace(b'"label": 1', b'"label": 7'), headers={"Authorization": tampered}).status_code == 401
+    )
+    assert dev.post(api, batch).status_code == 200
+    changed = {"samples": [item(100, 9), item(101)]}  # same ids, other content: the stored batch stays
+    assert dev.post(api, changed).status_code == 409
+    assert admin.get("/v1/capture/cap-1").json()["labelled"] >= 1
+
+
+def test_each_device_has_a_quota(api, admin, controller):
+    q = controller.devices["cap-q"]
+    codes = [q.post(api, {"samples": [item(1000 + i)]}).status_code for i in range(8)]
+    assert codes[:5] == [200] * 5 and set(codes[5:]) == {507}, codes
+    assert controller.devices["cap-2"].post(api, {"samples": [item(1)]}).status_code == 200  # others are not affected
 
 
 @pytest.mark.parametrize(
@@ -58,10 +119,6 @@ def test_batches_are_stored_and_a_resent_batch_is_not_counted_twice(api, admin):
         ("cap-1", b"[" * 2_000_000, 413),
     ],
 )
-def test_bad_uploads_get_a_clear_error(api, device, body, code):
-    r = (
-        api.post(f"/v1/capture/{device}", json=body)
-        if isinstance(body, dict)
-        else api.post(f"/v1/capture/{device}", content=body)
-    )
+def test_bad_uploads_get_a_clear_error(api, dev, device, body, code):
+    r = dev.post(api, body, as_device=device)
     assert r.status_code == code, r.text

@@ -1,18 +1,30 @@
-"""Bundle downloads for devices (content-addressed, immutable) and trust roots."""
+"""Bundle downloads for devices (content-addressed, immutable) and trust roots.
+
+Bundles are not secret by default (integrity comes from the signed metadata);
+with ``EDGEFLEET_BUNDLE_AUTH=true`` a download needs a device credential
+(``shared.device_auth``) from any enrolled, unrevoked device.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from controller.api.deps import BlobsDep, DirectorDep
+from controller.api.deps import BlobsDep, DirectorDep, SessionDep, SettingsDep
+from controller.identity.device_auth import verify_request
+from shared.device_auth import DeviceAuthError
 
 router = APIRouter(tags=["bundles"])
 
 
 @router.get("/v1/bundles/{sha256}", response_class=FileResponse)
-def download_bundle(sha256: str, blobs: BlobsDep) -> FileResponse:
+def download_bundle(sha256: str, blobs: BlobsDep, request: Request, settings: SettingsDep, session: SessionDep) -> FileResponse:
+    if settings.bundle_auth:
+        try:
+            verify_request(session, None, request.headers.get("authorization"), "GET", request.url.path, b"")
+        except DeviceAuthError as exc:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "EdgefleetDevice"}) from None
     path = blobs.local_path(sha256)
     if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bundle with sha256 {sha256[:64]!r}")

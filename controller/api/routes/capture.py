@@ -1,12 +1,13 @@
 """Data capture uploads from agents (sampled inputs, labelled ones preferred) for retraining.
 
 ``POST /v1/capture/{device_id}`` takes ``{"samples": [{"id": n, "sample": {...}}]}``
-from a registered device and stores the batch as one JSON-lines file under
+signed by that device (``shared.device_auth``: the key of a certificate issued
+to it, unrevoked) and stores the batch as one JSON-lines file under
 ``{data_dir}/capture/{device_id}/``, named by its first and last sample id and
-written atomically, so a batch re-sent after a lost answer replaces itself
-and counting dedupes by id. Device authentication comes with device
-certificates (mTLS); until then, like bundle downloads, the route is open to
-registered device ids. ``GET`` (operator token) summarises what is stored.
+written atomically. A stored batch is never replaced: the same batch re-sent
+after a lost answer is accepted again, a different one under the same name is
+refused (409). Each device has a quota of bytes and batches (507 when full).
+``GET`` (operator token) summarises what is stored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pydantic import BaseModel, Field, ValidationError
 from controller.api.deps import SessionDep, SettingsDep, needs
 from controller.core.roles import Role
 from controller.core.tables import Device
+from controller.identity.device_auth import verify_request
+from shared.device_auth import DeviceAuthError
 from shared.errors import ProtocolError
 from shared.fsutil import atomic_write_bytes
 from shared.topics import validate_device_id
@@ -80,13 +83,30 @@ async def upload_capture(device_id: str, request: Request, session: SessionDep, 
         if len(body) > MAX_UPLOAD_BYTES:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
     try:
+        verify_request(session, device_id, request.headers.get("authorization"), "POST", request.url.path, bytes(body))
+    except DeviceAuthError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "EdgefleetDevice"}) from None
+    try:
         upload = CaptureUpload.model_validate_json(bytes(body))
     except ValidationError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad capture upload: {exc.errors()[:3]}") from None
     ids = [s.id for s in upload.samples]
     name = f"{min(ids):012d}-{max(ids):012d}.jsonl"
     lines = (json.dumps({"id": item.id, **item.sample.model_dump()}, separators=(",", ":")) + "\n" for item in upload.samples)
-    atomic_write_bytes(folder / name, "".join(lines).encode())
+    data = "".join(lines).encode()
+    target = folder / name
+    if target.exists():
+        if target.read_bytes() == data:  # the same batch again (the answer to the first upload was lost)
+            return CaptureStored(stored=len(upload.samples), file=name)
+        raise HTTPException(status.HTTP_409_CONFLICT, f"batch {name} is already stored with other content; not replaced")
+    stored = [p.stat().st_size for p in folder.glob("*.jsonl")] if folder.exists() else []
+    if len(stored) + 1 > settings.capture_quota_files or sum(stored) + len(data) > settings.capture_quota_bytes:
+        raise HTTPException(
+            status.HTTP_507_INSUFFICIENT_STORAGE,
+            f"capture quota of device {device_id!r} reached ({len(stored)} batches, {sum(stored)} bytes; "
+            f"limits {settings.capture_quota_files} batches, {settings.capture_quota_bytes} bytes)",
+        )
+    atomic_write_bytes(target, data)
     return CaptureStored(stored=len(upload.samples), file=name)
 
 
