@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # urllib.request (~2 MB resident) loads with the first reques
     import http.client
 
     from agent.config import AgentConfig
+    from agent.identity import DeviceCredential
 
 __all__ = ["ControllerHttp", "from_config"]
 USER_AGENT = "edgefleet-agent"
@@ -29,9 +30,10 @@ USER_AGENT = "edgefleet-agent"
 class ControllerHttp:
     """Opens http(s) requests, trusting only ``cafile`` for https when it is set."""
 
-    def __init__(self, *, cafile: Path | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, *, cafile: Path | None = None, timeout: float = 30.0, credential: DeviceCredential | None = None) -> None:
         self.cafile = cafile
         self.timeout = timeout  # seconds without any byte before a request fails
+        self.credential = credential  # signs every request as this device once it has a certificate
         self._context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
 
@@ -58,10 +60,18 @@ class ControllerHttp:
     ) -> http.client.HTTPResponse:
         """Send one request; ValueError for a URL that is not http(s)://."""
         import http.client
+        import urllib.parse
         import urllib.request
 
+        extra = dict(headers or {})
+        if self.credential is not None:
+            auth = self.credential.authorization(
+                method or ("POST" if data is not None else "GET"), urllib.parse.urlsplit(url).path, data or b""
+            )
+            if auth is not None:
+                extra["Authorization"] = auth
         req = urllib.request.Request(  # noqa: S310 - the scheme is checked below
-            url, data=data, headers={"User-Agent": USER_AGENT, **(headers or {})}, method=method
+            url, data=data, headers={"User-Agent": USER_AGENT, **extra}, method=method
         )
         if req.type not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme {req.type!r} in {url}: expected http:// or https://")
@@ -74,4 +84,9 @@ class ControllerHttp:
 def from_config(cfg: AgentConfig, *, timeout: float | None = None) -> ControllerHttp:
     """The client for this agent: pinned to ``[identity] controller_ca_file`` when it is set."""
     cafile = None if cfg.identity is None else cfg.identity.controller_ca_file
-    return ControllerHttp(cafile=cafile, timeout=cfg.download_timeout if timeout is None else timeout)
+    credential = None
+    if cfg.identity is not None:
+        from agent.identity import DeviceCredential, IdentityPaths
+
+        credential = DeviceCredential(IdentityPaths(cfg.identity.directory))
+    return ControllerHttp(cafile=cafile, timeout=cfg.download_timeout if timeout is None else timeout, credential=credential)

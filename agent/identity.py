@@ -235,3 +235,37 @@ def make_renewer(cfg: AgentConfig, on_renewed: Callable[[], None]) -> Renewer | 
         on_renewed=on_renewed,
         cafile=ident.controller_ca_file,
     )
+
+
+class DeviceCredential:
+    """Signs the agent's requests to the controller with the device key (``shared.device_auth``).
+
+    The certificate's serial is read again whenever the file changes (renewal).
+    Without a certificate yet (not enrolled), requests go out unsigned.
+    """
+
+    def __init__(self, paths: IdentityPaths) -> None:
+        self.paths = paths
+        self._cached: tuple[float, str, ec.EllipticCurvePrivateKey] | None = None
+        self._lock = threading.Lock()
+
+    def authorization(self, method: str, path: str, body: bytes) -> str | None:
+        from shared.device_auth import sign
+
+        try:
+            mtime = self.paths.cert.stat().st_mtime
+        except OSError:
+            return None
+        with self._lock:
+            if self._cached is None or self._cached[0] != mtime:
+                from cryptography import x509
+                from cryptography.hazmat.primitives import serialization
+                from cryptography.hazmat.primitives.asymmetric import ec as ec_
+
+                serial = format(x509.load_pem_x509_certificate(self.paths.cert.read_bytes()).serial_number, "x")
+                key = serialization.load_pem_private_key(self.paths.key.read_bytes(), password=None)
+                if not isinstance(key, ec_.EllipticCurvePrivateKey):
+                    raise IdentityError(f"{self.paths.key}: expected an EC private key")
+                self._cached = (mtime, serial, key)
+            _, serial, key = self._cached
+        return sign(key, serial, method, path, body)

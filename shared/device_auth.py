@@ -16,9 +16,10 @@ import base64
 import hashlib
 import re
 import time
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:  # cryptography loads with the first signature (the agent stays small without an identity)
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.errors import ProtocolError
 
@@ -55,5 +56,8 @@ def parse_header(value: str | None) -> tuple[str, int, bytes]:
 
 def sign(key: ec.EllipticCurvePrivateKey, serial: str, method: str, path: str, body: bytes, ts: int | None = None) -> str:
     """The ``Authorization`` header value for one request, signed with the device key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     ts = int(time.time()) if ts is None else ts
     return header(serial, ts, key.sign(signing_input(method, path, ts, body), ec.ECDSA(hashes.SHA256())))

@@ -161,11 +161,12 @@ class Uploader:
             with self.http.open(url, data=body, method="POST", headers={"Content-Type": "application/json"}) as resp:
                 json.loads(resp.read(64 * 1024) or b"{}")
         except urllib.error.HTTPError as exc:
-            if exc.code in (400, 413, 422):  # the controller will never take this batch: say so, drop it
+            if exc.code in (400, 409, 413, 422):  # the controller will never take this batch: say so, drop it
                 log.error("controller refused %d captured samples (%s); dropping them", len(rows), exc.code)
                 self.spool.delete([sid for sid, _ in rows])
                 return True
-            log.warning("capture upload failed with HTTP %s; will retry", exc.code)
+            why = {401: "the controller did not accept this device's credential", 507: "this device's capture quota is full"}
+            log.warning("capture upload failed with HTTP %s (%s); will retry", exc.code, why.get(exc.code, "server error"))
             return False
         except (OSError, ValueError) as exc:
             log.info("capture upload failed (%s); will retry", exc)

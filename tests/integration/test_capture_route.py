@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 
 import httpx
 import pytest
 
-from controller.identity.pki import make_csr, new_key
+from controller.identity.pki import new_key
 from firmware_sim.procs import start_controller
+from shared.csr import make_csr
 from shared.device_auth import sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -122,3 +124,28 @@ def test_each_device_has_a_quota(api, admin, controller):
 def test_bad_uploads_get_a_clear_error(api, dev, device, body, code):
     r = dev.post(api, body, as_device=device)
     assert r.status_code == code, r.text
+
+
+def test_bundle_downloads_need_a_device_credential_when_the_deployment_asks(mosquitto, tmp_path):
+    from agent.http import ControllerHttp
+    from agent.identity import DeviceCredential, IdentityPaths, enrol
+
+    proc = start_controller(
+        tmp_path, broker_host=mosquitto.host, broker_port=mosquitto.port, env={"EDGEFLEET_BUNDLE_AUTH": "true"}
+    )
+    try:
+        with proc.client() as admin:
+            assert admin.post("/v1/devices", json={"id": "bun-1"}).status_code == 201
+            token = admin.post("/v1/identity/tokens", json={"device_id": "bun-1"}).json()["token"]
+        paths = IdentityPaths(tmp_path / "identity")
+        enrol(proc.url, token, "bun-1", paths)
+        url = f"{proc.url}/v1/bundles/{'a' * 64}"
+        with httpx.Client(timeout=30) as anon:
+            assert anon.get(url).status_code == 401
+        signed = ControllerHttp(credential=DeviceCredential(paths))  # the agent's one HTTP client
+        with pytest.raises(urllib.error.HTTPError) as err:
+            signed.open(url)
+        err.value.close()
+        assert err.value.code == 404  # past the credential check: there is no such bundle
+    finally:
+        proc.stop()

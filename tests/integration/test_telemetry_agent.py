@@ -4,6 +4,7 @@ it survived, and uploads captured samples."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from agent import identity
 from agent.config import parse_config
 from agent.daemon import Agent
 from agent.localapi.client import AgentClient
@@ -51,14 +53,21 @@ def controller(mosquitto, tmp_path):
 
 
 def test_agent_reports_inference_summaries_labels_shadow_garbage_and_captures(mosquitto, controller, tmp_path, make_bundle):
+    ident = tmp_path / "identity"
+    with controller.client() as api:  # capture uploads are signed with the device's enrolled key
+        token = api.post("/v1/identity/tokens", json={"device_id": DEVICE}).json()["token"]
+    identity.enrol(controller.url, token, DEVICE, identity.IdentityPaths(ident))
     cfg = parse_config(
         {
             "device_id": DEVICE, "data_dir": str(tmp_path / "agent"), "director_public_keys": [director_key_hex()],
             "broker": {"host": mosquitto.host, "port": mosquitto.port, "reconnect_min": 0.2, "reconnect_max": 1},
             "telemetry": {"window_s": 3600},
             "capture": {"enabled": True, "url": controller.url, "rate": 0.5, "upload_interval_s": 0.3},
+            "identity": {"directory": str(ident)},
         }
     )  # fmt: skip
+    # [identity] also means mTLS to the broker; this test's broker is the plain one, so only HTTP is signed.
+    cfg = dataclasses.replace(cfg, broker=dataclasses.replace(cfg.broker, ca_file=None, cert_file=None, key_file=None))
     receiver = TelemetryReceiver(mosquitto.host, mosquitto.port, DEVICE)
     agent = Agent(cfg)
     agent.host.swap("production", load(tmp_path, make_bundle(1)))
