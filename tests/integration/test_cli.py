@@ -7,6 +7,7 @@ httpx.Client), so the real CLI code talks to the real API.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -85,3 +86,41 @@ def test_rollout_commands_create_show_pause_resume_promote_abort(run, tmp_path, 
     shown = run("rollouts", "show", "1")
     assert "promoted" in shown and "rolled_back" in shown
     assert "'nope'" in run("rollouts", "create", "nope", "digits", "2", code=1)
+
+
+def test_text_from_devices_and_operators_is_shown_literally_never_as_markup(run, mosquitto, tmp_path, make_bundle, monkeypatch):
+    """``[/]`` in a reason crashed ``edgefleet audit log``; ``[bold]`` was swallowed."""
+    import paho.mqtt.client as mqtt
+
+    from shared.topics import Kind, device_topic
+
+    monkeypatch.setattr(cli_common.console, "width", 400)  # whole cells on one line
+    # First the device (each CLI call here runs the app's lifespan, which ends its MQTT link):
+    # it reports a reason (its rollback story) that reaches audit views.
+    assert run.api.admin.post("/v1/devices", json={"id": "mk-1"}).status_code == 201
+    status = {
+        "schema": 1, "device_id": "mk-1", "seq": 1, "sent_at": 1.0, "state": "online",
+        "models": {"production": {"model": "digits", "version": 1, "sha256": "a" * 64, "runtime": "onnx", "since": 1.0,
+                                  "reason": "rolled back: [/] [bold]boom[/bold]"}},
+    }  # fmt: skip
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    c.publish(device_topic("mk-1", Kind.STATUS), json.dumps(status).encode(), qos=1).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+    deadline = time.monotonic() + 10
+    while run.api.app.state.metrics.value("status", "accepted") < 1:
+        assert time.monotonic() < deadline, "the device's status was not applied"
+        time.sleep(0.05)
+    # Then an operator's reason.
+    tok = {w: json.loads(run("tokens", "create", w, "--role", "approver", "--json"))["token"] for w in ("olivia", "alice")}
+    bundle = tmp_path / "digits-v1.tar"
+    bundle.write_bytes(make_bundle(1))
+    run("models", "push", str(bundle), token=tok["olivia"])
+    nasty = "[/] [bold]x[/bold] [red] [link=http://evil]y[/link]"
+    run("models", "approve", "digits", "1", "-r", nasty, token=tok["alice"])
+    out = run("audit", "log")
+    assert "[/]" in out and "[bold]x[/bold]" in out and "[link=http://evil]y[/link]" in out
+    assert "rolled back: [/] [bold]boom[/bold]" in out
+    assert "[bold]boom[/bold]" in run("devices", "history", "mk-1")
