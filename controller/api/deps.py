@@ -9,6 +9,7 @@ themselves. Wrong role: 403 naming the role needed and the caller's role.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -85,7 +86,13 @@ def current_principal(
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
     if row is None or row.revoked_at is not None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API token", _UNAUTHORIZED)
+    if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(timezone.utc):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API token expired: ask an admin for a new one", _UNAUTHORIZED)
     return Principal(row.principal, Role(row.role), row.id)
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
 
 
 def authorize(me: Principal, needed: Role) -> Principal:

@@ -182,6 +182,7 @@ class TokenCreate(SQLModel):
     principal: str = Field(max_length=64, schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"})
     role: Role
     label: str = Field(default="", max_length=128)
+    ttl_s: int | None = Field(default=None, ge=1, le=10 * 366 * 86400, description="seconds until the token expires")
 
 
 class TokenPublic(SQLModel):
@@ -192,6 +193,7 @@ class TokenPublic(SQLModel):
     created_by: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
 
 
 class TokenCreated(TokenPublic):

@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise quote the input, secrets included.
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = Field(
         DEFAULT_ENVIRONMENT, description="development (placeholders and plain transports allowed) | production"
     )
-    database_url: str = "sqlite:///./edgefleet-data/controller.db"
+    database_url: str = Field("sqlite:///./edgefleet-data/controller.db", repr=False)  # may carry a password
     data_dir: Path = Path("./edgefleet-data")
     public_url: str = Field("http://127.0.0.1:8000", description="base URL devices download bundles from")
     broker_host: str = "127.0.0.1"

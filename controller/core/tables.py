@@ -91,6 +91,7 @@ class ApiToken(SQLModel, table=True):
     created_by: str = Field(default="", max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None  # None: until revoked
 
 
 class AuditEntry(SQLModel, table=True):

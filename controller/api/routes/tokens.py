@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
@@ -27,8 +27,14 @@ def whoami(me: Viewer) -> Whoami:
 def create_token(body: TokenCreate, session: SessionDep, me: Admin) -> TokenCreated:
     """Make an API token for a person or a system; only its hash is stored."""
     secret = new_token()
+    expires = None if body.ttl_s is None else datetime.now(timezone.utc) + timedelta(seconds=body.ttl_s)
     row = ApiToken(
-        principal=body.principal, role=body.role.value, label=body.label, token_hash=hash_token(secret), created_by=me.name
+        principal=body.principal,
+        role=body.role.value,
+        label=body.label,
+        token_hash=hash_token(secret),
+        created_by=me.name,
+        expires_at=expires,
     )
     session.add(row)
     session.flush()
@@ -37,7 +43,12 @@ def create_token(body: TokenCreate, session: SessionDep, me: Admin) -> TokenCrea
         actor=me.name,
         action="token.created",
         subject=f"principal:{body.principal}",
-        evidence={"token_id": row.id, "role": body.role.value, "label": body.label},
+        evidence={
+            "token_id": row.id,
+            "role": body.role.value,
+            "label": body.label,
+            "expires_at": None if expires is None else expires.isoformat(),
+        },
     )
     session.commit()
     session.refresh(row)
