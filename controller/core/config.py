@@ -152,6 +152,15 @@ class Settings(BaseSettings):
                         "set EDGEFLEET_ENVIRONMENT=production for a deployment (it refuses placeholders and plain transports)",
                     )
                 )
+        elif self.mqtt_share_group == "controllers":
+            lines.append(
+                (
+                    logging.WARNING,
+                    "EDGEFLEET_MQTT_SHARE_GROUP is the default 'controllers': a device can join that shared-subscription "
+                    "group and take a share of every device's messages; set a random name on every replica "
+                    "(python -m controller.identity.broker_setup prints one)",
+                )
+            )
         return lines
 
     @property

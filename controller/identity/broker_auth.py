@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,17 @@ def controller_identities(replicas: int = 1) -> tuple[str, ...]:
     if replicas < 1:
         raise ValueError(f"need at least one controller identity, got {replicas}")
     return (CONTROLLER_IDENTITY, *(f"{CONTROLLER_IDENTITY}-{i}" for i in range(2, replicas + 1)))
+
+
+def new_share_group() -> str:
+    """A shared-subscription group name no device can guess.
+
+    Mosquitto 2.0's ACL file checks read access per delivered message, never at
+    SUBSCRIBE, so a device can join any ``$share/<group>/...`` it can name; the
+    broker then hands it a share of the group's messages and drops them (the
+    device may not read them). An unguessable group is the defence there.
+    """
+    return f"edgefleet-{secrets.token_hex(16)}"
 
 
 def render_acl(controllers: tuple[str, ...] = (CONTROLLER_IDENTITY,)) -> str:

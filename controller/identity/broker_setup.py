@@ -13,7 +13,7 @@ import getpass
 import os
 from pathlib import Path
 
-from controller.identity.broker_auth import controller_identities, provision, write_identity
+from controller.identity.broker_auth import controller_identities, new_share_group, provision, write_identity
 from controller.identity.broker_config import MosquittoConfig
 from controller.identity.pki import DeviceCA
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "EDGEFLEET_BROKER_KEY_FILE": ident.key,
         "EDGEFLEET_BROKER_CRL_FILE": sec.crlfile,
         "EDGEFLEET_BROKER_PID_FILE": pid,
+        "EDGEFLEET_MQTT_SHARE_GROUP": new_share_group(),  # the same on every replica; devices must not know it
     }.items():
         print(f"  {k}={v}")
     for other in idents[1:]:

@@ -23,6 +23,7 @@ from controller.identity.broker_auth import (
     BrokerControl,
     controller_identities,
     kick_command,
+    new_share_group,
     provision,
     write_identity,
 )
@@ -30,7 +31,7 @@ from controller.identity.broker_config import MosquittoConfig
 from firmware_sim.mosquitto import MosquittoProcess, free_port
 from shared.csr import make_csr
 from shared.messages import Event
-from shared.topics import Kind, device_topic
+from shared.topics import Kind, device_topic, fleet_filter
 from tests.tlsmqtt import TlsClient, device_identity
 
 pytestmark = [pytest.mark.integration]
@@ -421,3 +422,26 @@ def test_device_cannot_take_another_clients_id(broker, clients) -> None:
         assert replica.connected.is_set(), (stolen, replica.events)
         thief.close()
     assert not any(e.startswith("disconnect") for e in victim.events + ctl.events + replica.events)
+
+
+def test_a_device_cannot_take_a_share_of_the_controllers_messages(broker, clients, tmp_path, capsys) -> None:
+    """Mosquitto 2.0 grants any SUBSCRIBE (read access is checked per delivery), so a device in the
+    controllers' group would be handed, and drop, a share of every device's messages. The group
+    name is a random value from the broker setup, which no device can name."""
+    from controller.identity import broker_setup
+
+    assert broker_setup.main(["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
+    printed = dict(line.strip().split("=", 1) for line in capsys.readouterr().out.splitlines() if "EDGEFLEET_" in line)
+    group = printed["EDGEFLEET_MQTT_SHARE_GROUP"]
+    assert len(group) >= 32 and group != new_share_group()
+    ctl = connected(broker, clients, None)
+    assert ctl.subscribe(fleet_filter(Kind.TELEMETRY, shared=True, group=group)) == [1]
+    spy = connected(broker, clients, "sec-spy")
+    for guess in ("controllers", "controller", "edgefleet", "edgefleet-controllers", "default"):
+        spy.subscribe(fleet_filter(Kind.TELEMETRY, shared=True, group=guess))
+    honest = connected(broker, clients, "sec-honest")
+    topic = device_topic("sec-honest", Kind.TELEMETRY)
+    for i in range(20):
+        assert honest.publish(topic, str(i).encode()) == 0
+    ctl.wait(lambda: len(ctl.received(topic)) == 20, 5, "the controller lost a share of the messages")
+    assert spy.messages == []
