@@ -56,7 +56,7 @@ class Agent:
         keys = [load_public_key(k) for k in cfg.director_public_keys]
         trusted = {key_id(k): k for k in keys}
         self.updater = make_updater(cfg, self.store, self.host, trusted, self.report, self.publish_status, _test_checkpoint(cfg))
-        self.link = MqttLink(cfg, self.seq.next, self._on_desired, self.publish_status)  # first: may refuse the identity
+        self.link = MqttLink(cfg, self.seq.next, self._on_desired, self._on_connect)  # first: may refuse the identity
         self.renewer = make_renewer(cfg, self.link.reload_identity)
         self.telemetry = Telemetry(cfg, self.host, self.link, self.seq.next, __version__)
         api = LocalApi(self.host, feedback=self.telemetry.feedback, status=self.local_status)
@@ -95,6 +95,10 @@ class Agent:
             "models": {role: asdict(m) for role, m in self.updater.running().items()},
             "telemetry": {"queue_depth": self.telemetry.queue.pending(), "windows": self.telemetry.windows},
         }
+
+    def _on_connect(self) -> None:
+        self.publish_status()
+        self.updater.reconnected()  # the network is back: retry what failed for want of it
 
     def publish_status(self) -> None:
         self.link.publish(Kind.STATUS, self.status(), retain=True)

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import AgentConfig
 from agent.host import ModelHost
+from agent.ota.retry import Convergence
 from agent.ota.store import Store
 from agent.ota.updater import Checkpoint, Report, Updater
 
@@ -69,4 +70,6 @@ def make_updater(
         health=cfg.health,
         download_attempts=d.attempts,
         checkpoint=checkpoint,
+        retry=Convergence(d.retry_base_s, d.retry_max_s),
+        metadata_poll_s=d.metadata_poll_s,
     )

@@ -38,6 +38,7 @@ class Steps:
         self.u = updater  # settings, store, host and report of the updater that drives these steps
         self._candidate: LoadedModel | None = None  # loaded beside the running model
         self._displaced: LoadedModel | None = None  # what the candidate replaced, for an instant swap back
+        self.transient = False  # the last failure is worth retrying (network, disk full), not a refusal
 
     @property
     def fetcher(self) -> Fetcher:
@@ -61,13 +62,15 @@ class Steps:
         assert t is not None and rec.role is not None
         a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
         from agent.ota.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
-        from agent.ota.trust import TrustError
+        from agent.ota.trust import TrustError, TrustUnavailable
 
+        self.transient = False
         if self.image_repo is None:
             return Fail("no image repository configured: cannot verify the release signature")
         try:
             self.image_repo.target_for(a, arch=self.u.arch)
         except TrustError as exc:
+            self.transient = isinstance(exc, TrustUnavailable)
             return Fail(str(exc))
         self.u.report("ota.downloading", "info", f"downloading {t.model} v{t.version} ({t.length} bytes)", detail_of(rec))
         progress = None
@@ -82,10 +85,14 @@ class Steps:
             try:
                 self.fetcher.download(t.url, self.u.store.download_path, length=t.length, sha256=t.sha256, progress=progress)
                 return Downloaded()
-            except (LengthError, HashError, DiskFullError, SlowRetrievalError) as exc:
+            except (LengthError, HashError) as exc:  # the bytes contradict the signed metadata
+                return Fail(f"download failed: {type(exc).__name__}: {exc}")
+            except (DiskFullError, SlowRetrievalError) as exc:
+                self.transient = True
                 return Fail(f"download failed: {type(exc).__name__}: {exc}")
             except DownloadError as exc:  # transient: resume from what is on disk
                 if attempt == self.u.download_attempts:
+                    self.transient = True
                     return Fail(f"download failed after {attempt} attempts: {type(exc).__name__}: {exc}")
                 log.warning("download attempt %d failed (%s); resuming", attempt, exc)
                 time.sleep(min(2.0**attempt, 30.0))
@@ -94,6 +101,7 @@ class Steps:
     def verify(self, rec: OtaRecord) -> Event:
         t = rec.target
         assert t is not None and rec.role is not None
+        self.transient = False
         if not self.u.store.bundle_path(t.sha256).exists():
             p = self.u.store.download_path
             if not p.exists() or p.stat().st_size != t.length or bundle_fmt.sha256_file(p) != t.sha256:
@@ -102,7 +110,10 @@ class Steps:
             self.u.store.keep_download(t.sha256)
         try:
             b = self.u.store.verify_bundle(t.sha256)
-        except (bundle_fmt.BundleError, SchemaError, OSError) as exc:
+        except OSError as exc:  # e.g. the disk filled while the bundle moved into place
+            self.transient = True
+            return Fail(f"bundle not stored: {exc}")
+        except (bundle_fmt.BundleError, SchemaError) as exc:
             return Fail(f"bundle invalid: {exc}")
         m = b.manifest
         if (m.name, m.version) != (t.model, t.version):

@@ -10,11 +10,12 @@ must be at or above the signed floor, and the hardware must match.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuf.api.exceptions import DownloadError, RepositoryError
+from tuf.api.exceptions import DownloadError, ExpiredMetadataError, RepositoryError
 from tuf.ngclient import Updater, UpdaterConfig
 
 from agent.ota.fetcher import Fetcher
@@ -24,6 +25,10 @@ from shared.messages import Assignment
 
 class TrustError(Exception):
     """The image repository does not vouch for the assignment; the message is the reason."""
+
+
+class TrustUnavailable(TrustError):
+    """The image repository could not be asked (unreachable, or its metadata lapsed): worth retrying."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,11 +108,15 @@ class ImageRepoClient:
             up = self._updater()
             up.refresh()
             tf = up.get_targetinfo(path)
+        except ExpiredMetadataError as exc:  # the controller re-signs it; ask again later
+            raise TrustUnavailable(f"image repository metadata expired: {exc}") from None
         except RepositoryError as exc:
             raise TrustError(f"image repository metadata rejected: {type(exc).__name__}: {exc}") from None
         except DownloadError as exc:
-            raise TrustError(f"image repository metadata download failed: {type(exc).__name__}: {exc}") from None
-        except (OSError, ValueError) as exc:
+            raise TrustUnavailable(f"image repository metadata download failed: {type(exc).__name__}: {exc}") from None
+        except OSError as exc:
+            raise TrustUnavailable(f"image repository metadata unusable: {exc}") from None
+        except ValueError as exc:
             raise TrustError(f"image repository metadata unusable: {exc}") from None
         if tf is None:
             raise TrustError(f"image repository does not list {path}: not a signed release")
@@ -126,3 +135,11 @@ class ImageRepoClient:
             raise TrustError(f"image repository entry {path} lacks edgefleet data: {exc!r}") from None
         check_agreement(a, info, arch=arch)
         return info
+
+    def metadata_digest(self) -> str:
+        """Refresh the metadata and return a digest of the verified targets (changes when a release changes)."""
+        try:
+            self._updater().refresh()
+            return hashlib.sha256((self.metadata_dir / "targets.json").read_bytes()).hexdigest()
+        except (RepositoryError, DownloadError, OSError, ValueError) as exc:
+            raise TrustUnavailable(f"image repository metadata not refreshed: {exc}") from None

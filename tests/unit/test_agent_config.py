@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -24,9 +25,12 @@ def test_valid_config(tmp_path):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('device_id = "pi-1"', "missing required key 'director_public_keys'"),
+        ('device_id = "pi-1"', "missing required key '(director_public_keys|data_dir)'"),
         (f'device_id = "a/b"\ndata_dir = "/x"\ndirector_public_keys = ["{KEY}"]', "Invalid device_id"),
-        (f'device_id = "pi"\ndata_dir = "/x"\ndirector_public_keys = ["{KEY}"]\n[broker]\nport = "x"', "'port' must be int"),
+        (
+            f'device_id = "pi"\ndata_dir = "/x"\ndirector_public_keys = ["{KEY}"]\n[broker]\nport = "x"',
+            r"\[broker\]: 'port' must be int",
+        ),
         ('device_id = "pi"\ndata_dir = "/x"\ndirector_public_keys = []', "director_public_keys"),
         ("device_id = ", "invalid TOML"),
     ],
@@ -67,11 +71,11 @@ def test_image_repository_health_and_download_keys(tmp_path):
 @pytest.mark.parametrize(
     ("section", "match"),
     [
-        ('[image_repository]\nurl = "ftp://x"\nroot = "{root}"', "must start with http"),
+        ('[image_repository]\nurl = "ftp://x"\nroot = "{root}"', r"\[image_repository\]: 'url' must be str matching"),
         ('[image_repository]\nurl = "http://x/"\nroot = "/nonexistent/root.json"', "cannot read root metadata"),
         ('[image_repository]\nurl = "http://x/"\nroot = "{bad}"', "must be TUF root metadata"),
-        ("[health]\nlatency_runs = 0", "'latency_runs' must be > 0"),
-        ('[download]\nmin_speed = "fast"', "'min_speed' must be int or float"),
+        ("[health]\nlatency_runs = 0", r"\[health\]: 'latency_runs' must be int >= 1"),
+        ('[download]\nmin_speed = "fast"', r"\[download\]: 'min_speed' must be a number"),
     ],
 )
 def test_bad_new_keys_name_the_problem(tmp_path, section, match):
@@ -81,3 +85,25 @@ def test_bad_new_keys_name_the_problem(tmp_path, section, match):
     text = f'device_id = "pi-1"\ndata_dir = "{tmp_path}"\ndirector_public_keys = ["{KEY}"]\n' + section.format(root=root, bad=bad)
     with pytest.raises(ConfigError, match=match):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ("[broker]\nprot = 1884", r"\[broker\]: unknown key \(a typo\?\) 'prot'"),
+        ("[broker]\nport = 70000", r"\[broker\]: 'port' must be int <= 65535"),
+        ("[broker]\nport = 0", r"\[broker\]: 'port' must be int >= 1"),
+        ('log_level = "verbose"', r"'log_level' must be one of debug, info"),
+        ("http_port = 99999", r"'http_port' must be int <= 65535"),
+        ("[telemetry]\nwindow = 30", r"\[telemetry\]: unknown key \(a typo\?\) 'window'"),
+        ("colour = 1", r"unknown key \(a typo\?\) 'colour'"),
+        ("[download]\nretry_base_s = 10\nretry_max_s = 5", r"\[download\]: 'retry_max_s' \(5.0\) is below"),
+        ("[broker]\nreconnect_min = 10\nreconnect_max = 1", r"\[broker\]: 'reconnect_max'"),
+    ],
+)
+def test_typos_and_out_of_range_values_are_refused_by_check_config(tmp_path, capsys, section, match):
+    """A config that passes --check-config must start: what would fail later is refused now, naming the key."""
+    p = write(tmp_path, f'device_id = "pi-1"\ndata_dir = "{tmp_path}"\ndirector_public_keys = ["{KEY}"]\n' + section + "\n")
+    assert main(["--config", str(p), "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err

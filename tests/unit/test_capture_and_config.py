@@ -29,13 +29,13 @@ def test_capture_is_off_by_default_and_takes_nothing(tmp_path):
 
 
 def test_config_errors_name_the_key_and_what_was_expected():
-    with pytest.raises(ConfigError, match="'window_s' must be > 0"):
+    with pytest.raises(ConfigError, match=r"\[telemetry\]: 'window_s' must be a number > 0"):
         parse_config(base(telemetry={"window_s": 0}))
     with pytest.raises(ConfigError, match="expected the controller's http"):
         parse_config(base(capture={"enabled": True}))
-    with pytest.raises(ConfigError, match="between 0 and 1"):
+    with pytest.raises(ConfigError, match=r"\[capture\]: 'rate' must be a number <= 1"):
         parse_config(base(capture={"rate": 2}))
-    with pytest.raises(ConfigError, match="'reconnect_jitter' must be bool"):
+    with pytest.raises(ConfigError, match=r"\[broker\]: 'reconnect_jitter' must be bool"):
         parse_config(base(broker={"reconnect_jitter": "yes"}))
 
 
