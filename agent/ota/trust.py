@@ -109,7 +109,7 @@ class ImageRepoClient:
             up.refresh()
             tf = up.get_targetinfo(path)
         except ExpiredMetadataError as exc:  # the controller re-signs it; ask again later
-            raise TrustUnavailable(f"image repository metadata expired: {exc}") from None
+            raise TrustUnavailable(f"image repository metadata expired: ExpiredMetadataError: {exc}") from None
         except RepositoryError as exc:
             raise TrustError(f"image repository metadata rejected: {type(exc).__name__}: {exc}") from None
         except DownloadError as exc:
