@@ -128,14 +128,19 @@ class Updater:
                     "retry_at": f.retry_at,  # None: refused until the assignment or the release metadata changes
                 }
                 for f in self.retry.pending()
+                if not self._running_assigned(f.role)
             ],
         }
 
     def _converged(self) -> bool:
         d = self._desired
-        if d is None:
-            return True
-        return all((s := self.store.slot(role)) is not None and s.sha256 == a.sha256 for role, a in d.assignments.items())
+        return d is None or all(self._running_assigned(role) for role in d.assignments)
+
+    def _running_assigned(self, role: str) -> bool:
+        d = self._desired
+        a = None if d is None else d.assignments.get(role)
+        slot = self.store.slot(role)
+        return a is not None and slot is not None and slot.sha256 == a.sha256
 
     # -- start-up ------------------------------------------------------------
     def restore(self) -> None:
