@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.config import HealthConfig
 from agent.host import ModelHost
 from agent.ota.checks import RejectedError, check_desired
+from agent.ota.converge import Converger
 from agent.ota.retry import Convergence
 from agent.ota.state import (
     AT_REST,
@@ -42,7 +43,7 @@ from agent.ota.state import (
 )
 from agent.ota.steps import Steps, detail_of
 from agent.ota.store import Store
-from shared.messages import Assignment, Desired, RunningModel
+from shared.messages import Assignment, RunningModel
 
 if TYPE_CHECKING:  # the update stack (python-tuf, urllib3, securesystemslib) loads on the first update
     from agent.ota.fetcher import Fetcher
@@ -87,11 +88,7 @@ class Updater:
         self.threads = threads
         self.health = health or HealthConfig()
         self.checkpoint = checkpoint  # an observer of OTA progress (the crash tests pause the agent here)
-        self.retry = retry or Convergence()  # failed assignments and when each is due again
-        self.metadata_poll_s = metadata_poll_s  # how often a permanent refusal looks for new release metadata
-        self.clock = clock
-        self._desired: Desired | None = None  # the last desired state accepted: what the agent converges to
-        self._metadata: tuple[float, str | None] = (0.0, None)  # (last poll, targets digest) while a refusal stands
+        self.converger = Converger(self, retry or Convergence(), metadata_poll_s, clock)  # retries, why not converged
         self._queue: queue.Queue[bytes | Callable[[], None] | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
         self.steps = Steps(self)
@@ -117,30 +114,8 @@ class Updater:
             "role": rec.role,
             "target": None if t is None else {"model": t.model, "version": t.version, "sha256": t.sha256},
             "reason": rec.reason,
-            "converged": self._converged(),
-            "pending": [
-                {
-                    "role": f.role,
-                    "version": f.version,
-                    "sha256": f.sha256,
-                    "reason": f.reason,
-                    "failures": f.failures,
-                    "retry_at": f.retry_at,  # None: refused until the assignment or the release metadata changes
-                }
-                for f in self.retry.pending()
-                if not self._running_assigned(f.role)
-            ],
+            **self.converger.status(),
         }
-
-    def _converged(self) -> bool:
-        d = self._desired
-        return d is None or all(self._running_assigned(role) for role in d.assignments)
-
-    def _running_assigned(self, role: str) -> bool:
-        d = self._desired
-        a = None if d is None else d.assignments.get(role)
-        slot = self.store.slot(role)
-        return a is not None and slot is not None and slot.sha256 == a.sha256
 
     # -- start-up ------------------------------------------------------------
     def restore(self) -> None:
@@ -194,8 +169,7 @@ class Updater:
             pass  # the queue already holds work; convergence runs after it
 
     def _on_reconnect(self) -> None:
-        self.retry.reconnected(self.clock())
-        self.converge()
+        self.converger.reconnected()
 
     def start(self) -> None:
         self._thread.start()
@@ -213,9 +187,9 @@ class Updater:
             self.report("ota.error", "error", f"unexpected error: {exc}", {})
         while True:
             try:
-                item = self._queue.get(timeout=self._wait_s())
+                item = self._queue.get(timeout=self.converger.wait_s())
             except queue.Empty:
-                item = self.converge  # a retry is due, or it is time to look for new release metadata
+                item = self.converger.converge  # a retry is due, or it is time to look for new release metadata
             if item is None:
                 return
             try:
@@ -223,14 +197,6 @@ class Updater:
             except Exception as exc:  # the updater thread must survive anything
                 log.exception("unexpected error applying desired state")
                 self.report("desired.error", "error", f"unexpected error: {exc}", {})
-
-    def _wait_s(self) -> float | None:
-        """Seconds until the next retry or metadata poll; None: nothing to wait for."""
-        now = self.clock()
-        due = [t for t in (self.retry.next_due(),) if t is not None]
-        if any(f.permanent for f in self.retry.pending()):
-            due.append(self._metadata[0] + self.metadata_poll_s)
-        return None if not due else max(0.05, min(due) - now)
 
     def apply(self, payload: bytes) -> None:
         digest = hashlib.sha256(payload).hexdigest()
@@ -247,70 +213,11 @@ class Updater:
             log.warning("rejected desired state: %s", exc)
             self.report("desired.rejected", "warning", str(exc), {})
             return
-        if again:
-            self.retry.reconnected(self.clock())  # it came again: the link is back, transient failures are due
-        else:
+        if not again:
             self.store.set_counter(desired.counter, digest, desired.routing)
-            self.retry.changed()  # a new desired state: refusals are decided afresh
         self.host.router.set(desired.routing)
-        self._desired = desired
-        self.converge()
-
-    def converge(self) -> None:
-        """Install every assignment that is not running yet and is due; say why the agent has not converged."""
-        d = self._desired
-        if d is None:
-            return
-        self.retry.forget_others({role: a.sha256 for role, a in d.assignments.items()})
-        self._poll_metadata()
-        for role, a in d.assignments.items():
-            active = self.store.slot(role)
-            if active is not None and active.sha256 == a.sha256:
-                self.retry.succeeded(role)
-                continue
-            now = self.clock()
-            if not self.retry.due(role, a.sha256, now):
-                continue
-            try:
-                rec = self.install(role, a)
-            except OSError as exc:  # the record itself could not be written (e.g. the disk is full)
-                self.steps.transient = True
-                rec = replace(self.store.ota, state=State.IDLE, reason=f"cannot write the update record: {exc}")
-            if rec.state is State.COMMITTED:
-                self.retry.succeeded(role)
-                continue
-            f = self.retry.failed(role, a.sha256, a.version, rec.reason, permanent=not self.steps.transient, now=self.clock())
-            detail = {"role": role, "model": a.model, "version": a.version, "failures": f.failures, "retry_at": f.retry_at}
-            if f.permanent:
-                msg = f"not retrying {a.model} v{a.version} until the assignment or the release metadata changes: {f.reason}"
-                self.report("ota.not_converged", "error", msg, {**detail, "reason": f.reason})
-            else:
-                wait = (f.retry_at or now) - now
-                msg = f"will retry {a.model} v{a.version} in {wait:.0f} s (failure {f.failures}): {f.reason}"
-                self.report("ota.retry_scheduled", "warning", msg, {**detail, "reason": f.reason})
-            self.on_change()
-
-    def _poll_metadata(self) -> None:
-        """While a refusal stands, look now and then for new release metadata; new metadata re-decides refusals."""
-        if not any(f.permanent for f in self.retry.pending()):
-            self._metadata = (0.0, None)
-            return
-        last, digest = self._metadata
-        now = self.clock()
-        if now - last < self.metadata_poll_s or self.steps.image_repo is None:
-            return
-        from agent.ota.trust import TrustError
-
-        try:
-            new = self.steps.image_repo.metadata_digest()
-        except TrustError as exc:
-            log.info("release metadata not refreshed: %s", exc)
-            self._metadata = (now, digest)
-            return
-        self._metadata = (now, new)
-        if digest is not None and new != digest:
-            log.info("release metadata changed: refused assignments are tried again")
-            self.retry.changed()
+        self.converger.accepted(desired, again=again)
+        self.converger.converge()
 
     def install(self, role: str, a: Assignment) -> OtaRecord:
         """Run one update to its end (committed, rolled back or rejected) and return the final record."""
