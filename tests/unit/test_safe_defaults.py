@@ -50,8 +50,14 @@ def test_the_default_environment_is_said_to_be_a_default_with_what_it_allows(mon
 
 
 def test_a_chosen_production_environment_says_so_without_warnings() -> None:
-    s = production(admin_token="a" * 40)
+    s = production(admin_token="a" * 40, mqtt_share_group="edgefleet-" + "ab" * 16)
     assert s.startup_lines() == [(logging.INFO, "environment: production (set by EDGEFLEET_ENVIRONMENT)")]
+
+
+def test_production_warns_about_a_guessable_share_group() -> None:
+    lines = production(admin_token="a" * 40).startup_lines()
+    assert [lvl for lvl, _ in lines] == [logging.INFO, logging.WARNING]
+    assert "EDGEFLEET_MQTT_SHARE_GROUP" in lines[1][1]
 
 
 def _controller(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
