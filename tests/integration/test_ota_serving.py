@@ -139,3 +139,27 @@ def test_local_http_api_on_loopback(lab, tmp_path, make_bundle):
         assert httpx.post(f"{base}/shutdown", json={}).status_code == 404
     finally:
         srv.stop()
+
+
+def test_a_refusal_is_decided_again_when_the_release_metadata_changes(lab, tmp_path, make_bundle):
+    """Assigned before the release keys listed it: refused, not retried in a loop, and installed
+    once new metadata lists it (the agent polls the image repository while a refusal stands)."""
+    up = lab.updater(tmp_path / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    b2 = make_bundle(2)
+    a2 = lab.assignment(b2)
+    (lab.bundle_dir / f"{a2.sha256}.tar").write_bytes(b2)  # served, but not (yet) a signed release
+    lab.events.clear()
+    up.apply(lab.desired("lab-dev", a2))
+    refused = lab.last("ota.not_converged")
+    assert "not a signed release" in refused["message"] and refused["detail"]["retry_at"] is None
+    status = up.ota_status()
+    assert status["converged"] is False and status["pending"][0]["retry_at"] is None
+    up.converger.converge()  # nothing changed: no new attempt
+    assert lab.kinds().count("ota.rejected") == 1
+    up.converger.metadata_poll_s = 0.0
+    up.converger.converge()  # first poll: notes the current metadata
+    lab.publish(b2)  # the release keys sign it
+    up.converger.converge()  # the poll sees new metadata: the refusal is decided again
+    assert up.host.get().manifest.version == 2
+    assert up.ota_status()["converged"] is True and up.ota_status()["pending"] == []
