@@ -32,6 +32,13 @@ class Converger:
         self.desired: Desired | None = None  # the last desired state accepted
         self._metadata: tuple[float, str | None] = (0.0, None)  # (last poll, targets digest) while a refusal stands
 
+    def restarted(self) -> None:
+        """After start-up (and any resumed update): a rollback on record is a refusal, not retried in a loop
+        (the candidate may be what crashed the agent) until the assignment or the release metadata changes."""
+        rec = self.u.store.ota
+        if rec.state is State.ROLLED_BACK and rec.role and rec.target:
+            self.retry.failed(rec.role, rec.target.sha256, rec.target.version, rec.reason, permanent=True, now=self.clock())
+
     def accepted(self, desired: Desired, *, again: bool) -> None:
         """A desired state passed the checks; ``again``: the same one re-delivered (reconnect, restart)."""
         if again:

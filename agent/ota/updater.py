@@ -185,6 +185,7 @@ class Updater:
         except Exception as exc:
             log.exception("unexpected error resuming the update")
             self.report("ota.error", "error", f"unexpected error: {exc}", {})
+        self.converger.restarted()
         while True:
             try:
                 item = self._queue.get(timeout=self.converger.wait_s())

@@ -31,6 +31,7 @@ from tests.controller_app import Api, running_api, settings_for
 pytestmark = [pytest.mark.integration]
 
 PUBLIC = "public"
+DEVICE_SIGNED = "device-signed"  # a request signed with a device key (shared/device_auth.py); no bearer token opens it
 CALLERS = ("anonymous", "device", "viewer", "operator", "approver", "admin")
 
 
@@ -82,7 +83,7 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("POST", "/v1/tuf/pending/signatures"): Probe(
         "approver", "/v1/tuf/pending/signatures", 409, json={"version": 2, "keyid": "ab", "sig": "cd"}
     ),
-    ("POST", "/v1/capture/{device_id}"): Probe(PUBLIC, "/v1/capture/pi-{caller}", 200, json=CAPTURE),
+    ("POST", "/v1/capture/{device_id}"): Probe(DEVICE_SIGNED, "/v1/capture/pi-{caller}", 401, json=CAPTURE),
     ("POST", "/v1/identity/enrol"): Probe(PUBLIC, "/v1/identity/enrol", 403, json={"token": "not-a-token", "csr": "x"}),
     ("POST", "/v1/identity/renew"): Probe(PUBLIC, "/v1/identity/renew", 422, json={"certificate": "x", "csr": "x"}),
     ("GET", "/v1/identity/ca"): Probe(PUBLIC, "/v1/identity/ca", 200),
@@ -196,20 +197,24 @@ def route_table(app: FastAPI) -> dict[tuple[str, str], str]:
 def declared_role(dependant: Any) -> str:
     """The highest ``require_<role>`` found among a route's dependencies, or PUBLIC."""
     found: list[Role] = []
+    signed: list[bool] = []
 
     def walk(d: Any) -> None:
         for sub in getattr(d, "dependencies", []):
             name = getattr(sub.call, "__name__", "")
+            signed.append(name == "device_signed")
             if name.startswith("require_"):
                 found.append(Role(name.removeprefix("require_")))
             walk(sub)
 
     walk(dependant)
+    if any(signed):
+        return DEVICE_SIGNED
     return max(found, key=lambda r: r.rank).value if found else PUBLIC
 
 
 def expected(probe: Probe, caller: str) -> int:
-    if probe.needs == PUBLIC:
+    if probe.needs in (PUBLIC, DEVICE_SIGNED):
         return probe.ok
     if caller in ("anonymous", "device"):
         return 401
@@ -296,6 +301,10 @@ def test_route_answers_each_caller_with_the_exact_status(world: Fixture, route: 
     want = expected(probe, caller)
     assert r.status_code == want, f"{route[0]} {route[1]} as {caller}: expected {want}, got {r.status_code}: {r.text[:300]}"
     if want == 401:
+        if probe.needs == DEVICE_SIGNED:  # no bearer token opens it; the answer says a device credential is needed
+            assert r.headers.get("www-authenticate") == "EdgefleetDevice"
+            assert "device credential" in r.json()["detail"]
+            return
         assert r.headers.get("www-authenticate") == "Bearer"
         assert r.json()["detail"] == UNAUTHORIZED[caller]
 

@@ -67,7 +67,7 @@ def test_agent_reports_inference_summaries_labels_shadow_garbage_and_captures(mo
         }
     )  # fmt: skip
     # [identity] also means mTLS to the broker; this test's broker is the plain one, so only HTTP is signed.
-    cfg = msgspec.structs.replace(cfg, broker=msgspec.structs.replace(cfg.broker, ca_file=None, cert_file=None, key_file=None))
+    msgspec.structs.force_setattr(cfg, "broker", msgspec.structs.replace(cfg.broker, ca_file=None, cert_file=None, key_file=None))
     receiver = TelemetryReceiver(mosquitto.host, mosquitto.port, DEVICE)
     agent = Agent(cfg)
     agent.host.swap("production", load(tmp_path, make_bundle(1)))

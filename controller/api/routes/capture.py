@@ -16,14 +16,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, Field, ValidationError
 
 from controller.api.deps import SessionDep, SettingsDep, needs
 from controller.core.roles import Role
 from controller.core.tables import Device
 from controller.identity.device_auth import verify_request
-from shared.device_auth import DeviceAuthError
+from shared.device_auth import DeviceAuthError, parse_header
 from shared.errors import ProtocolError
 from shared.fsutil import atomic_write_bytes
 from shared.topics import validate_device_id
@@ -74,7 +74,16 @@ def _device_dir(data_dir: Path, device_id: str, session: SessionDep) -> Path:
     return data_dir / "capture" / device_id
 
 
-@router.post("/{device_id}", response_model=CaptureStored)
+def device_signed(request: Request) -> None:
+    """The route takes device-signed requests only: refuse at once a request without a well-formed credential
+    (the signature itself is checked over the body, once it has been read within its bound)."""
+    try:
+        parse_header(request.headers.get("authorization"))
+    except DeviceAuthError as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "EdgefleetDevice"}) from None
+
+
+@router.post("/{device_id}", response_model=CaptureStored, dependencies=[Depends(device_signed)])
 async def upload_capture(device_id: str, request: Request, session: SessionDep, settings: SettingsDep) -> CaptureStored:
     folder = _device_dir(settings.data_dir, device_id, session)
     body = bytearray()
