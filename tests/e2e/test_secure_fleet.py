@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.fleet.director import Director
 from controller.identity import pki
-from controller.identity.broker_auth import ClientIdentity, provision, write_identity
+from controller.identity.broker_auth import ClientIdentity, controller_identities, provision, write_identity
 from controller.identity.broker_config import BrokerSecurity, MosquittoConfig
 from firmware_sim.mosquitto import MosquittoProcess, free_port
 from firmware_sim.procs import REPO, ControllerProc, start_agent, start_controller, write_agent_config
@@ -43,9 +43,12 @@ class Stack:
     broker: MosquittoProcess
     controller: ControllerProc
     ctl_identity: ClientIdentity
+    watch_identity: ClientIdentity  # a second controller identity: the broker makes the CN the client id
 
     def watcher(self) -> TlsClient:
-        w = TlsClient(self.broker.host, self.broker.port, self.ctl_identity.ca, self.ctl_identity.cert, self.ctl_identity.key)
+        w = TlsClient(
+            self.broker.host, self.broker.port, self.watch_identity.ca, self.watch_identity.cert, self.watch_identity.key
+        )
         assert w.connect(), w.events
         w.subscribe("edgefleet/v1/dev/+/status")
         w.subscribe("edgefleet/v1/dev/+/events")
@@ -55,8 +58,10 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     ca = pki.DeviceCA.open(tmp_path / "controller" / "ca", create=True)  # the controller's own CA
-    sec = provision(ca, tmp_path / "broker")
-    ident = write_identity(ca, pki.CONTROLLER_IDENTITY, tmp_path / "controller-identity")
+    names = controller_identities(2)
+    sec = provision(ca, tmp_path / "broker", controllers=names)
+    ident = write_identity(ca, names[0], tmp_path / "controller-identity")
+    watch_ident = write_identity(ca, names[1], tmp_path / "watcher-identity")
     pid = tmp_path / "run" / "mosquitto.pid"
     broker = MosquittoProcess(
         tmp_path / "run", MosquittoConfig(port=free_port(), security=sec, pid_file=pid, run_as=getpass.getuser())
@@ -75,7 +80,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     except Exception:
         broker.stop()
         raise
-    yield Stack(tmp_path, ca, sec, broker, controller, ident)
+    yield Stack(tmp_path, ca, sec, broker, controller, ident, watch_ident)
     controller.stop()
     broker.stop()
 
@@ -146,7 +151,7 @@ def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_
         assert r.status_code == 200, r.text
         assert r.json()["broker_reloaded"] is True and r.json()["kicked"] is True
         t0 = time.monotonic()
-        while "edgefleet-secure-1 been disconnected by administrative action" not in stack.broker.log_path.read_text():
+        while f"{dev} been disconnected by administrative action" not in stack.broker.log_path.read_text():  # client id = CN
             assert time.monotonic() - t0 < 5, "revoked agent was not disconnected"
             time.sleep(0.05)
         while "certificate revoked" not in agent.log():  # its next attempt: the TLS handshake fails
@@ -155,7 +160,7 @@ def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_
         time.sleep(3)  # more retries (every 1-5 s), none gets in
         log = stack.broker.log_path.read_text()
         after = log[log.index("disconnected by administrative action") :]
-        assert "certificate verify failed" in after and "as edgefleet-secure-1" not in after, after
+        assert "certificate verify failed" in after and f"as {dev} " not in after, after
         assert watch.received(device_topic(dev, Kind.STATUS))[online_before:] == []
         assert agent.alive()  # it keeps serving locally; it just cannot reach the fleet
         assert api.get(f"/v1/devices/{dev}").json()["online"] is False
