@@ -94,7 +94,7 @@ def test_text_from_devices_and_operators_is_shown_literally_never_as_markup(run,
 
     from shared.topics import Kind, device_topic
 
-    monkeypatch.setattr(cli_common.console, "width", 400)  # whole cells on one line
+    monkeypatch.setattr(cli_common.console, "_width", 400)  # whole cells on one line (restored to auto after)
     # First the device (each CLI call here runs the app's lifespan, which ends its MQTT link):
     # it reports a reason (its rollback story) that reaches audit views.
     assert run.api.admin.post("/v1/devices", json={"id": "mk-1"}).status_code == 201
