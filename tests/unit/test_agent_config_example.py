@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.config import (
@@ -55,11 +55,11 @@ def _keys_by_table(text: str) -> dict[str, set[str]]:
 
 def test_every_key_is_in_the_example():
     keys = _keys_by_table(EXAMPLE.read_text())
-    nested = set(TABLES) | {"image_repo"}  # AgentConfig.image_repo is the [image_repository] table
-    top = {f.name for f in dataclasses.fields(AgentConfig)} - nested
+    nested = set(TABLES)
+    top = {f.encode_name for f in msgspec.structs.fields(AgentConfig)} - nested
     assert top <= keys[""], top - keys[""]
     for table, cls in TABLES.items():
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.encode_name for f in msgspec.structs.fields(cls)}
         assert fields <= keys.get(table, set()), (table, fields - keys.get(table, set()))
 
 
