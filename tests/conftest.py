@@ -7,6 +7,7 @@ PostgreSQL when EDGEFLEET_TEST_DATABASE_URL is set), each test isolated.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -127,3 +128,14 @@ def make_bundle() -> Callable[..., bytes]:
 @pytest.fixture(scope="session")
 def onnx_bundle(make_bundle: Callable[..., bytes]) -> bytes:
     return make_bundle(1)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs an entry point (``agent.cli.main``) installs log handlers on pytest's captured
+    stream; put the root logger back so later tests never write to a closed stream."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    yield
+    root.handlers[:], level = saved
+    root.setLevel(level)
