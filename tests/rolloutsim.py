@@ -21,13 +21,16 @@ _seq = itertools.count(int(time.time() * 1000))
 
 
 def role_summary(model: str, version: int, count: int, errors: int = 0, *, latency_ms: float = 2.0,
-                 labels: int = 0, correct: int = 0, agree: int = 0, disagree: int = 0) -> dict[str, Any]:  # fmt: skip
+                 labels: int = 0, correct: int = 0, agree: int = 0, disagree: int = 0,
+                 shape: tuple[dict[str, int], int] = ({}, 10)) -> dict[str, Any]:  # fmt: skip
+    """``shape`` is what the version's manifest fixes (``shared.telemetry.summary_shape``): the ingest refuses others."""
     lat = [0] * N_LATENCY_BUCKETS
     lat[latency_bucket(latency_ms)] = count
-    preds = [count // 10] * 10
+    features, n_pred = shape
+    preds = [count // n_pred] * n_pred
     return {
         "model": model, "version": version, "count": count, "errors": errors, "samples": count,
-        "latency_ms": lat, "predictions": preds, "features": {},
+        "latency_ms": lat, "predictions": preds, "features": {f: [0] * n for f, n in features.items()},
         "shadow": {"agree": agree, "disagree": disagree}, "labels": {"count": labels, "correct": correct},
     }  # fmt: skip
 

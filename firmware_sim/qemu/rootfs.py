@@ -41,6 +41,7 @@ AGENT_WHEELS = (
     "cryptography>=42",
     "psutil>=5.9",
     "tuf>=5.0",
+    "msgspec>=0.18",  # the agent config schema
 )
 # glibc of bookworm is 2.36: wheels tagged up to manylinux_2_36 run there.
 PLATFORMS = ("manylinux2014_aarch64", *(f"manylinux_2_{m}_aarch64" for m in range(17, 37)), "linux_aarch64")

@@ -19,13 +19,14 @@ from typer.testing import CliRunner
 
 from controller import cli
 from controller.cli import common as cli_common
-from controller.core.tables import AuditEntry, Device, Experiment, ExperimentDevice, ExperimentWindow
+from controller.core.tables import AuditEntry, Device, Experiment, ExperimentDevice, ExperimentWindow, ModelVersion
 from shared.messages import Telemetry
-from shared.telemetry import N_LATENCY_BUCKETS
+from shared.telemetry import N_LATENCY_BUCKETS, summary_shape
 from tests.controller_app import ADMIN_TOKEN, running_api, settings_for
 
 pytestmark = [pytest.mark.integration]
 DEVICES = [f"exp-{i:03d}" for i in range(60)]
+T0 = (int(time.time()) // 3600 - 24) * 3600  # window starts a day back: inside what the controller accepts
 
 
 @pytest.fixture
@@ -49,6 +50,10 @@ def send_windows(app, rng, accuracy: dict[int, float], windows: int, labels: int
     n = 0
     with Session(app.state.engine) as s:
         desired = {d.id: d.desired["production"]["version"] for d in s.exec(select(Device)).all()}
+        shapes = {}  # the ingest takes summary shapes from each version's manifest
+        for mv in s.exec(select(ModelVersion).where(ModelVersion.name == "digits")).all():
+            outputs = mv.manifest.get("outputs") or [{}]
+            shapes[mv.version] = summary_shape(mv.manifest.get("reference"), outputs[0].get("shape"))
     for w in range(windows):
         for d in DEVICES:
             if d in skip:
@@ -58,10 +63,11 @@ def send_windows(app, rng, accuracy: dict[int, float], windows: int, labels: int
             lat[30] = 100
             summary = {
                 "model": "digits", "version": v, "count": 100, "errors": 0, "samples": 100, "latency_ms": lat,
-                "predictions": [10] * 10, "features": {}, "shadow": {"agree": 0, "disagree": 0},
+                "predictions": [10] * shapes[v][1], "features": {f: [0] * n for f, n in shapes[v][0].items()},
+                "shadow": {"agree": 0, "disagree": 0},
                 "labels": {"count": labels, "correct": int(rng.binomial(labels, accuracy[v]))},
             }  # fmt: skip
-            msg = Telemetry(d, seq0 + w, time.time(), 1_800_000_000 + 60 * w, 60.0, roles={"production": summary})
+            msg = Telemetry(d, seq0 + w, time.time(), T0 + 60 * w, 60.0, roles={"production": summary})
             ingest.submit(msg, done.release)
             n += 1
     for _ in range(n):

@@ -136,7 +136,8 @@ def test_nasty_json_on_every_topic_is_counted_and_the_loop_goes_on(api, pub, kin
     pub.publish(device_topic("honest-2", Kind.STATUS), status("honest-2", 1, f"v-{kind.value}"), qos=1).wait_for_publish(5)
     wait_until(lambda: agent_version(api, "honest-2") == f"v-{kind.value}", what="an honest status after the nasty payloads")
     expected = len(payloads) + (kind is Kind.STATUS)  # and the honest status
-    wait_until(lambda: seen() - before == expected, what=f"an outcome for every payload ({expected})")
+    # At least: retained statuses that earlier tests left on the session's broker may arrive too.
+    wait_until(lambda: seen() - before >= expected, what=f"an outcome for every payload ({expected})")
     assert metrics.value(kind.value, "malformed") >= len(payloads) // 2
     assert mq.decoder_failures == 0, "a decoder raised something other than a ProtocolError"
     assert mq.guard.errors == {}

@@ -12,7 +12,8 @@ import time
 import pytest
 from sqlmodel import Session, func, select
 
-from controller.core.tables import AuditEntry, RolloutWindow
+from controller.core.tables import AuditEntry, ModelVersion, RolloutWindow
+from shared.telemetry import summary_shape
 from tests.controller_app import running_api, settings_for
 from tests.rolloutsim import SimDevices, role_summary
 
@@ -81,11 +82,16 @@ class Field:
         with Session(self.engine) as s:
             before = s.exec(select(func.count()).where(RolloutWindow.rollout_id == rollout_id)).one()
         start = time.time()  # a window that began after the current stage did (stages judge their own windows)
+        with Session(self.engine) as s:  # the ingest takes summary shapes from each version's manifest
+            shapes = {
+                mv.version: summary_shape(mv.manifest.get("reference"), (mv.manifest.get("outputs") or [{}])[0].get("shape"))
+                for mv in s.exec(select(ModelVersion).where(ModelVersion.name == "digits")).all()
+            }
         for d in self.ids:
             v = self.desired(d) or 1
             correct = (labels or {}).get(v)
             n_labels = 100 if correct is not None else 0
-            summary = role_summary("digits", v, count, errors[v], labels=n_labels, correct=correct or 0)
+            summary = role_summary("digits", v, count, errors[v], labels=n_labels, correct=correct or 0, shape=shapes[v])
             self.sim.window(d, {"production": summary}, start)
 
         def arrived() -> bool:
