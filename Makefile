@@ -14,6 +14,11 @@ system-deps:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@# The secure broker loads the share guard plugin, compiled from controller/identity/share_guard.c.
+	@test -f /usr/include/mosquitto_broker.h && test -f /usr/include/mosquitto.h && command -v cc >/dev/null || { \
+	  echo "installing a C compiler and the Mosquitto plugin headers (Debian packages gcc, mosquitto-dev, libmosquitto-dev)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    gcc libc6-dev mosquitto-dev libmosquitto-dev >/dev/null; }
 	@# promtool validates deploy/prometheus (tests/unit/test_deploy_monitoring.py). Without recommends: no
 	@# node exporter; in containers policy-rc.d keeps the prometheus service from starting, on systemd hosts
 	@# stop it if it is not wanted (systemctl disable --now prometheus).
@@ -59,8 +64,11 @@ test-fast: install
 mutation: install
 	$(PY) scripts/mutation.py
 
+# The whole loop on this machine: `make demo DEVICES=200`, `make demo DEMO_ARGS=--no-wait`.
+DEVICES ?= 50
+DEMO_ARGS ?=
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py --devices $(DEVICES) $(DEMO_ARGS)
 
 bench: install
 	$(PY) scripts/bench.py all

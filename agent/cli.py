@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__, logs
 from agent.config import AgentConfig, ConfigError, load_config
 
+if TYPE_CHECKING:
+    from agent.ota.updater import Checkpoint
+
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
+log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgefleet-agent", description="edgefleet device agent")
     p.add_argument(
         "command",
@@ -24,10 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
     p.add_argument("--check-config", action="store_true", help="validate the config file and exit")
-    p.add_argument("--enrol", metavar="TOKEN", help="enrol this device with a one-time token, then exit")
+    p.add_argument(
+        "--enrol",
+        metavar="TOKEN",
+        help="enrol this device with a one-time token, then exit (--enrol=TOKEN for one starting with -)",
+    )
     p.add_argument("--controller", metavar="URL", help="controller URL for --enrol (default: [identity] controller_url)")
     p.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -50,12 +67,33 @@ def main(argv: list[str] | None = None) -> int:
     from agent.identity import IdentityError
 
     try:
-        agent = Agent(cfg)
+        agent = Agent(cfg, checkpoint=test_checkpoint(cfg, os.environ))
     except IdentityError as exc:  # e.g. not enrolled yet, or a key others can read
         print(f"edgefleet-agent: {exc}", file=sys.stderr)
         return 2
-    agent.run_forever()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.request_stop())
+    agent.run_until_stopped()
     return 0
+
+
+def test_checkpoint(cfg: AgentConfig, environ: Mapping[str, str]) -> Checkpoint | None:
+    """The crash tests' pause hook: only when its environment variable is set and the config says
+    ``development = true`` (it logs a warning then); set on any other agent, it is refused with an error."""
+    from agent.ota import testhook
+
+    want = environ.get(testhook.ENV)
+    if not want:
+        return None
+    if not cfg.development:
+        log.error(
+            "%s=%s is set but this agent is not a development agent (development = true in its "
+            "config): the test pause hook is refused and updates run normally; remove the variable",
+            testhook.ENV,
+            want,
+        )
+        return None
+    return testhook.from_env(cfg.data_dir, dict(environ))
 
 
 def _enrol(cfg: AgentConfig, token: str, url: str | None) -> int:

@@ -49,7 +49,7 @@ UNSET = Path("")  # a path left out: derived from data_dir in AgentConfig.__post
 class BrokerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 1883
-    keepalive: PosInt = 30  # seconds
+    keepalive: PosInt = 240  # seconds of quiet before a ping; the broker's Last Will says offline after 1.5x (ADR 0076)
     reconnect_min: PosFloat = 1.0  # seconds
     reconnect_max: PosFloat = 120.0  # seconds
     reconnect_jitter: bool = True  # full jitter on the backoff; off only to show why it exists
@@ -73,9 +73,14 @@ class BrokerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 class TelemetryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     window_s: PosFloat = 60.0  # seconds per telemetry window
     queue_max_windows: PosInt = 10_080  # unsent windows kept on disk (7 days at 60 s); oldest dropped beyond
-    max_inflight: PosInt = 20  # windows published and not yet acknowledged by the broker
+    queue_max_events: PosInt = 1_000  # unsent device events kept on disk (ADR 0078); oldest dropped beyond
+    max_inflight: PosInt = 20  # windows and events sent and not yet acknowledged by the controller
+    ack_timeout_s: PosFloat = 30.0  # seconds a sent window waits for the controller's ack before it is sent again
+    controller_acks: bool = True  # keep windows until the controller acks them (false: the broker's PUBACK is enough)
+    windows_per_publish: PosInt = 10  # windows per telemetry message at most (1: each window at once, as when fresh)
+    batch_wait_s: NonNegFloat = 0.0  # seconds a message that is not full waits for more (0: windows_per_publish x window_s)
     prediction_log_max: PosInt = 100_000  # predictions whose context is kept on disk for late labels (~10 MB)
-    system_metrics: bool = True  # psutil CPU, memory, disk, temperature
+    system_metrics: bool = True  # CPU, memory, disk, temperature gauges (/proc and /sys on Linux, psutil elsewhere)
 
 
 class CaptureConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -122,6 +127,10 @@ class DownloadConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     retry_base_s: PosFloat = 5.0  # a failed update is tried again after a jittered delay of up to this, doubling...
     retry_max_s: PosFloat = 3600.0  # ...to at most this (seconds)
     metadata_poll_s: PosFloat = 600.0  # while an assignment is refused, look for new release metadata this often
+    # A bundle still on the device (the model a role ran before: a rollback) installs again without a download or a
+    # metadata refresh if the last refresh, at most this long ago, listed it (seconds; 0: always refresh first)
+    vouched_max_age_s: NonNegFloat = 3600.0
+    isolated: bool = True  # signature checks, TUF and downloads in a short-lived child process (~15 MB less resident)
 
     def __post_init__(self) -> None:
         if self.retry_max_s < self.retry_base_s:

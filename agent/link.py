@@ -8,6 +8,10 @@ broker restart every device of a fleet loses its connection at the same
 instant, and a deterministic exponential backoff would bring them all back at
 the same instants too. :func:`backoff_delay` adds full jitter (a uniform
 draw between 0 and the exponential ceiling), which spreads them out.
+
+By default the link runs its own thread around paho's ``loop()``. Given an
+:class:`agent.mqttloop.MqttLoop`, it is driven by that shared loop instead (many
+agents in one process: the simulator); connecting and backing off are the same.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import AgentConfig
 from agent.identity import broker_tls_context
-from shared.messages import OFFLINE, DeviceMessage, Status, encode, now
+from agent.mqttclient import mqtt
+from shared.errors import ProtocolError
+from shared.messages import OFFLINE, DeviceMessage, Status, decode_ack, encode, now
 from shared.topics import Kind, device_topic
+
+if TYPE_CHECKING:
+    from agent.mqttloop import MqttLoop
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +58,12 @@ class MqttLink:
         next_seq: Callable[[], int],
         on_desired: Callable[[bytes], None],
         on_connect: Callable[[], None],
+        loop: MqttLoop | None = None,  # a shared network loop; None: a thread of our own
     ) -> None:
         self.cfg = cfg
+        self._loop = loop
+        self._attempt = 0
+        self._connects_before = 0
         self._next_seq = next_seq
         self._on_desired = on_desired
         self._on_connect_cb = on_connect
@@ -60,6 +72,7 @@ class MqttLink:
         self.connects = 0  # successful connections so far (a new value means a new session)
         self.malformed = 0  # messages that could not be handed over (wrong topic, handler crash)
         self.on_published: Callable[[int], None] | None = None  # called with the mid of each acknowledged QoS 1 publish
+        self.on_window_ack: Callable[[tuple[int, ...]], None] | None = None  # seqs the controller has stored
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         c = mqtt.Client(
@@ -78,7 +91,10 @@ class MqttLink:
         # caller's thread (we run our own loop, not loop_start), concurrently with the link thread's
         # read: harmless on TCP, but it corrupts a TLS session ("wrong version number"). With a
         # write-registration callback set, paho only queues the packet and wakes the loop.
+        # A shared loop sets its own socket callbacks, which do the same.
         c.on_socket_register_write = _loop_thread_writes
+        if loop is not None:
+            loop.attach(c)
         self._tls = broker_tls_context(cfg.broker)  # mTLS with the device certificate, when configured
         if self._tls is not None:
             c.tls_set_context(self._tls)
@@ -95,6 +111,9 @@ class MqttLink:
             self._tls.load_cert_chain(str(self.cfg.broker.cert_file), str(self.cfg.broker.key_file))
 
     def start(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon(self._connect_once)
+            return
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
         self._thread.start()
 
@@ -109,6 +128,37 @@ class MqttLink:
         self._client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        if self._loop is not None:
+            deadline = time.monotonic() + 5.0
+            while self._client.socket() is not None and time.monotonic() < deadline:
+                time.sleep(0.02)  # the loop writes the DISCONNECT and closes the socket
+            self._loop.detach(self._client)
+
+    # -- on a shared loop (its thread) -------------------------------------------
+    def _connect_once(self) -> None:
+        """One connection attempt; a failure (or a later drop, ``_handle_disconnect``) schedules the next."""
+        if self._stopping.is_set():
+            return
+        b = self.cfg.broker
+        self._connects_before = self.connects
+        try:
+            self._client.connect(b.host, b.port, keepalive=b.keepalive)
+        except (OSError, ValueError) as exc:
+            log.info("cannot reach broker %s:%s: %s", b.host, b.port, exc)
+            self._reconnect_later()
+
+    def _reconnect_later(self) -> None:
+        assert self._loop is not None
+        if self._stopping.is_set():
+            return
+        if self.connects != self._connects_before:
+            self._attempt = 0  # the broker accepted us; a later drop starts the backoff afresh
+            self._connects_before = self.connects
+        b = self.cfg.broker
+        delay = backoff_delay(self._attempt, b.reconnect_min, b.reconnect_max, jitter=b.reconnect_jitter)
+        self._attempt += 1
+        log.info("reconnecting in %.2fs (attempt %d)", delay, self._attempt)
+        self._loop.call_later(delay, self._connect_once)
 
     def _run(self) -> None:
         """Connect, run the network loop until the connection drops, back off with jitter, repeat."""
@@ -154,16 +204,22 @@ class MqttLink:
             log.warning("broker refused connection: %s", reason)
             client.disconnect()
             return
+        # Subscribed (clean session: on every connection) before anyone may publish: the broker handles a client's
+        # packets in order, so the ack topic is ours before any window of this connection reaches a controller.
+        client.subscribe([(device_topic(self.cfg.device_id, Kind.DESIRED), 1), (device_topic(self.cfg.device_id, Kind.ACK), 0)])
         self.connects += 1
         self.connected = True
         self.last_contact = time.time()
         log.info("connected to broker %s:%s", self.cfg.broker.host, self.cfg.broker.port)
-        client.subscribe(device_topic(self.cfg.device_id, Kind.DESIRED), qos=1)
         self._on_connect_cb()
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         self.connected = False
+        if self._stopping.is_set():
+            return
         log.warning("disconnected from broker (%s); reconnecting with backoff", reason)
+        if self._loop is not None:
+            self._reconnect_later()
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any = None, props: Any = None) -> None:
         self.last_contact = time.time()
@@ -172,6 +228,9 @@ class MqttLink:
             cb(mid)  # must not block or take locks held around publish(): paho holds its own lock here
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == device_topic(self.cfg.device_id, Kind.ACK):
+            self._handle_ack(bytes(msg.payload))
+            return
         if msg.topic != device_topic(self.cfg.device_id, Kind.DESIRED):
             self.malformed += 1
             log.warning("message on unexpected topic %r ignored", msg.topic[:200])
@@ -181,3 +240,15 @@ class MqttLink:
         except Exception:  # never let a bad message kill the network thread
             self.malformed += 1
             log.exception("error handling message on %s", msg.topic)
+
+    def _handle_ack(self, payload: bytes) -> None:
+        try:
+            seqs = decode_ack(payload).seqs
+        except ProtocolError as exc:
+            self.malformed += 1
+            log.warning("malformed telemetry ack ignored: %.200s", exc)
+            return
+        self.last_contact = time.time()
+        cb = self.on_window_ack
+        if cb is not None:
+            cb(seqs)  # must not block: this is the network thread

@@ -13,9 +13,37 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Any
 
 ARENA_MAX = 2
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def trim() -> bool:
+    """Give free heap pages back to the system (glibc ``malloc_trim``); True if any were released.
+
+    Python frees objects into glibc's heaps, and bulk numpy work leaves free pages between
+    live chunks that glibc would keep resident for good; trimming now and then keeps a
+    long-running agent's resident size flat. A no-op off glibc.
+    """
+    fn = _malloc_trim()
+    return bool(fn(0)) if fn is not None else False
+
+
+def _malloc_trim() -> Any:
+    global _TRIM
+    if _TRIM is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            fn = libc.malloc_trim
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            _TRIM = fn
+        except (OSError, AttributeError):
+            _TRIM = False
+    return _TRIM or None
+
+
+_TRIM: Any = None  # libc's malloc_trim once looked up (False: none here)
 
 
 def limit_malloc_arenas(n: int = ARENA_MAX) -> bool:

@@ -45,7 +45,22 @@ def render(s: dict[str, Any], now: float | None = None) -> str:
         what = f"{m['model']} v{m['version']} ({m['runtime']}, sha256 {m['sha256'][:12]})"
         lines.append(f"{head}{role}: {what} since {_ago(m.get('since'), now)}{why}")
     queue = f"{tel.get('queue_depth', '?')} windows waiting to be sent"
-    lines.append(f"telemetry  {queue}; {tel.get('windows', '?')} made since start")
+    cadence = tel.get("cadence")
+    if cadence == "fresh":
+        cadence = f"each window at once (fresh, for {', '.join(tel.get('fresh_for') or [])})"
+    elif cadence == "batched":
+        cadence = "windows batched"
+    how = f"; {cadence}" if cadence else ""
+    lines.append(f"telemetry  {queue}; {tel.get('windows', '?')} made since start{how}")
+    cap = tel.get("capture")
+    if cap:
+        lost = f"; {cap['dropped']} REFUSED by the controller and dropped" if cap.get("dropped") else ""
+        again = f"; {cap['conflicts']} batches sent again under a fresh spool id" if cap.get("conflicts") else ""
+        lines.append(f"capture    {cap.get('pending', '?')} samples waiting, {cap.get('uploaded', '?')} uploaded{again}{lost}")
+    batch = s.get("batch_features") or {}
+    if batch.get("values"):
+        in_force = ", ".join(f"{k}={v:g}" for k, v in sorted(batch.get("in_force", {}).items())) or "none in force"
+        lines.append(f"features   {in_force} ({batch['values']} values on hand)")
     return "\n".join(lines)
 
 

@@ -31,8 +31,10 @@ from controller.api.routes import (
     docs,
     enrolment,
     experiments,
+    features,
     models,
     monitoring,
+    pipeline,
     rollouts,
     telemetry,
     tokens,
@@ -45,14 +47,20 @@ from controller.core.leader import Leader
 from controller.core.metrics import Metrics
 from controller.experiments.engine import ExperimentEngine
 from controller.experiments.engine import Services as ExperimentServices
+from controller.features import delivery as features_delivery
 from controller.fleet.director import Director
 from controller.fleet.gauges import FleetCollector
 from controller.fleet.refresh import refresh_desired, refresh_interval_s
+from controller.fleet.revocation import RevocationSweep
 from controller.identity import wiring as identity
 from controller.monitoring.jobs import MonitorJob
+from controller.pipeline.job import PipelineJob
+from controller.pipeline.register import rollout_starter
 from controller.release.blobstore import open_blob_store
+from controller.release.gauges import TufExpiryCollector
 from controller.release.imageservice import ImageRepoService
 from controller.release.registry import Registry, RegistryError
+from controller.rollouts import retention as rollout_retention
 from controller.rollouts.engine import RolloutEngine, Services
 from controller.rollouts.service import RolloutError
 from controller.telemetry.batch import TelemetryIngest
@@ -65,11 +73,13 @@ log = logging.getLogger(__name__)
 
 ROUTERS = [
     models.router,
+    features.router,
     approvals.router,
     devices.router,
     cohorts.router,
     audit.router,
     telemetry.router,
+    telemetry.metrics_router,
     tokens.router,
     bundles.router,
     tuf.router,
@@ -79,6 +89,7 @@ ROUTERS = [
     monitoring.labels_router,
     rollouts.router,
     experiments.router,
+    pipeline.router,
     docs.router,
 ]
 _KINDS = ("status", "events", "telemetry")
@@ -137,6 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics,
         settings.telemetry_window_s,
         drift_windows=settings.monitor_drift_windows,
+        settle_windows=settings.monitor_settle_windows,
         webhook_url=settings.monitor_webhook_url,
     )
     leader.add_job("monitor", settings.monitor_interval_s, monitor)
@@ -193,11 +205,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     if app.state.mqtt is not None:
         metrics.watch_received(leader.identity, lambda: app.state.mqtt.received)
+        metrics.watch_acks(app.state.mqtt.acks.counts, lambda: app.state.mqtt.acks.pubacks_dropped)
     try:
         imagerepo = app.state.imagerepo = ImageRepoService.from_settings(settings, engine)  # TUF image repository
     except Exception:
         engine.dispose()
         raise
+    metrics.registry.register(TufExpiryCollector(imagerepo))
     app.state.registry.hooks.append(imagerepo.on_release_change)  # registered/revoked -> signed (or pending) targets
     app.state.registry.gates.append(imagerepo.assign_gate)  # not assignable before the release keys signed
 
@@ -217,11 +231,39 @@ def create_app(settings: Settings) -> FastAPI:
     leader.add_job("tuf.refresh", imagerepo.refresh_interval_s(), _refresh_tuf)
     leader.add_job("telemetry.gaps.prune", 3600, _prune_gaps)
     leader.add_job("desired.refresh", refresh_interval_s(settings), _refresh_desired)
+
+    def _reconcile_features(ctx: object) -> None:
+        m = app.state.mqtt
+        if m is not None and m.connected.is_set():
+            features_delivery.reconcile(engine, director, settings, m.publish_desired)
+
+    leader.add_job("features.reconcile", refresh_interval_s(settings), _reconcile_features)
     publish = app.state.mqtt.publish_desired if app.state.mqtt is not None else None
-    app.state.rollouts = RolloutEngine(Services(director, settings, app.state.registry, publish))
+    publish_all = app.state.mqtt.publish_desired_all if app.state.mqtt is not None else None
+    app.state.rollouts = RolloutEngine(Services(director, settings, app.state.registry, publish_all))
     leader.add_job("rollouts", settings.rollout_interval_s, app.state.rollouts.job)
+    watch_s = settings.rollout_watch_interval_s
+    if watch_s is None:
+        watch_s = max(0.5, settings.rollout_interval_s / 4)
+    if watch_s > 0:
+        leader.add_job("rollouts.watch", watch_s, app.state.rollouts.watch)
+    app.state.registry.hooks.append(app.state.rollouts.on_release_change)  # a revoked candidate rolls back at once
+
+    def _prune_rollout_windows(ctx: object) -> None:
+        with Session(engine) as session:
+            rollout_retention.prune(session, time.time(), settings.rollout_window_retention_s)
+            session.commit()
+
+    leader.add_job("rollouts.windows.prune", min(3600.0, settings.rollout_window_retention_s / 4), _prune_rollout_windows)
     app.state.experiments = ExperimentEngine(ExperimentServices(app.state.director, settings, app.state.registry, publish))
+    app.state.registry.hooks.append(app.state.experiments.on_release_change)  # an arm's version revoked: it stops
+    sweep = RevocationSweep(director, settings, app.state.registry, publish_all, app.state.rollouts.devices_held)
+    app.state.registry.hooks.append(sweep.on_release_change)  # every other device on a revoked version moves off it
     leader.add_job("experiments", settings.experiment_interval_s, app.state.experiments.job)
+    app.state.pipeline = PipelineJob.from_settings(settings, app.state.registry)
+    app.state.pipeline.start_rollout = rollout_starter(app.state.rollouts)
+    # Finishes runs and hands approved ones over; decides when to retrain only with EDGEFLEET_PIPELINE_ENABLED.
+    leader.add_job("pipeline", settings.pipeline_interval_s, app.state.pipeline.job)
     metrics.receive_running.set_function(lambda: float(_receive_state(app) in (LoopState.RUNNING, None)))
     identity.install(app, settings, engine)
     for r in ROUTERS:

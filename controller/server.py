@@ -1,6 +1,7 @@
 """``edgefleet-controller``: run the controller's HTTP API and MQTT bridge; ``edgefleet-controller init``
 creates the secrets every replica shares (``controller/init.py``); ``edgefleet-controller migrate`` brings the
-database schema up to date and exits."""
+database schema up to date and exits; ``edgefleet-controller broker-identity`` gives a StatefulSet replica its own
+MQTT client certificate (``controller/identity/replica_identity.py``)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from controller.init import main as init_main
 
         return init_main(argv[1:])
+    if argv[:1] == ["broker-identity"]:  # a StatefulSet replica's own MQTT client certificate (init container)
+        from controller.identity.replica_identity import main as identity_main
+
+        return identity_main(argv[1:])
     if argv[:1] == ["migrate"]:  # edgefleet-controller migrate: the schema only (a deployment's migration Job)
         return migrate_only()
     p = argparse.ArgumentParser(prog="edgefleet-controller", description="edgefleet controller (settings from EDGEFLEET_* env)")

@@ -10,25 +10,62 @@ quantized model itself.
 from __future__ import annotations
 
 import hashlib
-import logging
-import tempfile
 import warnings
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from shared import bundle as bundle_fmt
+from shared.features import FeatureSpec
 from shared.manifest import Manifest
 
 N_FEATURES, N_CLASSES = 64, 10
+# The digits feature spec: an 8x8 image of 0..16 intensities from the sensor, less the device's
+# dark level (a batch feature; 0 until one is set), scaled to 0..1 and flattened row-major.
+DIGITS_FEATURES: dict[str, Any] = {
+    "version": "digits-8x8-v1",
+    "input": {"name": "pixels", "dtype": "float32", "shape": [8, 8], "range": [0, 16]},
+    "steps": [
+        {"op": "normalise", "mean": {"batch": "dark_level"}, "std": 16},
+        {"op": "clip", "min": 0, "max": 1},
+        {"op": "reshape", "shape": [N_FEATURES]},
+    ],
+    "batch": [{"name": "dark_level", "default": 0.0}],
+}
 
 
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
+def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as the sensor gives them: (n, 8, 8) intensities 0..16, and the labels."""
     from sklearn.datasets import load_digits as _load
 
     d = _load()
-    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    return d.images.astype(np.float32), d.target.astype(np.int64)
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as model inputs: the raw images through :data:`DIGITS_FEATURES` (n, 64) in 0..1."""
+    raw, y = load_digits_raw()
+    return FeatureSpec.from_dict(DIGITS_FEATURES).transform(raw), y
+
+
+def golden_raw_vectors(
+    run: Callable[[np.ndarray], np.ndarray], count: int, spec: dict[str, Any] = DIGITS_FEATURES
+) -> list[dict[str, Any]]:
+    """Golden vectors that cover the raw -> feature step: raw image, the features the spec makes
+    of it, and the model's output for them; the last one with a dark level joined (when count > 1)."""
+    fs = FeatureSpec.from_dict(spec)
+    raw, _ = load_digits_raw()
+    out = []
+    for i in range(count):
+        batch = {"dark_level": 2.0} if count > 1 and i == count - 1 else None
+        r = np.clip(raw[i : i + 1] + 2.0, 0, 16) if batch else raw[i : i + 1]
+        x = fs.transform(r, batch)
+        vec = {"raw": r.tolist(), "inputs": {"input": x.tolist()}, "outputs": {"probs": run(x).tolist()}}
+        if batch:
+            vec["batch"] = batch
+        out.append(vec)
+    return out
 
 
 def train_softmax(
@@ -71,32 +108,9 @@ def float_onnx(w: np.ndarray, b: np.ndarray) -> bytes:
 
 
 def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from controller.pipeline.quantize import quantize_onnx
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._it = iter(calibration[i : i + 1] for i in range(len(calibration)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._it, None)
-            return None if batch is None else {"input": batch}
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static logs advice on the root logger
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(model)
-        quantize_static(
-            str(src),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-        )
-        root.setLevel(level)
-        return dst.read_bytes()
+    return quantize_onnx(model, calibration)
 
 
 def reference_histograms(x: np.ndarray, probs: np.ndarray, y: np.ndarray, bins: int = 8) -> dict[str, Any]:
@@ -125,24 +139,19 @@ def make_onnx_bundle(
     golden: int = 4,
     arch: list[str] | None = None,
     latency_budget_ms: float = 5.0,  # a tiny budget makes a bundle that fails the agent's health check
+    data: tuple[np.ndarray, np.ndarray] | None = None,  # training frames and labels (default: the digits)
 ) -> bytes:
     """Return the bytes of a complete, valid int8 ONNX bundle."""
     import onnxruntime as ort
 
-    x, y = load_digits()
+    x, y = data if data is not None else load_digits()
     w, b = train_softmax(x, y, epochs=epochs, seed=seed)
     model = quantize_int8(float_onnx(w, b), x[:200])
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     probs = sess.run(["probs"], {"input": x})[0]
     preds = probs.argmax(axis=1)
     accuracy = float((preds == y).mean())
-    vectors = [
-        {
-            "inputs": {"input": x[i : i + 1].tolist()},
-            "outputs": {"probs": sess.run(["probs"], {"input": x[i : i + 1]})[0].tolist()},
-        }
-        for i in range(golden)
-    ]
+    vectors = golden_raw_vectors(lambda batch: np.asarray(sess.run(["probs"], {"input": batch})[0]), golden)
     manifest = Manifest.from_dict(
         {
             "schema": 1,
@@ -156,7 +165,7 @@ def make_onnx_bundle(
             "outputs": [{"name": "probs", "dtype": "float32", "shape": [1, N_CLASSES]}],
             "golden": {"vectors": vectors, "atol": 1e-4},
             "latency_budget_ms": latency_budget_ms,
-            "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
+            "features": DIGITS_FEATURES,
             "reference": reference_histograms(x, probs, y),
             "hardware": {"arch": arch or []},
             "lineage": {
@@ -226,9 +235,7 @@ def make_tflite_bundle(
     x, y = load_digits()
     probs = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
     preds = probs.argmax(axis=1)
-    vectors = [
-        {"inputs": {"input": x[i : i + 1].tolist()}, "outputs": {"probs": run(x[i : i + 1]).tolist()}} for i in range(golden)
-    ]
+    vectors = golden_raw_vectors(run, golden)
     manifest = Manifest.from_dict(
         {
             "schema": 1,
@@ -256,7 +263,7 @@ def make_tflite_bundle(
             ],
             "golden": {"vectors": vectors, "atol": 1e-6},
             "latency_budget_ms": 5.0,
-            "preprocessing": {"scale": "pixel / 16", "layout": "8x8 row-major"},
+            "features": DIGITS_FEATURES,
             "reference": reference_histograms(x, probs, y),
             "hardware": {"arch": arch or []},
             "lineage": {"code_version": "firmware_sim.modelgen", "metrics": {"accuracy": float((preds == y).mean())}},

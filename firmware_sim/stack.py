@@ -17,7 +17,7 @@ from controller.identity.broker_config import BrokerSecurity, MosquittoConfig
 from firmware_sim.mosquitto import MosquittoProcess, free_port
 from firmware_sim.procs import ControllerProc, start_controller
 
-__all__ = ["Stack", "start_stack"]
+__all__ = ["Stack", "secure_broker", "start_stack"]
 
 
 @dataclass
@@ -46,6 +46,27 @@ class Stack:
         self.broker.stop()
 
 
+def secure_broker(workdir: Path, broker_port: int | None = None) -> tuple[MosquittoConfig, dict[str, str], BrokerSecurity]:
+    """The mTLS broker of a deployment, for a controller whose data directory is ``workdir/controller``:
+    its device CA (made now, the controller opens the same one), the broker's files (ACL, CRL, dynamic
+    security) and the controller's client certificate. Returns the broker's config and the controller's
+    ``EDGEFLEET_BROKER_*`` settings."""
+    ca = pki.DeviceCA.open(workdir / "controller" / "ca", create=True)  # the controller's own CA
+    sec = provision(ca, workdir / "broker-files")
+    ident = write_identity(ca, pki.CONTROLLER_IDENTITY, workdir / "controller-identity")
+    pid = workdir / "broker" / "mosquitto.pid"
+    config = MosquittoConfig(port=broker_port or free_port(), security=sec, pid_file=pid, run_as=getpass.getuser())
+    env = {
+        "EDGEFLEET_BROKER_TLS": "true",
+        "EDGEFLEET_BROKER_CA_FILE": str(sec.cafile),
+        "EDGEFLEET_BROKER_CERT_FILE": str(ident.cert),
+        "EDGEFLEET_BROKER_KEY_FILE": str(ident.key),
+        "EDGEFLEET_BROKER_CRL_FILE": str(sec.crlfile),
+        "EDGEFLEET_BROKER_PID_FILE": str(pid),
+    }
+    return config, env, sec
+
+
 def start_stack(
     workdir: Path,
     *,
@@ -58,19 +79,8 @@ def start_stack(
     env = dict(controller_env or {})
     sec: BrokerSecurity | None = None
     if secure:
-        ca = pki.DeviceCA.open(workdir / "controller" / "ca", create=True)  # the controller's own CA
-        sec = provision(ca, workdir / "broker-files")
-        ident = write_identity(ca, pki.CONTROLLER_IDENTITY, workdir / "controller-identity")
-        pid = workdir / "broker" / "mosquitto.pid"
-        config = MosquittoConfig(port=broker_port or free_port(), security=sec, pid_file=pid, run_as=getpass.getuser())
-        env |= {
-            "EDGEFLEET_BROKER_TLS": "true",
-            "EDGEFLEET_BROKER_CA_FILE": str(sec.cafile),
-            "EDGEFLEET_BROKER_CERT_FILE": str(ident.cert),
-            "EDGEFLEET_BROKER_KEY_FILE": str(ident.key),
-            "EDGEFLEET_BROKER_CRL_FILE": str(sec.crlfile),
-            "EDGEFLEET_BROKER_PID_FILE": str(pid),
-        }
+        config, tls_env, sec = secure_broker(workdir, broker_port)
+        env |= tls_env
     else:
         config = MosquittoConfig(port=broker_port or free_port())
     broker = MosquittoProcess(workdir / "broker", config)

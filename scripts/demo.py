@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`make demo`: a small local fleet with real processes (see firmware_sim/demo.py)."""
+"""`make demo`: the whole loop with simulated devices running the real agent (see firmware_sim/demo.py)."""
 
 import sys
 from pathlib import Path

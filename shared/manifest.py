@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from shared.errors import SchemaError
+from shared.features import FeatureSpec
 from shared.messages import validate_sha256
 from shared.schema import Reader
 
@@ -56,10 +57,35 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GoldenVector:
-    """One input with the output the model must reproduce within ``atol``."""
+    """One input with the output the model must reproduce within ``atol``.
+
+    With a feature spec, ``raw`` (nested list, leading batch axis) and ``batch`` (batch-feature
+    values) are the raw item the spec turns into ``inputs``: the health check runs that step too.
+    """
 
     inputs: dict[str, Any]  # tensor name -> nested list
     outputs: dict[str, Any]  # tensor name -> nested list
+    raw: Any = None  # raw input before the feature spec; None: the vector covers the model only
+    batch: dict[str, float] | None = None  # batch-feature values joined for ``raw``
+
+    @classmethod
+    def read(cls, r: Reader) -> GoldenVector:
+        batch = r.raw_obj("batch", optional=True) or None
+        for k, v in (batch or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SchemaError(f"{r.where}.batch.{k}: expected a number, got {v!r:.40}")
+        raw = r.data.get("raw")
+        if raw is not None and not isinstance(raw, list):
+            raise SchemaError(f"{r.where}.raw: expected a nested list (a leading batch axis, then the raw item)")
+        return cls(inputs=r.raw_obj("inputs"), outputs=r.raw_obj("outputs"), raw=raw, batch=batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"inputs": self.inputs, "outputs": self.outputs}
+        if self.raw is not None:  # absent otherwise: manifests without features stay byte-identical
+            d["raw"] = self.raw
+        if self.batch:
+            d["batch"] = self.batch
+        return d
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,7 @@ class Manifest:
     reference: dict[str, Any] = field(default_factory=dict)  # drift reference histograms
     hardware: dict[str, Any] = field(default_factory=dict)  # e.g. {"arch": ["x86_64", "aarch64"]}
     lineage: dict[str, Any] = field(default_factory=dict)
+    features: FeatureSpec | None = None  # raw input -> model input (shared/features.py); None: apps send model inputs
     schema: int = MANIFEST_SCHEMA
 
     @classmethod
@@ -96,14 +123,16 @@ class Manifest:
         assert golden_r is not None
         vectors = []
         for i, v in enumerate(golden_r.array("vectors", max_items=1000)):
-            vr = Reader(v, f"manifest.golden.vectors[{i}]")
-            vectors.append(GoldenVector(inputs=vr.raw_obj("inputs"), outputs=vr.raw_obj("outputs")))
+            vectors.append(GoldenVector.read(Reader(v, f"manifest.golden.vectors[{i}]")))
         if not vectors:
             raise SchemaError("manifest.golden.vectors: at least one golden vector is required")
         inputs = [TensorSpec.read(Reader(t, f"manifest.inputs[{i}]")) for i, t in enumerate(r.array("inputs", max_items=64))]
         outputs = [TensorSpec.read(Reader(t, f"manifest.outputs[{i}]")) for i, t in enumerate(r.array("outputs", max_items=64))]
         if not inputs or not outputs:
             raise SchemaError("manifest: at least one input and one output tensor are required")
+        features = None if r.data.get("features") is None else FeatureSpec.from_dict(r.data["features"])
+        if features is not None:
+            check_features(features, inputs, vectors)
         return cls(
             name=name,
             version=r.integer("version", minimum=1),
@@ -120,11 +149,17 @@ class Manifest:
             reference=r.raw_obj("reference", optional=True),
             hardware=r.raw_obj("hardware", optional=True),
             lineage=r.raw_obj("lineage", optional=True),
+            features=features,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["golden"] = {"vectors": d.pop("golden"), "atol": d.pop("golden_atol")}
+        d = asdict(replace(self, golden=[], features=None))
+        d.pop("golden")
+        d["golden"] = {"vectors": [v.to_dict() for v in self.golden], "atol": d.pop("golden_atol")}
+        if self.features is None:
+            d.pop("features")  # absent, so manifests without a feature spec are byte-identical to before
+        else:
+            d["features"] = self.features.to_dict()
         return d
 
     def to_json(self) -> bytes:
@@ -133,3 +168,24 @@ class Manifest:
     def supports(self, arch: str) -> bool:
         archs = self.hardware.get("arch")
         return not archs or arch in archs
+
+
+def check_features(spec: FeatureSpec, inputs: list[TensorSpec], vectors: list[GoldenVector]) -> None:
+    """A feature spec must feed the model's one input: float (or quantized) values of the shape it makes."""
+    if len(inputs) != 1:
+        raise SchemaError(f"manifest.features: a feature spec feeds a single-input model; this one has {len(inputs)} inputs")
+    t = inputs[0]
+    if t.dtype != "float32" and t.quantization is None:
+        raise SchemaError(f"manifest.features: input {t.name!r} is {t.dtype} without quantization; features are float32")
+    item = t.shape[1:]
+    out = spec.output_shape
+    if len(item) != len(out) or any(d is not None and d != o for d, o in zip(item, out, strict=True)):
+        raise SchemaError(
+            f"manifest.features: the steps make items of shape {list(out)}; input {t.name!r} of shape {t.shape} "
+            f"takes items of shape {item} after its batch axis"
+        )
+    declared = {b.name for b in spec.batch}
+    for i, v in enumerate(vectors):
+        unknown = set(v.batch or {}) - declared
+        if unknown:
+            raise SchemaError(f"manifest.golden.vectors[{i}].batch: {sorted(unknown)} are not batch features of the spec")

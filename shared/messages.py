@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import chain
 from typing import Any
 
 from shared import compact
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError, SchemaError
+from shared.features import BatchFeatureValue
 from shared.schema import Reader
-from shared.telemetry import CONFIDENCE_BINS, N_LATENCY_BUCKETS
+from shared.telemetry import CONFIDENCE_BINS, MAX_CONFUSION_CLASSES, N_LATENCY_BUCKETS
 from shared.topics import Kind, validate_device_id
 
 SCHEMA_VERSION = 1
@@ -34,6 +35,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ONLINE, OFFLINE = "online", "offline"
 SEVERITIES = ("info", "warning", "error")
 MAX_KIND, MAX_MESSAGE = 64, 4096  # characters of an event's kind and message
+# A device's seq stream (ADR 0080): made at random with its seq counter, so a counter that restarts
+# (a wiped data directory) starts a new stream; "" = an agent that sends none (one stream per device).
+STREAM_PATTERN = r"^[0-9a-f]{0,32}$"
+_STREAM = re.compile(STREAM_PATTERN)
 
 
 def validate_role(role: str, where: str = "role") -> str:
@@ -54,6 +59,23 @@ def _device_id(r: Reader) -> str:
         return validate_device_id(did)
     except ProtocolError as exc:
         raise SchemaError(f"{r.where}.device_id: {exc}") from None
+
+
+def validate_stream(stream: Any, where: str = "stream") -> str:
+    if not isinstance(stream, str) or not _STREAM.match(stream):
+        raise SchemaError(f"{where}: expected up to 32 lowercase hex characters (a seq stream id), got {stream!r:.60}")
+    return stream
+
+
+def _stream(r: Reader) -> str:
+    value = r.data.get("stream")
+    return "" if value is None else validate_stream(value, f"{r.where}.stream")
+
+
+def _without_empty_stream(data: dict[str, Any]) -> dict[str, Any]:
+    if not data.get("stream"):  # omitted: a message without a stream is byte for byte what agents sent before it
+        data.pop("stream", None)
+    return data
 
 
 def _checked(message: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +152,7 @@ class Desired:
     assignments: dict[str, Assignment]
     sampling: dict[str, Any] = field(default_factory=dict)
     routing: Routing | None = None  # bandit arm weights; None: production serves as usual
+    features: tuple[BatchFeatureValue, ...] = ()  # batch-feature values for this device, with validity times
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -147,13 +170,25 @@ class Desired:
             assignments=assignments,
             sampling=r.raw_obj("sampling", optional=True),
             routing=_routing(r),
+            features=_features(r),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, features=()))
         if self.routing is None:
             del data["routing"]  # absent, so desired states without routing sign exactly as before
+        del data["features"]
+        if self.features:  # likewise absent when there are none
+            data["features"] = [f.to_wire() for f in self.features]
         return data
+
+
+MAX_DESIRED_FEATURES = 256  # batch-feature values in one desired state
+
+
+def _features(r: Reader) -> tuple[BatchFeatureValue, ...]:
+    items = r.array("features", optional=True, max_items=MAX_DESIRED_FEATURES)
+    return tuple(BatchFeatureValue.from_wire(f, f"{r.where}.features[{i}]") for i, f in enumerate(items))
 
 
 def _routing(r: Reader) -> Routing | None:
@@ -284,7 +319,17 @@ def read_role_summary(r: Reader) -> dict[str, Any]:
         out["quality"] = {
             k: _counts(quality.array(k), f"{quality.where}.{k}", max_items=4096) for k in ("nan", "inf", "out_of_range")
         }
+    if r.data.get("confusion") is not None:
+        out["confusion"] = _confusion(r.array("confusion"), f"{r.where}.confusion")
     return out
+
+
+def _confusion(rows: list[Any], where: str) -> list[list[int]]:
+    """A square matrix of counts, at most MAX_CONFUSION_CLASSES on a side (``shared.telemetry``)."""
+    k = len(rows)
+    if not 1 <= k <= MAX_CONFUSION_CLASSES:
+        raise SchemaError(f"{where}: expected 1 to {MAX_CONFUSION_CLASSES} rows, got {k}")
+    return [_counts(row, f"{where}[{i}]", k) for i, row in enumerate(rows)]
 
 
 @dataclass(frozen=True)
@@ -329,6 +374,7 @@ class Telemetry:
     counters: dict[str, int] = field(default_factory=dict)  # agent-level sums, e.g. desired_rejected
     agent: dict[str, Any] = field(default_factory=dict)  # version, boot id, window index since boot
     labels: list[LateLabel] = field(default_factory=list)  # labels for predictions of earlier windows
+    stream: str = ""  # the seq stream (ADR 0080): seqs are unique per (device, stream)
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -352,10 +398,11 @@ class Telemetry:
                 LateLabel.read(Reader(x, f"{r.where}.labels[{i}]"))
                 for i, x in enumerate(r.array("labels", optional=True, max_items=MAX_LATE_LABELS))
             ],
+            stream=_stream(r),
         )
 
     def to_payload(self) -> dict[str, Any]:
-        data = _shallow(self)
+        data = _without_empty_stream(_shallow(self))
         labels = data.pop("labels")
         if labels:  # omitted when empty: windows without late labels stay as they were
             data["labels"] = [asdict(x) for x in labels]
@@ -371,6 +418,7 @@ class Event:
     severity: str = "info"
     message: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    stream: str = ""  # the seq stream (ADR 0080): an event is stored once per (device, stream, seq)
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -384,10 +432,41 @@ class Event:
             severity=r.string("severity", choices=SEVERITIES),
             message=r.string("message", optional=True, max_len=MAX_MESSAGE) or "",
             detail=r.raw_obj("detail", optional=True),
+            stream=_stream(r),
         )
 
     def to_payload(self) -> dict[str, Any]:
-        return _checked(self, _shallow(self))
+        return _checked(self, _without_empty_stream(_shallow(self)))
+
+
+# --- ack (cloud -> device): windows and events the controller has taken over ----
+
+MAX_ACK_SEQS = 10_000  # seqs in one acknowledgement
+
+
+@dataclass(frozen=True)
+class WindowAck:
+    """Telemetry windows and events (by seq) the controller has committed, or refused for good: the agent forgets them.
+
+    The broker's PUBACK only says the broker has a window or an event; this says the controller does
+    (docs/adr/0068, 0078). Not signed: only controllers may publish on a device's ``ack`` topic (ACL).
+    """
+
+    seqs: tuple[int, ...]
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def read(cls, r: Reader) -> WindowAck:
+        r.schema_version(SCHEMA_VERSION)
+        return cls(seqs=tuple(_counts(r.array("seqs", max_items=MAX_ACK_SEQS), f"{r.where}.seqs")))
+
+    def to_payload(self) -> dict[str, Any]:
+        return _checked(self, {"schema": self.schema, "seqs": list(self.seqs)})
+
+
+def decode_ack(payload: bytes) -> WindowAck:
+    """Validate a payload received on a device's ``ack`` topic."""
+    return WindowAck.read(Reader(parse_json(payload)))
 
 
 DeviceMessage = Status | Telemetry | Event
@@ -425,7 +504,7 @@ def decode_desired_envelope(payload: bytes) -> dict[str, Any]:
     return data
 
 
-def encode(message: DeviceMessage | dict[str, Any]) -> bytes:
+def encode(message: DeviceMessage | WindowAck | dict[str, Any]) -> bytes:
     """Canonical JSON of a typed message (checked by ``to_payload``), or of a dict as-is (tests craft bad ones)."""
     data = message if isinstance(message, dict) else message.to_payload()
     return canonical_json(data)

@@ -12,7 +12,8 @@ A role summary (one per model role per window) looks like::
      "labels": {"count": 40, "correct": 38},     # ground truth reported by local apps
      "confidence": [0, 0, ..., 310, 5400],       # top-class probability per CONFIDENCE_BINS bin
      "quality": {"nan": [..], "inf": [..],       # per feature (reference order): non-finite inputs
-                 "out_of_range": [..]}}          #   and inputs outside the feature spec's range
+                 "out_of_range": [..]},          #   and inputs outside the feature spec's range
+     "confusion": [[..], ..]}                    # shadow role only: [production class][shadow class] counts
 
 Histograms over reference bin edges (``features`` and, for regression outputs,
 ``predictions``) have ``len(edges) + 1`` counts: index 0 counts values below
@@ -26,6 +27,15 @@ in ``CONFIDENCE_BINS`` equal bins over [0, 1] (:func:`confidence_bin`); the
 controller estimates accuracy from it where labels are missing. ``quality``
 counts bad input values per feature, in the order of the manifest's reference
 features. Both are optional: older agents do not send them.
+
+The ``shadow`` role's summary describes the comparison of the shadow model with
+production on production's inputs (ADR 0067): ``shadow.agree`` / ``disagree``
+(top classes), ``shadow.dropped`` (comparisons lost because the shadow queue was
+full: production is never slowed down), ``shadow.sampled_out`` (production
+inferences the desired state's ``sampling.shadow_rate`` left uncompared), and
+``confusion``, a square matrix over the shadow model's classes (at most
+``MAX_CONFUSION_CLASSES``): row = production's top class, column = the shadow
+model's. All optional; older agents send none of them.
 
 Latency buckets are fixed and log-spaced: bucket ``i`` holds
 ``(LATENCY_EDGES_MS[i-1], LATENCY_EDGES_MS[i]]`` and the last bucket is
@@ -62,12 +72,14 @@ COUNTERS = (
     "desired_rejected",  # ... of which refused (bad signature, garbage, replay, expired, ...)
     "messages_malformed",  # messages the link could not even hand over (wrong topic, handler crash)
     "windows_dropped",  # telemetry windows dropped because the on-disk queue was full
+    "events_dropped",  # device events dropped because the on-disk queue was full (ADR 0078)
     "capture_samples",  # inputs captured for upload
     "capture_bytes",  # bytes of those samples
 )
 
 
 CONFIDENCE_BINS = 20  # equal-width bins of the top-class probability over [0, 1]
+MAX_CONFUSION_CLASSES = 64  # a shadow confusion matrix is sent for models with at most this many classes
 
 
 def confidence_bin(p: float) -> int:
@@ -177,7 +189,8 @@ def summary_shape(reference: Any, output_shape: Sequence[Any] | None) -> tuple[d
     Pure and shared: the agent builds its windows with this shape and the
     controller refuses summaries of any other, so the shape comes from the
     signed manifest and never from whichever device reported first. A feature
-    list with any unusable ``bin_edges`` turns feature histograms off (``{}``).
+    list with any unusable ``bin_edges`` or a repeated name turns feature
+    histograms off (``{}``).
     """
     ref = reference if isinstance(reference, dict) else {}
     features: dict[str, int] = {}
@@ -188,7 +201,11 @@ def summary_shape(reference: Any, output_shape: Sequence[Any] | None) -> tuple[d
             features = {}
             break
         assert isinstance(f, dict) and isinstance(edges, list)
-        features[str(f.get("name", f"f{i}"))] = len(edges) + 1
+        name = str(f.get("name", f"f{i}"))
+        if name in features:  # two features of one name cannot be told apart in a summary
+            features = {}
+            break
+        features[name] = len(edges) + 1
     preds = ref.get("predictions") if isinstance(ref.get("predictions"), dict) else {}
     classes = preds.get("classes") if isinstance(preds, dict) else None
     n_classes = len(classes) if isinstance(classes, list) and classes else 0

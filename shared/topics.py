@@ -2,7 +2,7 @@
 
 Layout (v1)::
 
-    edgefleet/v1/dev/{device_id}/{kind}     kind in desired|status|telemetry|events
+    edgefleet/v1/dev/{device_id}/{kind}     kind in desired|status|telemetry|events|ack
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Kind(str, Enum):
     STATUS = "status"
     TELEMETRY = "telemetry"
     EVENTS = "events"
+    ACK = "ack"  # cloud -> device: telemetry windows and events the controller has stored (``shared.messages.WindowAck``)
 
 
 def validate_device_id(device_id: str) -> str:

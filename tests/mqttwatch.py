@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 
 class Watcher:
-    def __init__(self, host: str, port: int, *topics: str) -> None:
+    def __init__(self, host: str, port: int, *topics: str, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (CA, certificate, key) to connect over mTLS, as a controller identity does."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self._ready = threading.Event()
@@ -20,6 +23,10 @@ class Watcher:
         c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in topics])
         c.on_subscribe = lambda *_: self._ready.set()  # the SUBACK: from here on nothing published is missed
         c.on_message = self._on_message
+        if tls is not None:
+            ctx = ssl.create_default_context(cafile=str(tls[0]))
+            ctx.load_cert_chain(str(tls[1]), str(tls[2]))
+            c.tls_set_context(ctx)
         c.connect(host, port)
         c.loop_start()
         if not self._ready.wait(10):

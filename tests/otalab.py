@@ -41,6 +41,7 @@ class Faults:
     fail_after: int | None = None  # bundle bytes sent before the connection drops (once)
     range_requests: list[str] = field(default_factory=list)
     ignore_range: bool = False  # answer 200 with the whole bundle even to a Range request
+    stall_after: int | None = None  # bundle bytes sent at full speed before the rest trickles (once): caught mid-way
 
 
 class RepoServer:
@@ -48,6 +49,7 @@ class RepoServer:
         self.metadata_dir = metadata_dir
         self.bundle_dir = bundle_dir
         self.faults = Faults()
+        self.requests: list[str] = []  # every path asked for, in order
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +70,7 @@ class RepoServer:
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         f = self.faults
+        self.requests.append(h.path)
         try:
             if h.path.startswith("/metadata/"):
                 name = h.path.removeprefix("/metadata/")
@@ -100,6 +103,18 @@ class RepoServer:
                     h.wfile.write(body[:cut])
                     h.wfile.flush()
                     return  # connection closes short
+                if f.stall_after is not None:
+                    fast, f.stall_after = f.stall_after, None
+                    h.send_response(206 if rng else 200)
+                    h.send_header("Content-Length", str(len(body)))
+                    h.end_headers()
+                    h.wfile.write(body[:fast])
+                    h.wfile.flush()
+                    for i in range(fast, len(body), 64):
+                        time.sleep(0.1)
+                        h.wfile.write(body[i : i + 64])
+                        h.wfile.flush()
+                    return
                 if f.trickle:
                     h.send_response(200)
                     h.send_header("Content-Length", str(len(body)))
@@ -182,6 +197,20 @@ class Lab:
         return self.director.public_key_hex
 
     # -- the device side ---------------------------------------------------------
+    def start_agent(self, workdir: Path, device_id: str, broker: Any, extra: str = "") -> Any:
+        """A real agent process trusting this lab's director and image repository, with a quick health check."""
+        from firmware_sim.procs import start_agent
+
+        return start_agent(
+            workdir,
+            device_id,
+            broker_host=broker.host,
+            broker_port=broker.port,
+            director_keys=[self.director_key_hex],
+            image_repo=(f"{self.server.url}/metadata/", self.repo.root_bytes(1)),
+            extra="[health]\nlive_window = 0.2\nlatency_runs = 3\n" + extra,
+        )
+
     def updater(
         self,
         data_dir: Path,
@@ -191,9 +220,12 @@ class Lab:
         store: Store | None = None,
         fetcher: Fetcher | None = None,
         image_repo: Any = None,
+        vouched_max_age: float = 0.0,
         **fetch_kw: Any,
     ) -> Updater:
-        """A device's updater with the real seams, or the given ones (tests of one verification layer alone)."""
+        """A device's updater with the real seams, or the given ones (tests of one verification layer alone).
+
+        ``vouched_max_age`` > 0 turns the rollback fast path on (a stored bundle the last refresh listed)."""
         store = store or Store(data_dir)
         host = ModelHost()
         fetcher = fetcher or Fetcher(timeout=fetch_kw.pop("timeout", 5.0), **fetch_kw)
@@ -220,6 +252,8 @@ class Lab:
             on_change=lambda: None,
             health=health or HealthConfig(live_inferences=0, live_window=0.0, latency_runs=3),
             download_attempts=2,
+            listing=data_dir / "tuf",
+            vouched_max_age=vouched_max_age,
         )
 
     def kinds(self) -> list[str]:

@@ -22,17 +22,24 @@ _seq = itertools.count(int(time.time() * 1000))
 
 def role_summary(model: str, version: int, count: int, errors: int = 0, *, latency_ms: float = 2.0,
                  labels: int = 0, correct: int = 0, agree: int = 0, disagree: int = 0,
-                 shape: tuple[dict[str, int], int] = ({}, 10)) -> dict[str, Any]:  # fmt: skip
-    """``shape`` is what the version's manifest fixes (``shared.telemetry.summary_shape``): the ingest refuses others."""
+                 shape: tuple[dict[str, int], int] = ({}, 10), dropped: int | None = None, sampled_out: int = 0,
+                 confusion: list[list[int]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """``shape`` is what the version's manifest fixes (``shared.telemetry.summary_shape``): the ingest refuses others.
+    ``dropped``, ``sampled_out`` and ``confusion`` are a shadow role's comparison with production."""
     lat = [0] * N_LATENCY_BUCKETS
     lat[latency_bucket(latency_ms)] = count
     features, n_pred = shape
     preds = [count // n_pred] * n_pred
-    return {
+    out = {
         "model": model, "version": version, "count": count, "errors": errors, "samples": count,
         "latency_ms": lat, "predictions": preds, "features": {f: [0] * n for f, n in features.items()},
         "shadow": {"agree": agree, "disagree": disagree}, "labels": {"count": labels, "correct": correct},
     }  # fmt: skip
+    if dropped is not None:
+        out["shadow"] |= {"dropped": dropped, "sampled_out": sampled_out}
+    if confusion is not None:
+        out["confusion"] = confusion
+    return out
 
 
 class SimDevices:

@@ -54,13 +54,14 @@ class TlsClient:
     suback: list[list[int]] = field(default_factory=list)
     pubacks: dict[int, int] = field(default_factory=dict)
     client_id: str | None = None  # None: a random one
+    protocol: int = mqtt.MQTTv5  # or mqtt.MQTTv311 (SUBACK failure is then 0x80)
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id or f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=self.client_id or f"t-{uuid.uuid4().hex[:8]}", protocol=self.protocol
         )
         ctx = ssl.create_default_context(cafile=str(self.ca))
         if self.cert is not None and self.key is not None:

@@ -18,6 +18,10 @@ from agent.localapi import framing
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
+def _raw(raw: bool) -> dict[str, Any]:
+    return {"raw": True} if raw else {}
+
+
 class AgentClient:
     def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -37,18 +41,30 @@ class AgentClient:
         result: dict[str, Any] = json.loads(line)
         return result
 
-    def predict(self, inputs: Any, role: str = "production") -> dict[str, Any]:
-        return self.call({"op": "predict", "inputs": inputs, "role": role})
+    def predict(self, inputs: Any, role: str = "production", *, raw: bool = False) -> dict[str, Any]:
+        """``raw``: ``inputs`` are raw; the agent applies the model's feature spec first."""
+        return self.call({"op": "predict", "inputs": inputs, "role": role, **_raw(raw)})
 
-    def predict_array(self, inputs: np.ndarray | dict[str, np.ndarray], role: str = "production") -> dict[str, Any]:
+    def predict_array(
+        self, inputs: np.ndarray | dict[str, np.ndarray], role: str = "production", *, raw: bool = False
+    ) -> dict[str, Any]:
         """One prediction over a binary frame: an array for a single-input model, or a dict of
         arrays per input name. The answer's ``outputs`` are arrays (name -> array)."""
-        return self._frame({"op": "predict", "role": role}, inputs)
+        return self._frame({"op": "predict", "role": role, **_raw(raw)}, inputs)
 
-    def predict_batch(self, inputs: np.ndarray | dict[str, np.ndarray], role: str = "production") -> dict[str, Any]:
+    def predict_batch(
+        self, inputs: np.ndarray | dict[str, np.ndarray], role: str = "production", *, raw: bool = False
+    ) -> dict[str, Any]:
         """Several predictions in one round trip: ``inputs[i]`` (or each array's ``[i]``) is one
         item. The answer has ``prediction_ids`` and ``outputs`` stacked on a leading batch axis."""
-        return self._frame({"op": "predict_batch", "role": role}, inputs)
+        return self._frame({"op": "predict_batch", "role": role, **_raw(raw)}, inputs)
+
+    def features(self, raw: np.ndarray, role: str = "production") -> dict[str, Any]:
+        """The model inputs the agent's feature spec makes of ``raw`` (no inference), as arrays in ``inputs``."""
+        answer = self._frame({"op": "features", "role": role}, raw)
+        if answer.get("ok"):
+            answer["inputs"] = answer.pop("outputs")
+        return answer
 
     def _frame(self, header: dict[str, Any], inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, Any]:
         arrays = inputs.items() if isinstance(inputs, dict) else (("", inputs),)

@@ -9,28 +9,37 @@ I/O beyond running the model.
 from __future__ import annotations
 
 import time
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Union
 
 from agent.runtime import LoadedModel
 from shared.errors import ProtocolError
 from shared.messages import Desired, decode_desired_envelope
 from shared.schema import Reader
-from shared.signing import verify_document
 
-__all__ = ["RejectedError", "check_desired", "latency_p50_ms", "median"]
+if TYPE_CHECKING:  # cryptography loads where signatures are checked (the update process, by default)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = ["RejectedError", "Verify", "check_desired", "latency_p50_ms", "median"]
+# The director keys (key id -> public key), or a function returning the ``signed`` part of an envelope
+# that one of them signed (raising ``shared.errors.SignatureError`` otherwise).
+Verify = Union["dict[str, Ed25519PublicKey]", Callable[[Any], "dict[str, Any]"]]
 
 
 class RejectedError(Exception):
     """A desired state or bundle was refused; the message is the reason."""
 
 
-def check_desired(
-    payload: bytes, *, device_id: str, trusted: dict[str, Ed25519PublicKey], last_counter: int, at: float
-) -> Desired:
+def check_desired(payload: bytes, *, device_id: str, trusted: Verify, last_counter: int, at: float) -> Desired:
     """Verify and parse a desired-state payload; raise RejectedError with the reason."""
     try:
-        signed = verify_document(decode_desired_envelope(payload), trusted)
+        envelope = decode_desired_envelope(payload)
+        if callable(trusted):
+            signed = trusted(envelope)
+        else:
+            from shared.signing import verify_document
+
+            signed = verify_document(envelope, trusted)
         desired = Desired.read(Reader(signed, "desired"))
     except ProtocolError as exc:
         raise RejectedError(str(exc)) from None

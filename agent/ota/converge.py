@@ -89,6 +89,7 @@ class Converger:
         if d is None:
             return
         self.retry.forget_others({role: a.sha256 for role, a in d.assignments.items()})
+        self.u.unload_others(set(d.assignments))
         self._poll_metadata()
         for role, a in d.assignments.items():
             if self._running_assigned(role):
@@ -128,15 +129,17 @@ class Converger:
             return
         last, digest = self._metadata
         now = self.clock()
-        repo = self.u.steps.image_repo
-        if now - last < self.metadata_poll_s or repo is None:
+        if now - last < self.metadata_poll_s or self.u.image_repo_source is None:
             return
-        from agent.ota.trust import TrustError
+        if self.u.worker is not None:
+            new = self.u.worker.metadata_digest()
+        else:
+            from agent.ota.download import metadata_digest
 
-        try:
-            new = repo.metadata_digest()
-        except TrustError as exc:
-            log.info("release metadata not refreshed: %s", exc)
+            repo = self.u.steps.image_repo
+            assert repo is not None
+            new = metadata_digest(repo)
+        if new is None:
             self._metadata = (now, digest)
             return
         self._metadata = (now, new)

@@ -127,6 +127,8 @@ class Fetcher(FetcherInterface):
                 h.update(block)
         if h.hexdigest() != sha256:
             dest.unlink()
+            if have:  # the kept prefix may be what is wrong (a torn write, another file): once more from zero
+                return self.download(url, dest, length=length, sha256=sha256, progress=progress)
             raise HashError(f"sha256 {h.hexdigest()[:16]}… does not match the signed {sha256[:16]}…")
 
     def _write(

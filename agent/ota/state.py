@@ -107,7 +107,10 @@ class RolledBack:
 
 @dataclass(frozen=True)
 class Restarted:
-    """The agent started again with this record persisted (crash or reboot)."""
+    """The agent started again with this record persisted (crash or reboot), or carries on as if it had:
+    a record it could not write leaves only the persisted one true (``cause`` says which)."""
+
+    cause: str = "agent restarted"
 
 
 Event = Assign | Downloaded | Verified | Activate | Activated | HealthPassed | Fail | RolledBack | Restarted
@@ -142,7 +145,7 @@ RESUME: dict[State, State] = {
     S.ROLLING_BACK: S.ROLLING_BACK,
     S.ROLLED_BACK: S.ROLLED_BACK,
 }
-RESTART_REASON = "agent restarted during {state}; the candidate was never confirmed healthy"
+RESTART_REASON = "{cause} during {state}; the candidate was never confirmed healthy"
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def transition(rec: OtaRecord, event: Event) -> OtaRecord:
     """Return the record after ``event``; raise IllegalTransition and change nothing otherwise."""
     if isinstance(event, Restarted):
         new_state = RESUME[rec.state]
-        reason = RESTART_REASON.format(state=rec.state.value) if new_state is not rec.state else rec.reason
+        reason = RESTART_REASON.format(cause=event.cause, state=rec.state.value) if new_state is not rec.state else rec.reason
         return replace(rec, state=new_state, reason=reason, history=(*rec.history, new_state.value))
     allowed = TRANSITIONS[rec.state]
     new_state_or_none = allowed.get(type(event))

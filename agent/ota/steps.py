@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from agent.ota.agreement import vouched
 from agent.ota.checks import RejectedError, latency_p50_ms
 from agent.ota.state import Activated, Downloaded, Event, Fail, HealthPassed, OtaRecord, RolledBack, Verified
 from agent.runtime import LoadedModel, ModelLoadError, golden_check, load_model
@@ -61,18 +62,21 @@ class Steps:
         t = rec.target
         assert t is not None and rec.role is not None
         a = Assignment(t.model, t.version, t.sha256, t.length, t.url)
-        from agent.ota.fetcher import DiskFullError, DownloadError, HashError, LengthError, SlowRetrievalError
-        from agent.ota.trust import TrustError, TrustUnavailable
-
         self.transient = False
-        if self.image_repo is None:
+        if self.u.image_repo_source is None:
             return Fail("no image repository configured: cannot verify the release signature")
-        try:
-            self.image_repo.target_for(a, arch=self.u.arch)
-        except TrustError as exc:
-            self.transient = isinstance(exc, TrustUnavailable)
-            return Fail(str(exc))
-        self.u.report("ota.downloading", "info", f"downloading {t.model} v{t.version} ({t.length} bytes)", detail_of(rec))
+        stored = self.u.store.bundle_path(t.sha256).exists()  # e.g. the model this role ran before: a rollback
+        if stored and self.u.listing is not None:
+            ok, how = vouched(self.u.listing, a, arch=self.u.arch, now=time.time(), max_age=self.u.vouched_max_age)
+            if ok:  # the rollback fast path (ADR 0073): no download, no refresh; VERIFYING re-hashes the bundle
+                self.u.report("ota.stored", "info", f"{t.model} v{t.version} is on this device, {how}", detail_of(rec))
+                return Downloaded()
+            log.info("%s v%s is on this device; asking the image repository (%s)", t.model, t.version, how)
+
+        def on_trusted() -> None:
+            what = "on this device already, no download" if stored else f"downloading {t.model} v{t.version} ({t.length} bytes)"
+            self.u.report("ota.downloading", "info", what, detail_of(rec))
+
         progress = None
         if self.u.checkpoint is not None:
             checkpoint, half = self.u.checkpoint, t.length // 2
@@ -81,29 +85,38 @@ class Steps:
                 if got >= half:
                     checkpoint("DOWNLOADING.half", t.version)
 
-        for attempt in range(1, self.u.download_attempts + 1):
-            try:
-                self.fetcher.download(t.url, self.u.store.download_path, length=t.length, sha256=t.sha256, progress=progress)
-                return Downloaded()
-            except (LengthError, HashError) as exc:  # the bytes contradict the signed metadata
-                return Fail(f"download failed: {type(exc).__name__}: {exc}")
-            except (DiskFullError, SlowRetrievalError) as exc:
-                self.transient = True
-                return Fail(f"download failed: {type(exc).__name__}: {exc}")
-            except DownloadError as exc:  # transient: resume from what is on disk
-                if attempt == self.u.download_attempts:
-                    self.transient = True
-                    return Fail(f"download failed after {attempt} attempts: {type(exc).__name__}: {exc}")
-                log.warning("download attempt %d failed (%s); resuming", attempt, exc)
-                time.sleep(min(2.0**attempt, 30.0))
-        raise AssertionError("unreachable")
+        # One partial download per target: a prefix left by another target (the assignment changed mid-download)
+        # is never resumed into this one; it would only ever fail the hash check.
+        self.u.store.clear_downloads(keep=t.sha256)
+        dest, attempts = self.u.store.download_path(t.sha256), self.u.download_attempts
+        if self.u.worker is not None:  # python-tuf, HTTP and signature checks in a short-lived process
+            reason, self.transient = self.u.worker.fetch_target(
+                a, arch=self.u.arch, dest=dest, attempts=attempts, on_trusted=on_trusted, progress=progress, stored=stored
+            )
+        else:
+            from agent.ota.download import fetch_target
+
+            repo = self.image_repo
+            assert repo is not None
+            reason, self.transient = fetch_target(
+                repo,
+                self.fetcher,
+                a,
+                arch=self.u.arch,
+                dest=dest,
+                attempts=attempts,
+                on_trusted=on_trusted,
+                progress=progress,
+                stored=stored,
+            )
+        return Fail(reason) if reason is not None else Downloaded()
 
     def verify(self, rec: OtaRecord) -> Event:
         t = rec.target
         assert t is not None and rec.role is not None
         self.transient = False
         if not self.u.store.bundle_path(t.sha256).exists():
-            p = self.u.store.download_path
+            p = self.u.store.download_path(t.sha256)
             if not p.exists() or p.stat().st_size != t.length or bundle_fmt.sha256_file(p) != t.sha256:
                 p.unlink(missing_ok=True)
                 return Fail("downloaded bundle does not match the signed length and sha256")
@@ -188,6 +201,10 @@ class Steps:
                 f"wrong hardware: bundle supports {b.manifest.hardware.get('arch')}, this device is {self.u.arch}"
             )
         try:
+            if self.u.models is not None:
+                return self.u.models.get(
+                    sha256, self.u.threads, lambda: load_model(b.manifest, b.model, sha256, threads=self.u.threads)
+                )
             return load_model(b.manifest, b.model, sha256, threads=self.u.threads)
         except ModelLoadError as exc:
             raise RejectedError(f"cannot load: {exc}") from None

@@ -3,11 +3,13 @@
 Layout under ``data_dir``::
 
     bundles/<sha256>.tar     verified bundles, content-addressed (the slots point here)
-    download.part            the candidate being downloaded (kept across restarts: resumed with Range)
-    state.json               per role the slots ``active``, ``previous``, ``candidate``; the desired counter
+    download-<sha256>.part   the candidate being downloaded (kept across restarts: resumed with Range, same target only)
+    state.json               per role the slots ``active``, ``previous``, ``candidate``; the desired counter,
+                             routing and batch-feature values
     ota.json                 the OTA state machine's record (agent/ota/state.py)
     tuf/                     verified TUF metadata (tuf.ngclient's cache)
     seq                      high-water mark of the message sequence
+    stream                   the id of that sequence (ADR 0080): made anew whenever ``seq`` is
 
 Both JSON files are replaced atomically (temp file, fsync, rename, fsync dir),
 so after a crash each names the old or the new value, never half of each.
@@ -22,12 +24,15 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from agent.ota.state import AT_REST, OtaRecord
 from shared import bundle as bundle_fmt
+from shared.errors import ProtocolError
+from shared.features import BatchFeatureValue
 from shared.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from shared.messages import Routing, RunningModel
 
@@ -47,6 +52,12 @@ class Store:
         self._lock = threading.Lock()
         self.state = self._load_state()
         self.ota = self._load_ota()
+
+    def reload(self) -> None:
+        """Forget what is only in memory: a write failed (disk full), so only the files are true."""
+        with self._lock:
+            self.state = self._load_state()
+            self.ota = self._load_ota()
 
     # -- state ---------------------------------------------------------------
     def _load_json(self, path: Path) -> Any:
@@ -90,13 +101,28 @@ class Store:
     def desired_digest(self) -> str:
         return str(self.state.get("desired_digest", ""))
 
-    def set_counter(self, counter: int, digest: str = "", routing: Routing | None = None) -> None:
-        """Accept a desired state: its counter, digest and bandit routing (None: none), in one atomic write."""
+    def set_counter(
+        self, counter: int, digest: str = "", routing: Routing | None = None, features: Sequence[BatchFeatureValue] = ()
+    ) -> None:
+        """Accept a desired state: its counter, digest, bandit routing (None: none) and batch-feature
+        values, in one atomic write."""
         with self._lock:
             self.state["counter"] = counter
             self.state["desired_digest"] = digest
             self.state["routing"] = None if routing is None else asdict(routing)
+            self.state["features"] = [f.to_wire() for f in features]
             self._save()
+
+    @property
+    def batch_features(self) -> list[BatchFeatureValue]:
+        """The batch-feature values of the last accepted desired state (the device is their online store)."""
+        out = []
+        for i, f in enumerate(self.state.get("features") or []):
+            try:
+                out.append(BatchFeatureValue.from_wire(f, f"state.features[{i}]"))
+            except ProtocolError as exc:
+                log.error("state.json: batch feature value dropped: %s", exc)
+        return out
 
     @property
     def routing(self) -> Routing | None:
@@ -155,10 +181,26 @@ class Store:
             self._save()
         return self.slot(role)
 
+    def drop_role(self, role: str) -> None:
+        """Forget every slot of ``role`` (the desired state no longer names it); its bundles go with the next collection."""
+        with self._lock:
+            self.state.get("roles", {}).pop(role, None)
+            self._save()
+        self.collect_garbage()
+
     # -- files ---------------------------------------------------------------
-    @property
-    def download_path(self) -> Path:
-        return self.root / "download.part"
+    def download_path(self, sha256: str) -> Path:
+        """Where ``sha256``'s bundle is downloaded: a partial file is only ever resumed for the same bytes."""
+        return self.root / f"download-{sha256}.part"
+
+    def partial_downloads(self) -> list[Path]:
+        return sorted(self.root.glob("download*.part"))  # download.part: the name before 0.2
+
+    def clear_downloads(self, keep: str | None = None) -> None:
+        """Remove partial downloads, except ``keep``'s (the target being downloaded now)."""
+        for p in self.partial_downloads():
+            if keep is None or p != self.download_path(keep):
+                p.unlink(missing_ok=True)
 
     def bundle_path(self, sha256: str) -> Path:
         return self.bundles / f"{sha256}.tar"
@@ -166,7 +208,7 @@ class Store:
     def keep_download(self, sha256: str) -> Path:
         """Move a verified download into the content-addressed store."""
         dest = self.bundle_path(sha256)
-        os.replace(self.download_path, dest)
+        os.replace(self.download_path(sha256), dest)
         fsync_dir(self.bundles)
         fsync_dir(self.root)
         return dest
@@ -203,10 +245,13 @@ class Store:
 
 
 class SeqCounter:
-    """Per-device monotonic message sequence that survives restarts.
+    """Per-device monotonic message sequence that survives restarts, and the id of that sequence.
 
     Persists a high-water mark every ``block`` numbers, so a restart skips at
-    most ``block`` values and never reuses one.
+    most ``block`` values and never reuses one. A counter that starts again from 0
+    (its file is gone or unreadable: a wiped data directory) gets a new random
+    ``stream`` id, kept in ``stream`` beside it: the controller dedupes by
+    (device, stream, seq), so the new seqs are never taken for the old ones (ADR 0080).
     """
 
     def __init__(self, path: Path, block: int = 1000) -> None:
@@ -217,8 +262,24 @@ class SeqCounter:
             self._next = int(path.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
             self._next = 0
+        # a counter written here is at least ``block``: 0 (or an empty file) is a counter that starts again
+        self.stream = self._load_stream(path.with_name("stream"), counted=self._next > 0)
         self._limit = self._next
         self._reserve()
+
+    @staticmethod
+    def _load_stream(path: Path, counted: bool) -> str:
+        """The stream id kept at ``path``; a new one (written before the counter is) unless the counter went on."""
+        if counted:
+            try:
+                stream = path.read_text().strip()
+                if len(stream) == 32 and all(c in "0123456789abcdef" for c in stream):
+                    return stream
+            except (OSError, ValueError):  # none (an agent from before ADR 0080), or not text: its next seqs start a new one
+                pass
+        stream = os.urandom(16).hex()
+        atomic_write_bytes(path, stream.encode())
+        return stream
 
     def _reserve(self) -> None:
         self._limit = self._next + self._block

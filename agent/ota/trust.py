@@ -3,32 +3,32 @@
 ``ImageRepoClient.target_for`` refreshes TUF metadata with ``tuf.ngclient``
 (through the agent's own fetcher, so metadata downloads obey the same length
 and speed limits) and returns the signed :class:`TargetInfo` for an assigned
-bundle. ``check_agreement`` is pure policy: the director's assignment and the
-release-signed target must agree on hash, length and version, the version
-must be at or above the signed floor, and the hardware must match.
+bundle. The policy is pure and lives apart, free of python-tuf
+(agent/ota/agreement.py: ``check_agreement``): the director's assignment and the
+release-signed target must agree on hash, length and version, the version must be
+at or above the signed floor, and the hardware must match. Each refresh also
+records the verified listing there (``agreement.remember``) for the rollback fast path.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tuf.api.exceptions import DownloadError, ExpiredMetadataError, RepositoryError
+from tuf.api.metadata import Metadata
 from tuf.ngclient import Updater, UpdaterConfig
 
+from agent.ota.agreement import TargetInfo, TrustError, TrustUnavailable, check_agreement, remember, target_info
 from agent.ota.fetcher import Fetcher
 from shared.bundle import target_path
 from shared.messages import Assignment
 
-
-class TrustError(Exception):
-    """The image repository does not vouch for the assignment; the message is the reason."""
-
-
-class TrustUnavailable(TrustError):
-    """The image repository could not be asked (unreachable, or its metadata lapsed): worth retrying."""
+__all__ = ["ImageRepoClient", "MetadataLimits", "TargetInfo", "TrustError", "TrustUnavailable", "check_agreement"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,36 +37,6 @@ class MetadataLimits:
     timestamp: int = 16 * 1024  # bytes
     snapshot: int = 1024 * 1024  # bytes
     targets: int = 4 * 1024 * 1024  # bytes
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    path: str
-    length: int  # bytes
-    sha256: str
-    model: str
-    version: int
-    floor: int
-    hardware: dict[str, Any] = field(default_factory=dict)
-
-
-def check_agreement(a: Assignment, t: TargetInfo, *, arch: str) -> None:
-    """Raise TrustError unless the assignment and the signed target agree."""
-    if (t.model, t.version) != (a.model, a.version):
-        raise TrustError(
-            f"image repository lists {t.path} as {t.model} v{t.version}, the director assigned {a.model} v{a.version}"
-        )
-    if t.sha256 != a.sha256:
-        raise TrustError(
-            f"mix-and-match: director assigned sha256 {a.sha256[:16]}…, image repository signed {t.sha256[:16]}… for {t.path}"
-        )
-    if t.length != a.length:
-        raise TrustError(f"director assigned length {a.length}, image repository signed {t.length} bytes for {t.path}")
-    if t.version < t.floor:
-        raise TrustError(f"rollback: {t.model} v{t.version} is below the signed version floor {t.floor}")
-    archs = t.hardware.get("arch") or []
-    if archs and arch not in archs:
-        raise TrustError(f"wrong hardware: {t.path} is signed for {', '.join(archs)}, this device is {arch}")
 
 
 class ImageRepoClient:
@@ -107,6 +77,7 @@ class ImageRepoClient:
         try:
             up = self._updater()
             up.refresh()
+            self._remember()
             tf = up.get_targetinfo(path)
         except ExpiredMetadataError as exc:  # the controller re-signs it; ask again later
             raise TrustUnavailable(f"image repository metadata expired: ExpiredMetadataError: {exc}") from None
@@ -120,19 +91,9 @@ class ImageRepoClient:
             raise TrustError(f"image repository metadata unusable: {exc}") from None
         if tf is None:
             raise TrustError(f"image repository does not list {path}: not a signed release")
-        custom = tf.custom if isinstance(tf.custom, dict) else {}
-        try:
-            info = TargetInfo(
-                path=path,
-                length=tf.length,
-                sha256=tf.hashes["sha256"],
-                model=str(custom["model"]),
-                version=int(custom["version"]),
-                floor=int(custom.get("floor", 0)),
-                hardware=dict(custom.get("hardware") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TrustError(f"image repository entry {path} lacks edgefleet data: {exc!r}") from None
+        if "sha256" not in tf.hashes:
+            raise TrustError(f"image repository entry {path} lacks edgefleet data: no sha256")
+        info = target_info(path, tf.length, tf.hashes["sha256"], tf.custom)
         check_agreement(a, info, arch=arch)
         return info
 
@@ -140,6 +101,21 @@ class ImageRepoClient:
         """Refresh the metadata and return a digest of the verified targets (changes when a release changes)."""
         try:
             self._updater().refresh()
+            self._remember()
             return hashlib.sha256((self.metadata_dir / "targets.json").read_bytes()).hexdigest()
         except (RepositoryError, DownloadError, OSError, ValueError) as exc:
             raise TrustUnavailable(f"image repository metadata not refreshed: {exc}") from None
+
+    def _remember(self) -> None:  # pragma: no mutate block
+        """Record the listing this refresh verified (ngclient keeps the verified metadata in ``metadata_dir``)
+        and until when it is valid: the earliest expiry of timestamp, snapshot and targets."""
+        try:
+            mds = {r: Metadata.from_file(str(self.metadata_dir / f"{r}.json")) for r in ("timestamp", "snapshot", "targets")}
+            expires = min(md.signed.expires.timestamp() for md in mds.values())
+            targets = {
+                p: {"length": t.length, "sha256": t.hashes.get("sha256", ""), "custom": t.custom}
+                for p, t in mds["targets"].signed.targets.items()  # type: ignore[attr-defined]
+            }
+            remember(self.metadata_dir, targets, verified_at=time.time(), expires_at=expires)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # only the fast path goes without it
+            log.warning("verified release listing not recorded: %s", exc)

@@ -3,8 +3,9 @@
 from typing import Any
 
 from agent.runtime.base import LoadedModel, ModelLoadError, Runtime, golden_check, load_model
+from agent.runtime.cache import ModelCache
 
-__all__ = ["LoadedModel", "ModelLoadError", "Runtime", "golden_check", "litert_interpreter", "load_model"]
+__all__ = ["LoadedModel", "ModelCache", "ModelLoadError", "Runtime", "golden_check", "litert_interpreter", "load_model"]
 
 
 def litert_interpreter() -> Any:

@@ -7,10 +7,10 @@ LiteRT and vice versa.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -28,6 +28,20 @@ class Runtime(Protocol):
     name: str
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class FastPath(NamedTuple):
+    """The usual request, checked inline by ``ModelHost``: an array of the single input's exact
+    dtype and fixed shape is what ``coerce_inputs`` would return as is; ``direct(feed, None)``
+    (a runtime that offers it, with nothing to (de)quantize here) returns the outputs as a list
+    in ``outputs`` order."""
+
+    input: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    direct: Callable[[dict[str, np.ndarray], None], list[np.ndarray]] | None
+    single: str | None  # the output's name when there is one output
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,26 @@ class LoadedModel:
             out.append((spec.name, dtype, q.zero_point, scale, (codes.astype(np.float32) - q.zero_point) * scale))
         return out
 
+    def featurize(self, raw: Any, batch: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+        """Raw inputs -> the model's input per the manifest's feature spec (``shared.features``).
+
+        ``raw``: one raw item, or items on a leading batch axis, as a list or array (or a dict with
+        the one raw input, by its name). ValueError when the model has no feature spec or the raw
+        values do not fit it.
+        """
+        spec = self.manifest.features
+        if spec is None:
+            m = self.manifest
+            raise ValueError(f"model {m.name} v{m.version} has no feature spec: send model inputs, not raw")
+        if isinstance(raw, dict):
+            if len(raw) != 1 or next(iter(raw)) not in ("", spec.input.name):
+                raise ValueError(f"raw inputs: expected the one raw input {spec.input.name!r}, got {sorted(raw)}")
+            raw = next(iter(raw.values()))
+        x = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
+        if x.ndim == len(spec.input.shape):
+            x = x[np.newaxis]  # one item without its batch axis
+        return {self.manifest.inputs[0].name: spec.transform(x, batch)}
+
     def coerce_inputs(self, inputs: dict[str, Any] | Any) -> dict[str, np.ndarray]:
         """Turn JSON-ish inputs (a list for a single-input model, or a dict) into arrays."""
         checks = self._input_checks
@@ -134,6 +168,19 @@ class LoadedModel:
                 raise ValueError(f"input {name!r}: expected shape {shape}, got {list(arr.shape)}")
             out[name] = arr
         return out
+
+    @cached_property
+    def fast_path(self) -> FastPath | None:
+        """The shortcut ``ModelHost`` takes for the usual request, when this model allows one."""
+        checks = self._input_checks
+        if len(checks) != 1:
+            return None
+        name, dtype, exact, _, _, _ = checks[0]
+        if exact is None:
+            return None
+        direct = None if self._quantized else getattr(self.runtime, "direct", None)
+        outputs = tuple(t.name for t in self.manifest.outputs)
+        return FastPath(name, dtype, exact, direct, outputs[0] if len(outputs) == 1 else None, outputs)
 
     @cached_property
     def _input_checks(
@@ -174,12 +221,22 @@ def load_model(manifest: Manifest, model: bytes, sha256: str, *, threads: int = 
     return LoadedModel(manifest, sha256, rt, time.time())
 
 
+FEATURE_ATOL = 1e-6  # golden model inputs vs the feature spec's output for the vector's raw input
+
+
 def golden_check(model: LoadedModel) -> None:
-    """Run the manifest's golden vectors; raise ModelLoadError on any mismatch."""
+    """Run the manifest's golden vectors; raise ModelLoadError on any mismatch.
+
+    A vector with a raw input runs the whole serving path: the feature spec must reproduce its
+    model inputs (within ``FEATURE_ATOL``) and the model, fed those features, its outputs.
+    """
     m = model.manifest
     for i, vec in enumerate(m.golden):
+        inputs: dict[str, Any] = vec.inputs
+        if vec.raw is not None and m.features is not None:
+            inputs = _golden_features(model, i, vec.raw, vec.batch, vec.inputs)
         try:
-            got = model.predict(vec.inputs)
+            got = model.predict(inputs)
         except Exception as exc:
             raise ModelLoadError(f"golden vector {i}: inference failed: {exc}") from exc
         for name, expected in vec.outputs.items():
@@ -192,3 +249,27 @@ def golden_check(model: LoadedModel) -> None:
             err = float(np.max(np.abs(exp - actual))) if exp.size else 0.0
             if err > m.golden_atol:
                 raise ModelLoadError(f"golden vector {i}: output {name!r} differs by {err:.6g}, tolerance {m.golden_atol:.6g}")
+
+
+def _golden_features(
+    model: LoadedModel, i: int, raw: Any, batch: Mapping[str, float] | None, expected: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    try:
+        features = model.featurize(np.asarray(raw, dtype=np.float64), batch)
+    except ValueError as exc:
+        raise ModelLoadError(f"golden vector {i}: the feature spec refused the raw input: {exc}") from exc
+    for name, arr in features.items():
+        if name not in expected:
+            raise ModelLoadError(f"golden vector {i}: no model input {name!r} to compare the features with")
+        exp = np.asarray(expected[name], dtype=np.float64)
+        if exp.shape != arr.shape:
+            raise ModelLoadError(
+                f"golden vector {i}: features of shape {list(arr.shape)}, the vector's input is {list(exp.shape)}"
+            )
+        err = float(np.max(np.abs(exp - arr))) if exp.size else 0.0
+        if err > FEATURE_ATOL:
+            raise ModelLoadError(
+                f"golden vector {i}: features from the raw input differ from its model input by {err:.6g}, "
+                f"tolerance {FEATURE_ATOL:g} (feature spec {model.manifest.features.version if model.manifest.features else '-'})"
+            )
+    return features

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):  # a tuple: the telemetry thread makes one per inference; ~1 µs cheaper than a frozen dataclass
     prediction_id: str
     role: str
     model: str
@@ -35,6 +34,9 @@ class PredictionLog:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # KiB of page cache (SQLite's default is 2,000): what it holds grows with the file up to this cap,
+        # so a smaller cap is less memory and a shorter warm-up; pages beyond it come from the OS page cache
+        self._db.execute("PRAGMA cache_size=-64")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS prediction (id TEXT PRIMARY KEY, role TEXT NOT NULL, model TEXT NOT NULL,"
             " version INTEGER NOT NULL, window_start REAL NOT NULL, predicted INTEGER NOT NULL)"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
@@ -60,6 +60,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 DirectorDep = Annotated[Director, Depends(get_director)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+# Every integer row id in a path: a 32-bit positive integer (an INTEGER primary key on PostgreSQL and SQLite alike), so
+# an id out of range answers 422 instead of reaching the database and failing there.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1, description="row id")]
 MqttDep = Annotated["ControllerMqtt | None", Depends(get_mqtt)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

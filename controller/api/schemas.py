@@ -85,6 +85,10 @@ class DevicePublic(SQLModel):
     desired: dict[str, Any]
     desired_counter: int = 0  # counter of the last signed desired state
     desired_expires_at: float = 0.0  # unix seconds it lapses; the leader re-signs well before
+    sampling: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings signed with its desired state: shadow_rate, telemetry_fresh (who asks for fresh telemetry)",
+    )
     actual: dict[str, Any]
     why: str = Field(default="", description="empty when the device runs what it should; else why not (offline, its last error)")
 
@@ -109,6 +113,10 @@ class ModelVersionPublic(SQLModel):
     approved_at: datetime | None
     revoked: bool
     created_at: datetime
+
+
+class ApprovalPublic(ModelVersionPublic):
+    evidence: dict[str, Any] | None = None  # a pipeline-made version: its evaluation against the incumbent, per slice
 
 
 class ModelVersionDetail(ModelVersionPublic):
@@ -334,6 +342,19 @@ class PendingTargetsPublic(SQLModel):
     published: bool = False  # true in the answer to the signature that met the threshold
 
 
+class TufRolePublic(SQLModel):
+    version: int
+    expires_at: datetime
+    expires_in_s: float  # negative: lapsed
+
+
+class TufStatusPublic(SQLModel):
+    release_signing: str  # online | offline
+    roles: dict[str, TufRolePublic]  # root, targets, snapshot, timestamp as published
+    targets_warning: str | None  # offline release keys: targets lapse soon, sign the pending renewal
+    pending_version: int | None  # the targets version waiting for release signatures
+
+
 class ReleaseSignature(SQLModel):
     version: int = Field(ge=1, description="the pending targets version the signature is for")
     keyid: str = Field(min_length=1, max_length=128)
@@ -500,6 +521,11 @@ class RolloutAction(SQLModel):
     reason: str = Field(default="", max_length=1024)
 
 
+class RolloutRebase(SQLModel):
+    version: int = Field(ge=1, le=2**31 - 1, description="the new baseline: a version the devices may install")
+    reason: str = Field(default="", max_length=1024)
+
+
 class RolloutDecisionPublic(SQLModel):
     at: str
     stage: int
@@ -517,11 +543,11 @@ class RolloutPublic(SQLModel):
     model: str
     candidate_version: int
     baseline_version: int
-    state: str  # RUNNING | PAUSED | COMPLETED | ROLLED_BACK
+    state: str  # RUNNING | PAUSED | HALTED | COMPLETED | ROLLED_BACK
     stage: int  # 1-based
     stage_kind: str
     stage_share: float
-    waiting: str  # while PAUSED: operator | check | approval | human
+    waiting: str  # while PAUSED: operator | check | approval | human | baseline; while HALTED: baseline
     stage_passed: bool
     reason: str
     stages: list[dict[str, Any]]
@@ -593,3 +619,90 @@ class ExperimentPublic(SQLModel):
     created_by: str
     created_at: datetime
     ended_at: datetime | None
+
+
+# --- pipeline ----------------------------------------------------------------------
+
+
+class PipelineRunCreate(SQLModel):
+    model: str = Field(max_length=128)
+    cohort: str = Field(default="*", max_length=64, description="the cohort the run is for; * for the whole fleet")
+    reason: str = Field(min_length=1, max_length=1024, description="why (recorded with the decision)")
+
+
+class PipelineRunPublic(SQLModel):
+    id: int
+    model: str
+    cohort: str
+    trigger: str
+    state: str  # running | refused | not_blessed | failed | registered | approved | rolled_out
+    runner: str
+    reason: str
+    dataset_sha256: str
+    version: int | None
+    parent_version: int | None
+    rollout_id: int | None
+    started_at: float
+    finished_at: float | None
+    spec: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] = Field(default_factory=dict)  # gate, evaluation, metrics, lineage, steps
+    progress: list[str] = Field(default_factory=list)  # the run's latest progress lines
+
+
+class PipelineDecisionPublic(SQLModel):
+    id: int
+    model: str
+    cohort: str
+    at: float
+    decision: str  # retrain | skip | none
+    trigger: str
+    reason: str
+    evidence: dict[str, Any]
+    run_id: int | None
+    actor: str
+    audit_seq: int
+
+
+class PipelinePolicyPublic(SQLModel):
+    enabled: bool
+    interval_s: float
+    runner: str
+    window_s: float
+    min_device_samples: int
+    policy: dict[str, Any]  # controller/pipeline/policy.py PolicyConfig
+    training: dict[str, Any]
+    bless: dict[str, Any]
+
+
+class BatchFeatureSet(SQLModel):
+    """Set a batch feature's value for a device, a cohort or the fleet, from now (or a later time)."""
+
+    name: str = Field(max_length=64, schema_extra={"pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$", "examples": ["dark_level"]})
+    value: float = Field(description="a finite number")
+    scope: str = Field(
+        max_length=200, description="device:<id>, cohort:<name> or fleet", schema_extra={"examples": ["device:cam-7"]}
+    )
+    valid_from: datetime | None = Field(default=None, description="when it takes effect (default now; never in the past)")
+    valid_to: datetime | None = Field(default=None, description="when it ends (exclusive; default: until a newer value)")
+    reason: str = Field(default="", max_length=1024)
+
+
+class BatchFeatureEnd(SQLModel):
+    """End a batch-feature value now or at a later time (never in the past)."""
+
+    at: datetime | None = Field(default=None, description="when it ends (default now)")
+    reason: str = Field(default="", max_length=1024)
+
+
+class BatchFeaturePublic(SQLModel):
+    id: int
+    name: str
+    scope: str
+    value: float
+    valid_from: datetime
+    valid_to: datetime | None
+    recorded_at: datetime
+    set_by: str
+    reason: str
+    audit_seq: int
+    delivered_to: int | None = Field(default=None, description="on set: devices whose signed desired state now carries it")

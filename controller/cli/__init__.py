@@ -15,11 +15,25 @@ from typing import Annotated
 
 import typer
 
-from controller.cli import audit, bundle, cohorts, devices, experiments, models, monitor, release, rollouts, telemetry, tokens
+from controller.cli import (
+    audit,
+    bundle,
+    cohorts,
+    devices,
+    experiments,
+    features,
+    models,
+    monitor,
+    pipeline,
+    release,
+    rollouts,
+    telemetry,
+    tokens,
+)
 from controller.cli.common import Group
 
 app = typer.Typer(help="Operate an edgefleet controller.", no_args_is_help=True, cls=Group, pretty_exceptions_enable=False)
-for module in (models, devices, cohorts, audit, tokens, bundle, release, monitor, rollouts, experiments):
+for module in (models, devices, cohorts, audit, tokens, bundle, release, monitor, rollouts, experiments, pipeline, features):
     app.add_typer(module.app, name=module.__name__.rsplit(".", 1)[1])
 app.command("whoami")(tokens.whoami)
 app.command("telemetry")(telemetry.telemetry)

@@ -43,7 +43,10 @@ def bundle_build(
     golden_count: Annotated[int, typer.Option(min=1, max=1000, help="how many golden vectors")] = 4,
     atol: Annotated[float, typer.Option(min=0, help="tolerance of the golden check")] = 1e-4,
     latency_budget_ms: Annotated[float, typer.Option(min=0, help="median latency the health check allows")] = 10.0,
-    features: Annotated[str | None, typer.Option(help="preprocessing/feature spec: JSON, or @FILE")] = None,
+    features: Annotated[
+        str | None, typer.Option(help="feature spec (docs/features.md): JSON, or @FILE; golden samples are then raw")
+    ] = None,
+    preprocessing: Annotated[str | None, typer.Option(help="free-form preprocessing notes: JSON object, or @FILE")] = None,
     lineage: Annotated[str | None, typer.Option(help="lineage (dataset_sha256, code_version, metrics...): JSON or @FILE")] = None,
     arch: Annotated[list[str] | None, typer.Option(help="supported CPU architecture (repeatable); default any")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="bundle path (default NAME-vVERSION.tar)")] = None,
@@ -53,11 +56,18 @@ def bundle_build(
     from controller.release.bundler import BuildError, BuildSpec, build, runtime_for
 
     model = read_file(model_file, "model file")
-    pre = json_arg(features, "--features") if features else {}
+    from shared.features import FeatureSpec, FeatureSpecError
+
+    feat = json_arg(features, "--features") if features else None
+    pre = json_arg(preprocessing, "--preprocessing") if preprocessing else {}
     lin = json_arg(lineage, "--lineage") if lineage else {}
-    for what, value in (("--features", pre), ("--lineage", lin)):
+    for what, value in (("--features", feat or {}), ("--preprocessing", pre), ("--lineage", lin)):
         if not isinstance(value, dict):
             raise CliError(f"{what} must be a JSON object", "input")
+    try:
+        fspec = None if feat is None else FeatureSpec.from_dict(feat)
+    except FeatureSpecError as exc:
+        raise CliError(f"--features: {exc}", "input") from None
     spec = BuildSpec(
         name=name,
         version=version,
@@ -69,6 +79,7 @@ def bundle_build(
         preprocessing=pre,
         lineage=lin,
         arch=arch or [],
+        features=fspec,
     )
     try:
         data = build(model, runtime_for(model_file), spec)
@@ -132,6 +143,7 @@ def bundle_inspect(
         ("outputs", ", ".join(f"{x.name} {x.dtype}{x.shape}" for x in m.outputs)),
         ("golden", f"{len(m.golden)} vectors, atol {m.golden_atol:g}" + (f", check {info['golden_check']}" if verify else "")),
         ("latency budget", f"{m.latency_budget_ms:g} ms"),
+        ("features", "-" if m.features is None else repr(m.features)),
         ("hardware", str(m.hardware or "any")),
         ("lineage", str(m.lineage or "-")),
     ):

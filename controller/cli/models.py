@@ -89,11 +89,14 @@ def models_approve(
 
 @app.command("pending")
 def models_pending(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
-    """Versions waiting for approval."""
+    """Versions waiting for approval; a version the pipeline made shows its evaluation (``--json``: every slice)."""
     rows = call_pages(url, token, "/v1/approvals")
-    t = Table("name", "version", "registered by", "created")
+    t = Table("name", "version", "registered by", "created", "evidence")
     for r in rows:
-        t.add_row(r["name"], str(r["version"]), r["registered_by"], r["created_at"])
+        ev = r.get("evidence") or {}
+        verdict = (ev.get("verdict") or {}).get("reasons") or []
+        evidence = f"pipeline run {ev.get('pipeline_run')}: {'; '.join(verdict)}" if ev else "-"
+        t.add_row(r["name"], str(r["version"]), r["registered_by"], r["created_at"], evidence[:160])
     out(rows, as_json, t)
 
 
@@ -117,7 +120,7 @@ def models_alias(
 def models_revoke(
     name: str, version: str, reason: ReasonOpt, url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False
 ) -> None:
-    """Revoke a version; the version floor rises above it."""
+    """Revoke a version: devices refuse it from now on; older versions stay installable (ADR 0073)."""
     v = resolve_version(url, token, name, version)
     m = call(url, token, "POST", f"/v1/models/{name}/versions/{v}/revoke", json={"reason": reason})
     out(m, as_json, text=f"revoked {name} v{v}; floor is now v{m['floor']}")

@@ -34,6 +34,20 @@ def release_pending(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: Js
     out(p, as_json, text=_describe(p))
 
 
+@app.command("status")
+def release_status(url: UrlOpt = DEFAULT_URL, token: TokenOpt = "", as_json: JsonOpt = False) -> None:
+    """Expiry of the published TUF metadata; with offline release keys, warns while targets near expiry."""
+    st = call(url, token, "GET", "/v1/tuf/status")
+    lines = [f"release signing: {st['release_signing']}"]
+    for role, r in st["roles"].items():
+        lines.append(f"  {role:<9} v{r['version']:<5} expires {r['expires_at']} ({r['expires_in_s'] / 86400:.1f} days)")
+    if st["pending_version"] is not None:
+        lines.append(f"pending targets version {st['pending_version']} waits for release signatures")
+    if st["targets_warning"]:
+        lines.append(f"WARNING: {st['targets_warning']}")
+    out(st, as_json, text="\n".join(lines))
+
+
 @app.command("sign")
 def release_sign(
     key: Annotated[Path, typer.Option(help="this holder's release key (PEM, Ed25519)", exists=True, dir_okay=False)],

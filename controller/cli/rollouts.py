@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from controller.cli.common import DEFAULT_URL, CliError, JsonOpt, ReasonOpt, TokenOpt, UrlOpt, call, call_pages, json_arg, out
@@ -46,7 +47,7 @@ def rollouts_create(
 
 @app.command("list")
 def rollouts_list(
-    state: Annotated[str, typer.Option(help="RUNNING | PAUSED | COMPLETED | ROLLED_BACK")] = "",
+    state: Annotated[str, typer.Option(help="RUNNING | PAUSED | HALTED | COMPLETED | ROLLED_BACK")] = "",
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = "",
     as_json: JsonOpt = False,
@@ -74,10 +75,36 @@ def rollouts_show(rollout_id: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = 
     last = r.get("last_analysis") or {}
     lines += [f"  {c['name']}: {c['outcome']} - {c['reason']}" for c in last.get("checks", [])]
     out(r, False, text="\n".join(lines))
+    shadow = next((c for c in last.get("checks", []) if c["name"] == "shadow_agreement"), None)
+    if shadow is not None:
+        _shadow(shadow.get("figures") or {})
     t = Table("at", "stage", "actor", "action", "verdict", "reason")
     for d in r["decisions"]:
         t.add_row(d["at"][:19], str(d["stage"]), d["actor"], d["action"], d["verdict"], d["reason"][:80])
     out(r, False, t)
+
+
+def _shadow(f: dict[str, Any]) -> None:
+    """The shadow stage's comparison: coverage, then the confusion matrix (rows: production's class)."""
+    if "compared" not in f:
+        return
+    observed = f.get("observed_rate")
+    text = (
+        f"  shadow comparisons: {f['compared']} compared, {f['dropped']} dropped ({f['dropped_share']:.1%} of those sampled, "
+        f"queue full), {f['sampled_out']} sampled out; sample rate {f['sample_rate']:g}"
+        + (f", observed {observed:.1%}" if observed is not None else "")
+    )
+    out(f, False, text=text)
+    cm = f.get("confusion") or []
+    if not cm:
+        return
+    used = [j for j in range(len(cm)) if any(row[j] for row in cm) or any(cm[j])]
+    title = "shadow confusion matrix (rows: production's class, columns: the candidate's)"
+    t = Table("", *(str(j) for j in used), "agree", title=title, box=box.SIMPLE, pad_edge=False)
+    for i in used:
+        total = sum(cm[i])
+        t.add_row(str(i), *(str(cm[i][j]) for j in used), f"{cm[i][i] / total:.1%}" if total else "-")
+    out(f, False, t)
 
 
 def _control(action: str, rollout_id: int, reason: str, url: str, token: str, as_json: bool) -> None:
@@ -114,3 +141,17 @@ def rollouts_abort(
 ) -> None:
     """Put every device of the rollout back on the baseline."""
     _control("abort", rollout_id, reason, url, token, as_json)
+
+
+@app.command("rebase")
+def rollouts_rebase(
+    rollout_id: int,
+    version: int,
+    reason: ReasonOpt = "",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Name VERSION the baseline a failure rolls back to; a HALTED rollout (revoked baseline) rolls back to it now."""
+    r = call(url, token, "POST", f"/v1/rollouts/{rollout_id}/baseline", json={"version": version, "reason": reason})
+    out(r, as_json, text=_line(r))

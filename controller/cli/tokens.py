@@ -15,7 +15,7 @@ app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 @app.command("create")
 def tokens_create(
     principal: str,
-    role: Annotated[str, typer.Option(help="viewer | operator | approver | admin")],
+    role: Annotated[str, typer.Option(help="metrics (scrape /metrics only) | viewer | operator | approver | admin")],
     label: str = "",
     expires_in_days: Annotated[float | None, typer.Option(help="the token stops working after this many days")] = None,
     url: UrlOpt = DEFAULT_URL,

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     tuf_timestamp_expiry_s: int = Field(24 * 3600, ge=2, description="validity of TUF timestamp metadata, seconds")
     tuf_snapshot_expiry_s: int = Field(7 * 24 * 3600, ge=2, description="validity of TUF snapshot metadata, seconds")
     tuf_targets_expiry_s: int = Field(90 * 24 * 3600, ge=60, description="validity of TUF targets metadata, seconds")
+    tuf_targets_warn_s: int = Field(
+        21 * 24 * 3600,
+        ge=0,
+        description="offline release keys: warn, and stage a renewal to sign, this long before published targets lapse (s)",
+    )
     # --- shared secrets and artifacts (every replica reads the same; docs/operations.md "Replicas") ---
     secrets_dir: Path | None = Field(
         None, description="keys/director.pem, keys/tuf/online.pem, ca/, tuf/ written by `edgefleet-controller init`"
@@ -99,8 +104,57 @@ class Settings(BaseSettings):
     # --- monitoring (controller/monitoring/, docs/operations.md) ---
     monitor_interval_s: float = Field(30.0, gt=0, le=3600, description="how often the leader evaluates drift and SLOs")
     monitor_drift_windows: int = Field(3, ge=1, le=1440, description="latest complete windows merged for the drift check")
+    monitor_settle_windows: int = Field(
+        10,
+        ge=0,
+        le=1440,
+        description="windows the monitor lets pass before judging one: agents outside rollouts send up to 10 a message",
+    )
     monitor_webhook_url: str | None = Field(None, description="POST alert transitions here as JSON (optional)")
     rollout_interval_s: float = Field(60.0, gt=0, le=3600, description="rollout analysis interval, seconds (leader job)")
+    rollout_watch_interval_s: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="quick looks between rollout analyses (fail only: agents' rollbacks, always-valid tests), "
+        "seconds; default a quarter of the interval, 0 turns them off",
+    )
+    rollout_window_retention_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="per-device rollout windows older than this are pruned, seconds (an open stage keeps its own)",
+    )
+    # --- pipeline: automatic retraining (controller/pipeline/, docs/pipeline.md) ---
+    pipeline_enabled: bool = Field(False, description="the leader runs the retraining policy (decisions, runs, hand-over)")
+    pipeline_interval_s: float = Field(300.0, gt=0, le=86400, description="how often the leader evaluates the policy, seconds")
+    pipeline_window_s: float = Field(3600.0, gt=0, description="policy window for per-device drift, seconds")
+    pipeline_drift_windows: int = Field(3, ge=1, le=1000, description="drift in this many windows in a row triggers")
+    pipeline_drift_device_share: float = Field(0.5, gt=0, le=1, description="share of a cohort's judged devices drifting")
+    pipeline_min_device_samples: int = Field(30, ge=1, description="captured samples a device needs in a window to be judged")
+    pipeline_accuracy_drop: float = Field(0.05, gt=0, le=1, description="accuracy drop below the incumbent's that triggers")
+    pipeline_min_new_labels: int = Field(1000, ge=0, description="new labelled samples that trigger (0: never)")
+    pipeline_schedule_s: float = Field(0.0, ge=0, description="retrain at least this often, seconds (0: no schedule)")
+    pipeline_cooldown_s: float = Field(86400.0, ge=0, description="wait after a run before the next, doubled per failed run")
+    pipeline_backoff_max_s: float = Field(7 * 86400.0, ge=0, description="the longest wait after runs without a blessed model")
+    pipeline_run_timeout_s: float = Field(6 * 3600.0, gt=0, description="a run without a result after this has failed")
+    pipeline_runner: Literal["inprocess", "kubernetes"] = Field("inprocess", description="where training runs")
+    pipeline_k8s_image: str = Field("edgefleet-controller:0.1.0", description="image of the Kubernetes Job (has the train extra)")
+    pipeline_k8s_namespace: str = "default"
+    pipeline_k8s_data_claim: str = Field("edgefleet-data", description="PersistentVolumeClaim with the data directory")
+    pipeline_epochs: int = Field(40, ge=1, le=10_000, description="training epochs")
+    pipeline_seed: int = Field(0, description="training seed (same data and seed: same model)")
+    pipeline_min_labelled: int = Field(200, ge=1, description="quality gate: labelled samples a dataset needs")
+    pipeline_bless_tolerance: float = Field(0.01, ge=0, le=1, description="a slice may be this much less accurate")
+    pipeline_bless_alpha: float = Field(
+        0.1, gt=0, le=1, description="a slice is worse only when a paired sign test says so at this level"
+    )
+    pipeline_recent_s: float = Field(
+        86400.0, gt=0, description="samples this recent: the fleet evaluation set (held out) and a new model's drift reference"
+    )
+    pipeline_reference_min_rows: int = Field(
+        200, ge=1, description="training samples a new model's drift reference wants (fewer recent: all of them, ADR 0079)"
+    )
+    pipeline_auto_rollout: bool = Field(True, description="start a rollout to the triggering cohort once approved")
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

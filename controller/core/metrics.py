@@ -7,6 +7,9 @@ are the ones to alert on (``edgefleet_ingest_messages_total{outcome="malformed"}
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
@@ -14,6 +17,36 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 OUTCOMES = ("accepted", "duplicate", "malformed", "unknown_device", "failed")
+log = logging.getLogger(__name__)
+
+
+class CachedCollector(Collector):
+    """Gauges read from the database when scraped, cached for ``ttl_s``; subclasses implement ``_read``.
+
+    When the read fails (the database is away), ``/metrics`` still answers, without these gauges."""
+
+    def __init__(self, ttl_s: float = 10.0) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._at = -1e18
+        self._cached: list[Metric] = []
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to check at registration; the database is read only when scraped
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._at > self.ttl_s:
+                try:
+                    self._cached = self._read()
+                except Exception:
+                    log.warning("%s gauges not read", type(self).__name__, exc_info=True)
+                    self._cached = []
+                self._at = time.monotonic()
+            yield from self._cached
+
+    def _read(self) -> list[Metric]:
+        raise NotImplementedError
 
 
 class Metrics:
@@ -132,6 +165,13 @@ class Metrics:
         shared subscription, read at scrape time; a member whose rate stays at zero is silent."""
         self.registry.register(_Received(replica, received))
 
+    def watch_acks(self, windows: Callable[[], dict[str, int]], pubacks_dropped: Callable[[], int]) -> None:
+        """``edgefleet_telemetry_acks_total{outcome}``: telemetry windows by what became of their ack to the device
+        (``sent``; ``deferred``: waited for a broker connection; ``dropped``: given up, the device sends the window
+        again), and ``edgefleet_mqtt_pubacks_dropped_total``: PUBACKs not sent because their connection was gone.
+        Read at scrape time (docs/adr/0072)."""
+        self.registry.register(_Acks(windows, pubacks_dropped))
+
     def count(self, kind: str, outcome: str, n: int = 1) -> None:
         self.messages.labels(kind, outcome).inc(n)
 
@@ -152,3 +192,22 @@ class _Received(Collector):
         )
         m.add_metric([self.replica], float(self.received()))
         yield m
+
+
+class _Acks(Collector):
+    def __init__(self, windows: Callable[[], dict[str, int]], pubacks_dropped: Callable[[], int]) -> None:
+        self.windows = windows
+        self.pubacks_dropped = pubacks_dropped
+
+    def collect(self) -> Iterator[Metric]:
+        m = CounterMetricFamily(
+            "edgefleet_telemetry_acks", "Telemetry windows by what became of their ack to the device", labels=["outcome"]
+        )
+        for outcome, n in sorted(self.windows().items()):
+            m.add_metric([outcome], float(n))
+        yield m
+        yield CounterMetricFamily(
+            "edgefleet_mqtt_pubacks_dropped",
+            "Broker PUBACKs not sent because the connection their message came in on was gone",
+            value=float(self.pubacks_dropped()),
+        )

@@ -1,5 +1,6 @@
 """Roles, ordered: each role may do everything the roles below it may.
 
+metrics   scrape ``/metrics`` and nothing else (a Prometheus credential; ADR 0069)
 viewer    read anything except tokens
 operator  enrol devices, edit cohorts, upload bundles, assign versions up to canary
 approver  approve a version for use beyond canary (not one they registered), revoke
@@ -12,6 +13,7 @@ from enum import Enum
 
 
 class Role(str, Enum):
+    METRICS = "metrics"
     VIEWER = "viewer"
     OPERATOR = "operator"
     APPROVER = "approver"
@@ -25,4 +27,4 @@ class Role(str, Enum):
         return self.rank >= needed.rank
 
 
-_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.APPROVER: 2, Role.ADMIN: 3}
+_RANK = {Role.METRICS: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.APPROVER: 2, Role.ADMIN: 3}

@@ -32,6 +32,12 @@ class Device(SQLModel, table=True):
     routing: dict[str, Any] = Field(  # signed with the desired state: bandit arm weights (shared.messages.Routing)
         default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
+    batch_features: list[dict[str, Any]] = Field(  # signed with the desired state: values in force or to come (wire form)
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+    sampling: dict[str, Any] = Field(  # signed with the desired state: sampling settings (e.g. shadow_rate)
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
     actual: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     online: bool = False
     agent_version: str = Field(default="", max_length=64)
@@ -131,6 +137,27 @@ class ActualChange(SQLModel, table=True):
     reason: str = Field(default="", max_length=1024)
 
 
+class BatchFeature(SQLModel, table=True):
+    """One value of a batch feature for a scope (``device:<id>``, ``cohort:<name>``, ``fleet``) and its validity.
+
+    The past is never changed (only ``valid_to`` moves, to now or later, when a value is ended): the history
+    is what point-in-time joins read. ``valid_from`` is never before ``recorded_at`` (no backdating), so a
+    value cannot be joined to a sample captured before it was set.
+    """
+
+    __table_args__ = (Index("ix_batchfeature_name_scope_from", "name", "scope", "valid_from"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    scope: str = Field(max_length=200, index=True)
+    value: float
+    valid_from: float  # unix seconds, inclusive
+    valid_to: float | None = None  # unix seconds, exclusive; None: until a newer value replaces it
+    recorded_at: float  # unix seconds
+    set_by: str = Field(default="", max_length=64)
+    reason: str = Field(default="", max_length=1024)
+    audit_seq: int = 0
+
+
 class DesiredChange(SQLModel, table=True):
     """A decision to run a version in one role of one device, linked to its audit entry."""
 
@@ -145,8 +172,13 @@ class DesiredChange(SQLModel, table=True):
 
 
 class DeviceEvent(SQLModel, table=True):
+    """An event a device reported; stored once per (device, stream, seq): the agent sends it until acknowledged
+    (ADR 0078), and a device whose seq counter started again has a new stream (ADR 0080; "" for agents without)."""
+
+    __table_args__ = (Index("ux_deviceevent_device_stream_seq", "device_id", "stream", "seq", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(index=True, max_length=64)
+    stream: str = Field(default="", max_length=32)
     seq: int = Field(sa_type=BigInteger)
     kind: str = Field(max_length=64)
     severity: str = Field(max_length=16)
@@ -156,22 +188,24 @@ class DeviceEvent(SQLModel, table=True):
 
 
 class TelemetryCursor(SQLModel, table=True):
-    """Per-device dedupe state for telemetry: the highest seq merged and a bitmap of
-    the ``DEDUPE_WINDOW`` seqs below it (bit i set: seq ``high_seq - i`` was merged)."""
+    """Dedupe state for telemetry per device and seq stream (ADR 0080; "" for agents that send none): the
+    highest seq merged and a bitmap of the ``DEDUPE_WINDOW`` seqs below it (bit i set: seq ``high_seq - i`` was merged)."""
 
     device_id: str = Field(primary_key=True, max_length=64)
+    stream: str = Field(default="", primary_key=True, max_length=32)
     high_seq: int = Field(sa_type=BigInteger)
     seen_bits: int = Field(sa_type=BigInteger)
 
 
 class TelemetryGap(SQLModel, table=True):
-    """Seqs ``lo..hi`` of a device that had not arrived when they fell below the dedupe bitmap.
+    """Seqs ``lo..hi`` of a device's seq stream that had not arrived when they fell below the dedupe bitmap.
 
     A window that comes later than the bitmap reaches is new exactly when its seq is in a gap
     (the gap is then split around it). Seqs used by status and events messages make gaps too;
     the leader deletes gaps older than ``telemetry_late_horizon_s``."""
 
     device_id: str = Field(primary_key=True, max_length=64)
+    stream: str = Field(default="", primary_key=True, max_length=32)
     lo: int = Field(primary_key=True, sa_type=BigInteger)
     hi: int = Field(sa_type=BigInteger)
     created_at: float = Field(default=0.0, index=True)  # unix seconds
@@ -457,3 +491,44 @@ class ExperimentWindow(SQLModel, table=True):
     labels: int = 0
     correct: int = 0
     latency_ms_sum: float = 0.0
+
+
+# --- pipeline: retraining runs and the policy's decisions (controller.pipeline) --------
+
+
+class PipelineRun(SQLModel, table=True):
+    """One retraining run of a model, from the decision that started it to registration and rollout."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=128, index=True)
+    cohort: str = Field(default="", max_length=64)  # the cohort whose trigger started it ("" for the fleet)
+    trigger: str = Field(max_length=16)  # drift | accuracy | data | schedule | manual
+    state: str = Field(max_length=16, index=True)  # running | refused | not_blessed | failed | registered | rolled_out
+    runner: str = Field(default="inprocess", max_length=16)  # inprocess | kubernetes
+    reason: str = Field(default="", max_length=4096)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # RunSpec
+    dataset_sha256: str = Field(default="", max_length=64)
+    version: int | None = None  # the version registered (blessed runs)
+    parent_version: int | None = None
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # gate, evaluation, metrics
+    rollout_id: int | None = None
+    progress: str = Field(default="", max_length=1024)  # the last progress line
+    started_at: float = 0.0  # unix seconds
+    finished_at: float | None = None
+
+
+class PipelineDecision(SQLModel, table=True):
+    """A decision of the retraining policy (retrain or not) with its evidence (also in the audit log)."""
+
+    __table_args__ = (Index("ix_pipelinedecision_model_cohort_at", "model", "cohort", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=128)
+    cohort: str = Field(max_length=64)
+    at: float  # unix seconds
+    decision: str = Field(max_length=16)  # retrain | skip | hold
+    trigger: str = Field(default="", max_length=16)  # what fired ("" when nothing did)
+    reason: str = Field(default="", max_length=4096)
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    run_id: int | None = None
+    actor: str = Field(default="leader", max_length=128)
+    audit_seq: int = 0

@@ -12,7 +12,10 @@ new Thompson weights from the arms' labelled rewards; when they move by at least
 assignments unchanged: nothing to download). Envelopes are published after the
 commit, retained, so an offline device gets the latest when it returns and
 uses its last weights meanwhile. Steps are idempotent: a repeated look stores
-the same evaluation, a decided experiment is not decided again.
+the same evaluation, a decided experiment is not decided again. A running or
+paused experiment's devices publish fresh telemetry (enrolment asks them,
+``controller.fleet.freshness``, ADR 0076); once it is decided or stopped they
+go back to batching.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, col, select
 
 from controller.core import audit
@@ -35,14 +38,16 @@ from controller.experiments import evidence, state
 from controller.experiments.bandit import thompson_weights
 from controller.experiments.decide import BLOCKED, SHIP, STOP_HARM, Evaluation, evaluate
 from controller.experiments.service import Envelopes, enrol, routing_of
-from controller.fleet import assignments
+from controller.fleet import assignments, freshness
 from controller.fleet.cohorts import members
 from controller.fleet.director import Director
-from controller.release.registry import Invalid, Registry
+from controller.release.registry import Invalid, Registry, ReleaseChange
+from shared.cadence import experiment_holder
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, dict[str, Any]], None]
 MIN_CHANGE = 0.02  # smallest weight change worth a new signed desired state
+FRESH = (state.State.RUNNING.value, state.State.PAUSED.value)  # states whose devices publish fresh telemetry
 LEADER = Principal("experiments", Role.OPERATOR)
 
 
@@ -98,6 +103,8 @@ class ExperimentEngine:
                 )  # fmt: skip
             elif exp.kind == "bandit" and ev.decision != BLOCKED:
                 out += self._update_weights(session, exp, ev)
+            if exp.state not in FRESH:
+                out += self._let_go(session, exp)
             session.add(exp)
             session.commit()
         self.publish(out)
@@ -140,12 +147,41 @@ class ExperimentEngine:
                 name = {state.Pause: "paused", state.Resume: "resumed", state.Stop: "stopped"}[type(event)]
                 audit.record(session, actor=by.name, action=f"experiment.{name}", subject=f"experiment:{exp.id}",
                              reason=reason, evidence={"evaluation": exp.evaluation})  # fmt: skip
+            if exp.state not in FRESH:
+                out += self._let_go(session, exp)
             exp.reason = reason[:1024]
             session.add(exp)
             session.commit()
             session.refresh(exp)
         self.publish(out)
         return exp
+
+    def on_release_change(self, session: Session, change: ReleaseChange) -> None:
+        """The registry's release hook, inside the revoking transaction: an active experiment with an arm on the
+        revoked version stops (audited; a bandit's routing is cleared), so it never assigns that version again.
+        Its devices still on the version are moved off it by the fleet's revocation sweep, which runs next."""
+        if change.kind != "revoked":
+            return
+        active = [s.value for s in state.ACTIVE]
+        rows = session.exec(select(Experiment).where(Experiment.model == change.name, col(Experiment.state).in_(active))).all()
+        out: Envelopes = []
+        for exp in rows:
+            arms = [a["name"] for a in exp.arms if int(a["version"]) == change.version]
+            if not arms:
+                continue
+            why = f"arm {', '.join(arms)}: {exp.model} v{change.version} was revoked"
+            exp.state = state.transition(state.State(exp.state), state.Stop(why)).value
+            exp.ended_at = utcnow()
+            exp.reason = why[:1024]
+            if exp.kind == "bandit":
+                out += self._clear_routing(session, exp)
+            out += self._let_go(session, exp)
+            audit.record(session, actor=LEADER.name, action="experiment.stopped", subject=f"experiment:{exp.id}",
+                         reason=why, evidence={"revoked_version": change.version, "arms": arms,
+                                               "evaluation": exp.evaluation})  # fmt: skip
+            session.add(exp)
+        if out:
+            event.listen(session, "after_commit", lambda _s: self.publish(out), once=True)
 
     # --- what the decisions do ---------------------------------------------------
 
@@ -173,6 +209,12 @@ class ExperimentEngine:
             evidence={"arm": arm, "model": exp.model, "version": version, "devices": [d.id for d in devices]},
         )  # fmt: skip
         return out
+
+    def _let_go(self, session: Session, exp: Experiment) -> Envelopes:
+        """The experiment no longer reads its devices' telemetry: they go back to batching it."""
+        holder = experiment_holder(exp.id or 0)
+        s = self.s
+        return freshness.sync(session, holder, (), self._devices(session, exp), director=s.director, settings=s.settings)
 
     def _clear_routing(self, session: Session, exp: Experiment) -> Envelopes:
         s = self.s

@@ -23,10 +23,11 @@ from controller.experiments.assign import assign_arm
 from controller.experiments.decide import METRICS
 from controller.experiments.evidence import arm_role
 from controller.experiments.state import ACTIVE, State
-from controller.fleet import assignments
+from controller.fleet import assignments, freshness
 from controller.fleet.cohorts import members
 from controller.fleet.director import Director
 from controller.release.registry import Conflict, Invalid, NotFound, Registry
+from shared.cadence import experiment_holder
 from shared.messages import Routing
 
 Envelopes = list[tuple[str, dict[str, Any]]]
@@ -157,11 +158,14 @@ def enrol(
     director: Director,
     settings: Settings,
 ) -> Envelopes:
-    """Put ``devices`` into the experiment: their arm (A/B) or every arm and the current weights (bandit)."""
+    """Put ``devices`` into the experiment: their arm (A/B) or every arm and the current weights (bandit).
+
+    Their desired states also ask for fresh telemetry while the experiment runs (ADR 0076)."""
     if not devices:
         return []
     out: Envelopes = []
     assert exp.id is not None
+    freshness.mark(devices, experiment_holder(exp.id))  # signed below with their arms
     if exp.kind == "ab":
         shares = [float(a["share"]) for a in exp.arms]
         groups: dict[str, list[Device]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.core.config import Settings
 from controller.core.secrets import load_ed25519
+from shared.features import BatchFeatureValue
 from shared.messages import SCHEMA_VERSION, Assignment, Desired, Routing
 from shared.signing import generate_private_key_file, key_id, load_private_key_file, public_key_hex, sign_document
 
@@ -56,6 +58,7 @@ class Director:
         ttl_s: int,
         sampling: dict[str, Any] | None = None,
         routing: Routing | None = None,
+        features: Sequence[BatchFeatureValue] = (),
     ) -> dict[str, Any]:
         issued = round(time.time(), 3)
         desired = Desired(
@@ -66,6 +69,7 @@ class Director:
             assignments=assignments,
             sampling=sampling or {},
             routing=routing,
+            features=tuple(features),
             schema=SCHEMA_VERSION,
         )
         return sign_document(desired.to_dict(), self._key)

@@ -8,38 +8,21 @@ monitoring job. Every replica reports the same numbers; aggregate with ``max``.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from controller.core.metrics import CachedCollector
 from controller.core.tables import Device, DeviceEvent
 from controller.fleet.convergence import pending_roles
 
 OTA_FAILURES = ("ota.rolled_back", "ota.rejected", "ota.error", "slot.invalid")
 
 
-class FleetCollector(Collector):
+class FleetCollector(CachedCollector):
     def __init__(self, engine: Engine, ttl_s: float = 10.0) -> None:
+        super().__init__(ttl_s)
         self.engine = engine
-        self.ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._at = -1e18
-        self._cached: list[Metric] = []
-
-    def describe(self) -> list[Metric]:
-        return []  # nothing to check at registration; the database is read only when scraped
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            if time.monotonic() - self._at > self.ttl_s:
-                self._cached = self._read()
-                self._at = time.monotonic()
-            yield from self._cached
 
     def _read(self) -> list[Metric]:
         with Session(self.engine) as s:

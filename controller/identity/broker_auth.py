@@ -9,9 +9,17 @@ Why this shape (ADR 0040):
 - **Reconnect refusal** after a revocation is the CRL: Mosquitto re-reads it
   on SIGHUP and refuses the TLS handshake of a revoked certificate.
 - **Disconnect now**: Mosquitto 2.0 can only drop a live client from a plugin,
-  so the dynamic-security plugin is loaded for that alone. The controller (its
-  only admin) creates, disables (this kicks) and deletes a dynsec client named
-  after the device. Clients without dynsec ACLs fall through to the ACL file.
+  so the dynamic-security plugin is loaded. The controller (its only admin)
+  disables (this kicks) and deletes the dynsec client named after the device.
+- **Refused subscriptions**: the ACL file never refuses a SUBSCRIBE (Mosquitto
+  2.0 checks read access per delivered message), so a device could join the
+  controllers' shared subscription and make the broker drop a share of every
+  device's messages. The share guard plugin (``share_guard.c``, ADR 0071)
+  refuses every ``$share/...`` SUBSCRIBE unless the CN is a controller
+  replica's, for any certificate, with no per-device state. Enrolled devices
+  are also dynsec clients with the role ``edgefleet-device``, which refuses
+  ``$share/#`` too (``register_devices_command``; sent at enrolment and re-sent
+  by the leader). Everything else falls through to the ACL file.
 
 ``render_*`` functions are pure; ``provision`` writes files; ``BrokerControl``
 applies a revocation to a running broker.
@@ -28,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.identity import share_guard
 from controller.identity.broker_config import BrokerSecurity
 from controller.identity.pki import BROKER_IDENTITY, CONTROLLER_IDENTITY, DeviceCA, key_pem, new_key
 from shared.fsutil import atomic_write_bytes
@@ -43,6 +52,7 @@ DEVICE_GRANTS: tuple[tuple[str, str], ...] = (
     ("write", f"{PREFIX}/%u/{Kind.TELEMETRY.value}"),
     ("write", f"{PREFIX}/%u/{Kind.EVENTS.value}"),
     ("read", f"{PREFIX}/%u/{Kind.DESIRED.value}"),
+    ("read", f"{PREFIX}/%u/{Kind.ACK.value}"),
 )
 # What the controller may do across the fleet.
 CONTROLLER_GRANTS: tuple[tuple[str, str], ...] = (
@@ -50,8 +60,15 @@ CONTROLLER_GRANTS: tuple[tuple[str, str], ...] = (
     ("read", f"{PREFIX}/+/{Kind.TELEMETRY.value}"),
     ("read", f"{PREFIX}/+/{Kind.EVENTS.value}"),
     ("readwrite", f"{PREFIX}/+/{Kind.DESIRED.value}"),
+    ("write", f"{PREFIX}/+/{Kind.ACK.value}"),
     ("readwrite", "$CONTROL/dynamic-security/#"),
 )
+
+
+DEVICE_ROLE = "edgefleet-device"
+DEVICE_REFUSED_SUBSCRIPTIONS = ("$share/#",)  # refused to every device at SUBSCRIBE (SUBACK 0x87)
+_DEVICE_ROLE_ACLS = tuple({"acltype": "subscribePattern", "topic": t, "allow": False} for t in DEVICE_REFUSED_SUBSCRIPTIONS)
+REGISTER_CHUNK = 500  # devices per dynsec request
 
 
 def controller_identities(replicas: int = 1) -> tuple[str, ...]:
@@ -70,9 +87,10 @@ def new_share_group() -> str:
     """A shared-subscription group name no device can guess.
 
     Mosquitto 2.0's ACL file checks read access per delivered message, never at
-    SUBSCRIBE, so a device can join any ``$share/<group>/...`` it can name; the
-    broker then hands it a share of the group's messages and drops them (the
-    device may not read them). An unguessable group is the defence there.
+    SUBSCRIBE, so a device that joined ``$share/<group>/...`` would be handed a
+    share of the group's messages, which the broker drops. The share guard
+    refuses that SUBSCRIBE; an unguessable group is the second layer (e.g. for
+    a broker run without the generated config).
     """
     return f"edgefleet-{secrets.token_hex(16)}"
 
@@ -109,16 +127,28 @@ def render_dynsec(controllers: tuple[str, ...] = (CONTROLLER_IDENTITY,)) -> str:
         },
         "clients": [{"username": c, "roles": [{"rolename": "edgefleet-controller"}]} for c in controllers],
         "groups": [],
-        "roles": [{"rolename": "edgefleet-controller", "acls": acls}],
+        "roles": [{"rolename": "edgefleet-controller", "acls": acls}, {"rolename": DEVICE_ROLE, "acls": list(_DEVICE_ROLE_ACLS)}],
     }
     return json.dumps(state, indent=2) + "\n"
 
 
-def kick_command(device_id: str) -> bytes:
-    """The dynsec request that disconnects ``device_id`` now, leaving no state behind.
+def register_devices_command(device_ids: list[str]) -> bytes:
+    """The dynsec request that makes each device a client with the ``edgefleet-device`` role.
 
-    ``disableClient`` is what kicks; the client entry exists only for that, and is
-    deleted again so dynsec's state never grows with revocations.
+    Idempotent: the broker refuses to create what exists (an error response, no change), so it
+    is safe to send again; the role and its ACLs are (re)created first for brokers set up before them.
+    """
+    cmds: list[dict[str, Any]] = [{"command": "createRole", "rolename": DEVICE_ROLE}]
+    cmds += [{"command": "addRoleACL", "rolename": DEVICE_ROLE, **acl} for acl in _DEVICE_ROLE_ACLS]
+    cmds += [{"command": "createClient", "username": d, "roles": [{"rolename": DEVICE_ROLE}]} for d in device_ids]
+    return json.dumps({"commands": cmds}).encode()
+
+
+def kick_command(device_id: str) -> bytes:
+    """The dynsec request that disconnects ``device_id`` now and removes its dynsec client.
+
+    ``disableClient`` is what kicks; ``createClient`` first makes sure there is a client
+    to disable (a device registered before its broker had dynsec). Re-enrolment registers it again.
     """
     cmds = [
         {"command": "createClient", "username": device_id},
@@ -162,14 +192,24 @@ def provision(
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     crl_pem: bytes | None = None,
     controllers: tuple[str, ...] = (CONTROLLER_IDENTITY,),
+    plugins: Path | None = None,
 ) -> BrokerSecurity:
     """Write everything the secure listener reads into ``directory`` and describe it.
 
+    Raises ``share_guard.ShareGuardBuildError`` where the share guard plugin cannot be compiled.
     ``controllers`` are the certificate CNs the controller replicas connect with (see ``controller_identities``).
+    ``plugins``: a directory on the broker's own machine that already holds ``share_guard.so`` and
+    ``mosquitto_dynamic_security.so`` (the compose broker image, deploy/Dockerfile.broker): nothing is compiled
+    here and the config names them there.
     """
     directory.mkdir(parents=True, exist_ok=True)
     key = new_key()
     server = ca.issue_service(BROKER_IDENTITY, key, server=True, hosts=hosts)
+    plugin_paths: dict[str, Any] = (
+        {"share_guard": share_guard.install(directory / "share_guard.so")}
+        if plugins is None
+        else {"share_guard": plugins / "share_guard.so", "dynsec_plugin": plugins / "mosquitto_dynamic_security.so"}
+    )
     sec = BrokerSecurity(
         cafile=directory / "ca.pem",
         certfile=directory / "broker.pem",
@@ -177,6 +217,8 @@ def provision(
         crlfile=directory / "crl.pem",
         acl_file=directory / "acl",
         dynsec_config=directory / "dynsec.json",
+        share_subscribers=controllers,
+        **plugin_paths,
     )
     atomic_write_bytes(sec.cafile, ca.cert_pem)
     atomic_write_bytes(sec.certfile, server.pem)

@@ -16,15 +16,17 @@ from pathlib import Path
 
 @dataclass(frozen=True, kw_only=True)
 class BrokerSecurity:
-    """Files of the secure listener (mTLS, identity from the certificate CN, ACL, CRL, kick channel)."""
+    """Files of the secure listener (mTLS, identity from the certificate CN, ACL, CRL, kick channel, share guard)."""
 
     cafile: Path  # the device CA: client certificates must chain to it
     certfile: Path  # the broker's server certificate
     keyfile: Path  # the broker's private key (mode 0600)
     crlfile: Path  # revoked device certificates; re-read on SIGHUP
     acl_file: Path  # pattern ACLs: a device only under edgefleet/v1/dev/<its CN>/...
-    dynsec_config: Path | None = None  # dynamic-security state, used only to kick revoked clients
+    dynsec_config: Path | None = None  # dynamic-security state: kicks revoked clients, refuses enrolled devices $share/
     dynsec_plugin: Path = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+    share_guard: Path | None = None  # plugin refusing $share/ SUBSCRIBEs (controller/identity/share_guard.c)
+    share_subscribers: tuple[str, ...] = ()  # certificate CNs the share guard lets subscribe to $share/ (controllers)
 
     def render(self) -> list[str]:
         lines = [
@@ -39,6 +41,9 @@ class BrokerSecurity:
             "use_username_as_clientid true",
             f"acl_file {self.acl_file}",
         ]
+        # Plugins are asked in this order, before the ACL file; the first that does not defer decides.
+        if self.share_guard is not None:
+            lines += [f"plugin {self.share_guard}", f"plugin_opt_share_subscribers {' '.join(self.share_subscribers)}"]
         if self.dynsec_config is not None:
             lines += [f"plugin {self.dynsec_plugin}", f"plugin_opt_config_file {self.dynsec_config}"]
         return lines

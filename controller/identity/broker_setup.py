@@ -1,7 +1,8 @@
 """``python -m controller.identity.broker_setup``: write a secure Mosquitto setup from the controller's device CA.
 
 Writes into ``--out``: ``ca.pem``, ``broker.pem``/``broker.key``, ``crl.pem``,
-``acl``, ``dynsec.json`` and ``mosquitto.conf``; and the controller's MQTT
+``acl``, ``dynsec.json``, ``share_guard.so`` (compiled here: needs a C compiler
+and the Mosquitto plugin headers) and ``mosquitto.conf``; and the controller's MQTT
 client identity into ``<data-dir>/identity/``. Prints the ``EDGEFLEET_*``
 settings the controller then needs. No secret is printed.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sys
 from pathlib import Path
 
 from controller.identity.broker_auth import controller_identities, new_share_group, provision, write_identity
 from controller.identity.broker_config import MosquittoConfig
 from controller.identity.pki import DeviceCA
+from controller.identity.share_guard import ShareGuardBuildError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", action="append", default=[], help="name or IP devices use for the broker (repeatable)")
     p.add_argument("--replicas", type=int, default=1, help="controller replicas: one client certificate each")
     p.add_argument("--run-as", default=None, help="user Mosquitto runs as (default: mosquitto when started as root)")
+    p.add_argument(
+        "--broker-plugins",
+        type=Path,
+        default=None,
+        help="directory on the broker's machine already holding share_guard.so and mosquitto_dynamic_security.so "
+        "(deploy/Dockerfile.broker builds them into /usr/lib/edgefleet); default: compile the share guard here",
+    )
     args = p.parse_args(argv)
 
     ca = DeviceCA.open(args.data_dir / "ca", create=True)
     names = controller_identities(args.replicas)
-    sec = provision(ca, args.out.resolve(), hosts=tuple(args.host or ["127.0.0.1", "localhost"]), controllers=names)
+    try:
+        hosts = tuple(args.host or ["127.0.0.1", "localhost"])
+        sec = provision(ca, args.out.resolve(), hosts=hosts, controllers=names, plugins=args.broker_plugins)
+    except ShareGuardBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     pid = args.out.resolve() / "mosquitto.pid"
     conf = MosquittoConfig(port=args.port, bind=args.bind, security=sec, pid_file=pid, run_as=args.run_as)
     (args.out / "mosquitto.conf").write_text(conf.render())

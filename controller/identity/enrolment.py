@@ -52,6 +52,9 @@ def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
 
 
+ENROLMENT_TOKEN_PREFIX = "efe_"  # noqa: S105 - a prefix, not a secret
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -60,7 +63,7 @@ def create_token(session: Session, device_id: str, ttl_s: int, *, now: dt.dateti
     if session.get(Device, device_id) is None:
         raise UnknownDevice(f"device {device_id!r} is not registered; register it before creating an enrolment token")
     now = now or utcnow()
-    token = secrets.token_urlsafe(32)
+    token = ENROLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)  # never starts with "-": `--enrol TOKEN` parses
     expires = now + dt.timedelta(seconds=ttl_s)
     session.add(EnrolmentToken(token_sha256=token_digest(token), device_id=device_id, expires_at=expires, created_at=now))
     session.commit()
@@ -174,3 +177,11 @@ def current_crl(session: Session, ca: DeviceCA) -> bytes:
     rows = session.exec(select(DeviceCertificate).where(col(DeviceCertificate.revoked_at).is_not(None))).all()
     revoked = [(int(r.serial, 16), _aware(r.revoked_at)) for r in rows if r.revoked_at and _aware(r.not_after) > now]
     return ca.crl(revoked)
+
+
+def enrolled_devices(session: Session, now: dt.datetime | None = None) -> list[str]:
+    """Devices holding at least one unrevoked, unexpired certificate, sorted."""
+    t = now or dt.datetime.now(dt.timezone.utc)
+    dc = DeviceCertificate
+    rows = session.exec(select(dc.device_id, dc.not_after).where(col(dc.revoked_at).is_(None))).all()
+    return sorted({d for d, not_after in rows if _aware(not_after) > t})

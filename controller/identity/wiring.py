@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from controller.core.config import Settings
 from controller.identity.broker_auth import BrokerControl
+from controller.identity.broker_devices import CHECK_INTERVAL_S, DeviceSync
 from controller.identity.enrolment import current_crl
 from controller.identity.pki import DeviceCA
 from shared.fsutil import atomic_write_bytes
@@ -55,3 +56,7 @@ def install(app: FastAPI, settings: Settings, engine: Engine) -> None:
     if settings.broker_crl_file is not None:
         with Session(engine) as session:
             control.install_crl(current_crl(session, ca))  # re-signed on every start: CRLs expire
+    mqtt = app.state.mqtt
+    if settings.broker_tls and mqtt is not None:  # the secure broker: enrolled devices are dynsec clients
+        sync = DeviceSync(engine, mqtt.register_devices, lambda: mqtt.connects if mqtt.connected.is_set() else 0)
+        app.state.leader.add_job("broker.devices", CHECK_INTERVAL_S, sync)

@@ -13,9 +13,12 @@ Every ``monitor_interval_s`` the leader:
 3. refreshes the gauges, commits, then delivers transitions to the webhook.
 
 The job is idempotent (alert state is in the database, keyed), so a new
-leader repeating a tick does no harm. "Complete" windows end at the start of
-the current window; the window just closed may still be arriving, which only
-makes the newest figures lag, never fire early.
+leader repeating a tick does no harm. "Complete" windows end ``settle_windows``
+windows before the start of the current window: agents outside rollouts batch
+up to ten windows a message (ADR 0076), so newer windows have arrived from some
+devices only, and judging them would read a partial fleet (an availability that
+seems to drop, error rates from the devices that sent at once because their
+windows had errors). Figures lag by that much; they never fire early.
 """
 
 from __future__ import annotations
@@ -80,13 +83,14 @@ class MonitorJob:
     window_s: int
     drift_windows: int = 3
     webhook_url: str | None = None
+    settle_windows: int = 0  # windows to wait before judging one (settings: 10, the agents' batch)
 
     def __post_init__(self) -> None:
         self.alerts = Alerts(self.metrics, self.webhook_url)
 
     def __call__(self, ctx: LeaderContext, now: float | None = None) -> None:
         t = time.time() if now is None else now
-        end = int(t // self.window_s) * self.window_s  # start of the current (incomplete) window
+        end = (int(t // self.window_s) - self.settle_windows) * self.window_s  # current window's start, less the settling
         with Session(ctx.engine) as session:
             self.check_drift(session, end)
             self.check_slos(session, end)

@@ -17,7 +17,9 @@ import numpy as np
 
 from agent.runtime import golden_check, litert_interpreter, load_model
 from shared import bundle as bundle_fmt
-from shared.manifest import MODEL_FILES, GoldenVector, Manifest, Quantization, TensorSpec
+from shared.errors import SchemaError
+from shared.features import FeatureSpec
+from shared.manifest import MODEL_FILES, GoldenVector, Manifest, Quantization, TensorSpec, check_features
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32"}
 _ONNX_DTYPES["tensor(int64)"] = "int64"
@@ -33,13 +35,16 @@ class BuildSpec:
     version: int
     label: str = ""
     golden_count: int = 4
-    golden_inputs: np.ndarray | None = None  # samples (first axis) to use as golden inputs; random when None
+    golden_inputs: np.ndarray | None = None  # samples (first axis) to use as golden inputs (raw with features); random when None
     atol: float = 1e-4
     latency_budget_ms: float = 10.0
-    preprocessing: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # free-form notes
+    reference: dict[str, Any] = field(default_factory=dict)  # drift reference histograms (manifest.reference)
     lineage: dict[str, Any] = field(default_factory=dict)
     arch: list[str] = field(default_factory=list)
     seed: int = 0
+    features: FeatureSpec | None = None  # raw -> model input; golden vectors then start from raw samples
+    golden_batch: dict[str, float] | None = None  # batch-feature values joined to the golden raw samples
 
 
 def runtime_for(path: Path) -> str:
@@ -119,9 +124,40 @@ def golden_inputs(inputs: list[TensorSpec], spec: BuildSpec) -> list[dict[str, n
     return rows
 
 
+def golden_raw(fs: FeatureSpec, spec: BuildSpec) -> list[np.ndarray]:
+    """Raw golden items (each with a leading batch axis of 1): the given samples, or seeded random
+    values within the spec's valid ranges."""
+    if spec.golden_count < 1:
+        raise BuildError("--golden-count must be at least 1")
+    shape = fs.input.shape
+    if spec.golden_inputs is None:
+        rng = np.random.default_rng(spec.seed)
+        lo = 0.0 if fs.input.range[0] is None else fs.input.range[0]
+        hi = lo + 1.0 if fs.input.range[1] is None else fs.input.range[1]
+        return [rng.uniform(lo, hi, size=(1, *shape)).astype(np.float32) for _ in range(spec.golden_count)]
+    rows = []
+    for i, sample in enumerate(spec.golden_inputs[: spec.golden_count]):
+        x = np.asarray(sample)
+        if x.size != int(np.prod(shape)):
+            raise BuildError(f"golden raw input {i} has {x.size} values; the feature spec's raw input has shape {list(shape)}")
+        rows.append(x.reshape((1, *shape)))
+    if not rows:
+        raise BuildError("--golden-inputs holds no samples")
+    return rows
+
+
 def build(model: bytes, runtime: str, spec: BuildSpec) -> bytes:
-    """The bytes of a valid bundle: specs from the model, golden outputs from ``agent.runtime``."""
+    """The bytes of a valid bundle: specs from the model, golden outputs from ``agent.runtime``.
+
+    With ``spec.features`` the golden inputs are raw samples: each vector holds the raw item, the
+    model inputs the feature spec makes of it and the outputs, so the health check covers both steps.
+    """
     inputs, outputs = tensor_specs(runtime, model)
+    if spec.features is not None:
+        try:
+            check_features(spec.features, inputs, [])
+        except SchemaError as exc:
+            raise BuildError(str(exc).removeprefix("manifest.")) from None
     draft = Manifest(
         name=spec.name,
         version=spec.version,
@@ -135,13 +171,27 @@ def build(model: bytes, runtime: str, spec: BuildSpec) -> bytes:
         golden_atol=spec.atol,
         latency_budget_ms=spec.latency_budget_ms,
         preprocessing=spec.preprocessing,
+        reference=spec.reference,
         hardware={"arch": spec.arch} if spec.arch else {},
         lineage=spec.lineage,
+        features=spec.features,
     )
     try:
         loaded = load_model(draft, model, "unpacked")
         vectors = []
-        for feed in golden_inputs(inputs, spec):
+        if spec.features is not None:
+            for raw in golden_raw(spec.features, spec):
+                feed = loaded.featurize(raw, spec.golden_batch)
+                got = loaded.predict(feed)
+                vectors.append(
+                    GoldenVector(
+                        {k: v.tolist() for k, v in feed.items()},
+                        {k: v.tolist() for k, v in got.items()},
+                        raw=raw.tolist(),
+                        batch=dict(spec.golden_batch) if spec.golden_batch else None,
+                    )
+                )
+        for feed in golden_inputs(inputs, spec) if spec.features is None else ():
             got = loaded.predict(feed)
             vectors.append(GoldenVector({k: v.tolist() for k, v in feed.items()}, {k: v.tolist() for k, v in got.items()}))
         manifest = Manifest.from_dict(replace(draft, golden=vectors).to_dict())

@@ -5,7 +5,8 @@ Roles (see DESIGN "Trust" and docs/adr/0010):
 - ``root``: k-of-n root keys (offline); names the keys of every role.
 - ``targets``: k-of-n **release keys**; lists each bundle's path, length,
   sha256 and ``custom`` data: model, version, runtime, hardware and the model's
-  signed **version floor**. Raising the floor re-signs every entry of the model.
+  signed **version floor**. Raising the floor re-signs every entry of the model;
+  a revoked version leaves the list (a device refuses what is not listed).
 - ``snapshot`` and ``timestamp``: one online key held by the controller.
 
 Files, as ``tuf.ngclient`` fetches them with consistent snapshots::
@@ -287,6 +288,13 @@ class ImageRepository:
             if isinstance(t.custom, dict) and t.custom.get("model") == model:
                 t.unrecognized_fields["custom"] = {**t.custom, "floor": floor}
                 self.md["targets"].signed.targets[path] = t
+
+    def stage_revoke(self, model: str, version: int, floor: int) -> None:
+        """Take a revoked version out of the in-memory ``targets`` (devices refuse what is not listed) and raise
+        the floor to ``floor`` (never lower it), without signing."""
+        self.md["targets"].signed.targets.pop(target_path(model, version), None)
+        if floor > self.floor(model):
+            self.stage_floor(model, floor)
 
     def _release(self, signers: Sequence[Signer], online: Signer) -> None:
         t = self.md["targets"].signed

@@ -9,7 +9,9 @@
   releases) or stay offline and sign pending changes (``controller.release.offline``).
 - :meth:`ImageRepoService.refresh` is the leader's job: it re-signs snapshot and
   timestamp (and, with online release signing, targets) once less than half of
-  their lifetime is left, so metadata never lapses on a quiet day.
+  their lifetime is left, so metadata never lapses on a quiet day. Offline-signed
+  targets it cannot re-sign: within ``targets_warn_s`` of their expiry it warns and
+  stages a renewal for the release keys (``controller.release.expiry``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from controller.core.config import Settings
 from controller.core.secrets import load_ed25519
 from controller.core.tables import ModelVersion, TufMetadataRow
 from controller.release import offline
+from controller.release.expiry import ROLES as EXPIRY_ROLES
+from controller.release.expiry import RoleExpiry, targets_warning
 from controller.release.imagerepo import ROLES, DevKeys, ImageRepoError, ImageRepository, expiry_from
 from controller.release.registry import Conflict, Registry, ReleaseChange
 from shared.bundle import target_path
@@ -76,8 +80,13 @@ class ImageRepoService:
         initial_dir: Path | None = None,
         dev_keys: DevKeys | None = None,
         legacy_dir: Path | None = None,
+        targets_warn_s: float = 21 * 86400,
     ) -> None:
         self.engine = engine
+        # Offline release keys: warn this long before targets lapse (at most half their lifetime, so a
+        # freshly signed renewal is never itself due for renewal).
+        self.targets_warn_s = min(targets_warn_s, expiry["targets"].total_seconds() / 2)
+        self._warned_at = -1e18  # monotonic time of the last logged warning
         self.online = online
         self.release = release  # None: offline release keys
         self.expiry = expiry
@@ -115,6 +124,7 @@ class ImageRepoService:
             initial_dir=settings.tuf_initial_dir,
             dev_keys=dev_keys,
             legacy_dir=settings.data_dir / "tuf",
+            targets_warn_s=settings.tuf_targets_warn_s,
         )
         svc.ensure()
         return svc
@@ -203,9 +213,9 @@ class ImageRepoService:
         else:
 
             def apply(r: ImageRepository) -> None:
-                r.stage_floor(change.name, change.floor)
+                r.stage_revoke(change.name, change.version, change.floor)
 
-            what = f"raise the floor of {change.name} to {change.floor} (v{change.version} revoked)"
+            what = f"delist {target_path(change.name, change.version)} (revoked; floor of {change.name}: {change.floor})"
         try:
             if self.release is None:
                 offline.stage(session, repo, what, apply)
@@ -234,6 +244,22 @@ class ImageRepoService:
     def add_signature(self, version: int, keyid: str, sig: str) -> offline.PendingView:
         return self.write(lambda s, r: offline.add_signature(s, r, version, keyid, sig, self.online))  # type: ignore[no-any-return]
 
+    # --- expiry ------------------------------------------------------------------------
+
+    def expiries(self) -> dict[str, RoleExpiry]:
+        """Version and expiry of each published role."""
+        with Session(self.engine) as session:
+            repo = ImageRepository(DbMetaStore(session), self.expiry)
+            out = {}
+            for role in EXPIRY_ROLES:
+                md = repo.md[role].signed
+                out[role] = RoleExpiry(role, md.version, md.expires, repo.expires_in(role))
+            return out
+
+    def targets_warning(self, expiries: dict[str, RoleExpiry] | None = None) -> str | None:
+        targets = (expiries or self.expiries())["targets"]
+        return targets_warning(targets, offline=self.release is None, warn_s=self.targets_warn_s)
+
     # --- the leader's job ---------------------------------------------------------------
 
     def refresh(self, now_margin: float = REFRESH_AT) -> list[str]:
@@ -241,6 +267,8 @@ class ImageRepoService:
 
         def run(session: Session, repo: ImageRepository) -> list[str]:
             done: list[str] = []
+            if self.release is None and repo.expires_in("targets") < self.targets_warn_s:
+                self._renewal_due(session, repo)
             if self.release is not None and repo.expires_in("targets") < self.expiry["targets"].total_seconds() * now_margin:
                 repo.resign_targets(self.release.release[: self.release.release_threshold], self.online)
                 return ["targets", "snapshot", "timestamp"]
@@ -256,6 +284,21 @@ class ImageRepoService:
         if done:
             log.debug("image repository: re-signed %s", ", ".join(done))
         return done
+
+    def _renewal_due(self, session: Session, repo: ImageRepository) -> None:
+        """Offline targets near their expiry: make sure a renewal waits for signatures, and say so (hourly)."""
+        t = repo.md["targets"].signed
+        pending = offline.pending(session, repo)
+        left = offline.pending_expires_in(session)
+        if pending is None or (left is not None and left < self.targets_warn_s):  # none, or one that lapses as soon
+            when = t.expires.isoformat(timespec="seconds")
+            pending = offline.stage(session, repo, f"renew targets (version {t.version} expires at {when})", lambda r: None)
+        if time.monotonic() - self._warned_at >= 3600:
+            self._warned_at = time.monotonic()
+            expiry = RoleExpiry("targets", t.version, t.expires, repo.expires_in("targets"))
+            log.warning(
+                "%s (pending version %d)", targets_warning(expiry, offline=True, warn_s=self.targets_warn_s), pending.version
+            )
 
     def refresh_interval_s(self) -> float:
         """How often the leader looks: a quarter of the shortest online lifetime, within [0.5 s, 5 min]."""

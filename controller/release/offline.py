@@ -92,6 +92,15 @@ def pending(session: Session, repo: ImageRepository) -> PendingView | None:
     return view(repo, session.get(PendingTargets, 1))
 
 
+def pending_expires_in(session: Session) -> float | None:
+    """Seconds the pending targets would be valid for if published now; None when nothing waits."""
+    row = session.get(PendingTargets, 1)
+    if row is None:
+        return None
+    expires: datetime = Metadata[Targets].from_bytes(bytes(row.data)).signed.expires
+    return (expires - datetime.now(timezone.utc)).total_seconds()
+
+
 def add_signature(session: Session, repo: ImageRepository, version: int, keyid: str, sig: str, online: Signer) -> PendingView:
     """Check one release-key signature over the pending targets; publish at the threshold."""
     row = session.get(PendingTargets, 1)

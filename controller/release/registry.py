@@ -10,7 +10,7 @@
 
 Release hook: :meth:`Registry.release_changed` is the one place called whenever
 the set of releasable versions changes (a version registered, a version revoked
-and the floor raised). It runs inside the caller's transaction before commit, so
+and delisted, the floor raised over revoked versions at the bottom). It runs inside the caller's transaction before commit, so
 a failing hook (e.g. TUF signing in ``controller/release/imagerepo.py``) refuses the
 change and nothing is half-written. Hooks are callables appended to
 ``Registry.hooks``.
@@ -79,6 +79,13 @@ def beyond_canary(role: str) -> bool:
     return role == "production" or role.startswith("arm-")
 
 
+def floor_over_revoked(session: Session, name: str, floor: int) -> int:
+    """The lowest version at or above ``floor`` that is not revoked (one past the latest when all are)."""
+    rows = session.exec(select(ModelVersion.version, ModelVersion.revoked).where(ModelVersion.name == name)).all()
+    live = [int(v) for v, revoked in rows if not revoked and v >= floor]
+    return min(live) if live else max([floor, *(int(v) + 1 for v, _ in rows)])
+
+
 def golden_reproduces(bundle: bundle_fmt.Bundle, sha256: str) -> None:
     """Load the model with the agent's own runtime and run its golden vectors; raise Invalid if they differ."""
     from agent.runtime import ModelLoadError, golden_check, load_model
@@ -136,6 +143,11 @@ class Registry:
             if reason is not None:
                 raise Conflict(reason)
         return mv
+
+    def installable(self, session: Session, name: str, version: int) -> ModelVersion:
+        """The version if devices may install it (not revoked, not below the floor, released), approved or not:
+        what a rollout may go back to. Otherwise the rule it breaks."""
+        return self.assignable(session, name, version, "canary")
 
     # --- changes (each records an audit entry; the caller commits) -----------
 
@@ -250,17 +262,26 @@ class Registry:
         )
 
     def revoke(self, session: Session, name: str, version: int, by: Principal, reason: str) -> int:
-        """Revoke a version and raise the floor above it; returns the new floor."""
+        """Revoke one version: never assignable again, and devices refuse it (it leaves the signed targets).
+
+        The floor rises over the revoked versions at the bottom only (every version below the floor is
+        revoked), so older good versions stay installable: rolling back means assigning one (ADR 0073).
+        Returns the new floor."""
         mv = self.get(session, name, version)
         if mv.revoked:
             raise Conflict(f"{name} v{version} is already revoked")
         mv.revoked = True
         session.add(mv)
+        session.flush()
         row = session.get(ModelFloor, name) or ModelFloor(name=name, floor=1)
         old = row.floor
-        row.floor, row.updated_at = max(row.floor, version + 1), datetime.now(timezone.utc)
+        row.floor, row.updated_at = floor_over_revoked(session, name, row.floor), datetime.now(timezone.utc)
         session.add(row)
-        dropped = [a for a in session.exec(select(ModelAlias).where(ModelAlias.name == name)).all() if a.version < row.floor]
+        dropped = [
+            a
+            for a in session.exec(select(ModelAlias).where(ModelAlias.name == name)).all()
+            if a.version == version or a.version < row.floor
+        ]
         for a in dropped:
             session.delete(a)
         audit.record(

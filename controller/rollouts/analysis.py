@@ -15,6 +15,18 @@ devices, inferences) are met, and is otherwise inconclusive — which never
 promotes. Failure needs confidence ``1 - alpha_fail`` that the candidate is
 worse *and* a point estimate beyond the tolerated margin; a pass needs
 confidence ``1 - alpha_pass`` that the candidate is within the margin.
+
+Rates fail on either of two tests (ADR 0066). The **sequential** one is an
+always-valid one-sided test (a normal mixture over regressions of size about
+``sequential_tau``, read through Ville's inequality): its error bound holds
+however often the leader looks, so it needs no minimum sample beyond
+``sequential_min_n`` and fails a stage on the first look where the evidence is
+strong (a candidate that errs on a third of its first 30 inferences). The
+**fixed** one (a z-test per look, after ``min_labels`` / ``fail_min_inferences``)
+catches moderate regressions once enough data has come in. Prediction shift is
+judged on the Jensen-Shannon distance *beyond what sampling noise alone gives*
+(the plug-in divergence less its bias, ``dof / (8 N ln 2)`` bits), so few
+predictions neither fake a shift nor need a loose limit.
 """
 
 from __future__ import annotations
@@ -48,6 +60,9 @@ class Unit:
     agree: int = 0
     disagree: int = 0
     weight: float = 1.0
+    dropped: int = 0  # shadow: comparisons lost because the device's shadow queue was full
+    sampled_out: int = 0  # shadow: production inferences the sample rate left uncompared
+    confusion: tuple[tuple[int, ...], ...] = ()  # shadow: [production class][shadow class] counts
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class Observation:
     baseline_offline: int = 0  # ... of which went offline during the stage
     rollbacks: tuple[str, ...] = ()  # devices whose agent rolled the candidate back (health check failed)
     final: bool = False  # the whole cohort is on the candidate: nothing left to compare with
+    sample_rate: float = 1.0  # shadow stage: the share of production inferences the shadow model was asked to see
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,7 @@ def match_baseline(canary: Sequence[Unit], baseline: Sequence[Unit]) -> tuple[Un
 @dataclass(frozen=True)
 class Rate:
     p: float  # weighted ratio estimate
-    var: float  # its variance (cluster-robust, floored by binomial)
+    var: float  # its variance (cluster-robust, floored by binomial; see pair_rates for the one compared)
     n: int  # raw denominator (inferences or labels)
     devices: int
 
@@ -141,13 +157,86 @@ def rate(units: Sequence[Unit], num: str, den: str) -> Rate | None:
     return Rate(p, max(cluster, binom), n_raw, k)
 
 
-def compare_rates(name: str, cand: Rate | None, base: Rate | None, margin: float, th: Thresholds, min_n: int, what: str) -> Check:
-    """One-sided tests on ``cand.p - base.p`` (higher is worse) against a tolerated ``margin``."""
-    if cand is None or base is None or cand.n < min_n or base.n < min_n:
+RELIABLE_CLUSTERS = 10  # devices in an arm from which its own cluster-robust variance is trusted as a floor
+
+
+def pair_rates(cand: Sequence[Unit], base: Sequence[Unit], num: str, den: str) -> tuple[Rate | None, Rate | None, float]:
+    """Both arms' rates, their variances sharing one dispersion factor estimated from every device of both arms.
+
+    With a few devices per arm, an arm's own cluster-robust variance rests on one to a few
+    degrees of freedom and is mostly noise (a max with the binomial floor then inflates it on
+    average). How much devices spread beyond binomial noise is a property of the fleet, so it
+    is estimated once, from all devices: Pearson's dispersion
+    ``sum_i (x_i - p_arm n_i)^2 / (n_i p_arm (1 - p_arm)) / (K - 2)`` over the ``K`` devices
+    with data (quasi-binomial), and each arm's binomial variance is multiplied by
+    ``max(1, dispersion)``. An arm with ``RELIABLE_CLUSTERS`` devices or more keeps its own
+    cluster-robust variance as a floor (a candidate that breaks on some devices only).
+    Returns (candidate, baseline, dispersion); a single device per arm has no dispersion
+    estimate and keeps :func:`rate`'s variance.
+    """
+    rc, rb = rate(cand, num, den), rate(base, num, den)
+    if rc is None or rb is None:
+        return rc, rb, 1.0
+    pearson, k = 0.0, 0
+    for units, r in ((cand, rc), (base, rb)):
+        p = min(max(r.p, 0.5 / (r.n + 1.0)), 1 - 0.5 / (r.n + 1.0))
+        for u in units:
+            n_i = getattr(u, den)
+            if n_i > 0 and u.weight > 0:
+                pearson += (getattr(u, num) - p * n_i) ** 2 / (n_i * p * (1 - p))
+                k += 1
+    if k <= 2:
+        return rc, rb, 1.0
+    dispersion = pearson / (k - 2)
+
+    def quasi(units: Sequence[Unit], r: Rate) -> Rate:
+        us = [u for u in units if getattr(u, den) > 0 and u.weight > 0]
+        n_w = sum(u.weight * getattr(u, den) for u in us)
+        shrunk = (sum(getattr(u, num) for u in us) + 0.5) / (r.n + 1.0)
+        binom = shrunk * (1 - shrunk) * sum(u.weight**2 * getattr(u, den) for u in us) / n_w**2
+        var = binom * max(1.0, dispersion)
+        return replace(r, var=max(var, r.var) if r.devices >= RELIABLE_CLUSTERS else var)
+
+    return quasi(cand, rc), quasi(base, rb), dispersion
+
+
+def always_valid_worse_p(diff: float, var: float, tau: float) -> float:
+    """Always-valid p-value of "no worse" (``diff <= 0``) against "worse", from one look at ``diff`` of variance ``var``.
+
+    ``1 / L`` with ``L`` the likelihood ratio of a half-normal mixture (scale ``tau``) over
+    regressions ``delta > 0`` against ``delta = 0``::
+
+        L = 2 sqrt(V / (V + tau^2)) exp(diff^2 tau^2 / (2 V (V + tau^2))) Phi(diff tau / sqrt(V (V + tau^2)))
+
+    ``L`` is a nonnegative supermartingale while the candidate is no worse, so by Ville's
+    inequality ``P(p <= alpha at any look) <= alpha``: the leader may look as often as it likes.
+    """
+    if not (var > 0 and math.isfinite(var) and math.isfinite(diff)):
+        return 1.0
+    t2 = tau * tau
+    log_l = (
+        math.log(2.0)
+        + 0.5 * math.log(var / (var + t2))
+        + diff * diff * t2 / (2 * var * (var + t2))
+        + math.log(max(_N.cdf(diff * tau / math.sqrt(var * (var + t2))), 1e-300))
+    )
+    return 1.0 if log_l <= 0 else math.exp(-log_l)
+
+
+def compare_rates(
+    name: str, cand: Rate | None, base: Rate | None, margin: float, th: Thresholds, min_n: int, what: str, dispersion: float = 1.0
+) -> Check:
+    """One-sided tests on ``cand.p - base.p`` (higher is worse) against a tolerated ``margin``.
+
+    Fails on the sequential (always-valid) test from ``sequential_min_n`` per arm, or on the
+    fixed test from ``min_n`` per arm; passes only on the fixed bound from ``min_n``."""
+    seq_min = min(th.sequential_min_n, min_n)
+    if cand is None or base is None or cand.n < seq_min or base.n < seq_min:
         got = f"{cand.n if cand else 0} candidate / {base.n if base else 0} baseline"
         return Check(name, SKIPPED, f"too few {what} to judge ({got}; need {min_n} each)")
     diff = cand.p - base.p
     se = math.sqrt(cand.var + base.var)
+    p_seq = always_valid_worse_p(diff, cand.var + base.var, th.sequential_tau)
     z_fail, z_pass = _N.inv_cdf(1 - th.alpha_fail), _N.inv_cdf(1 - th.alpha_pass)
     figures = {
         "candidate": round(cand.p, 6),
@@ -161,7 +250,17 @@ def compare_rates(name: str, cand: Rate | None, base: Rate | None, margin: float
         "baseline_devices": base.devices,
         "upper_bound": round(diff + z_pass * se, 6),
         "lower_bound": round(diff - z_fail * se, 6),
+        "always_valid_p": float(f"{p_seq:.4g}"),
+        "dispersion": round(dispersion, 3),
     }
+    if diff > margin and p_seq <= th.alpha_fail:
+        why = (
+            f"{name} {cand.p:.4f} vs baseline {base.p:.4f}: worse beyond the margin {margin:.4f} (sequential test, p={p_seq:.2g})"
+        )
+        return Check(name, FAIL, why, {**figures, "test": "sequential"})
+    if cand.n < min_n or base.n < min_n:
+        got = f"{cand.n} candidate / {base.n} baseline"
+        return Check(name, SKIPPED, f"too few {what} to judge ({got}; need {min_n} each)", figures)
     if diff > margin and diff - z_fail * se > 0:
         return Check(name, FAIL, f"{name} {cand.p:.4f} vs baseline {base.p:.4f}: worse beyond the margin {margin:.4f}", figures)
     if diff + z_pass * se < margin:
@@ -217,7 +316,13 @@ def latency_check(canary: Sequence[Unit], baseline: Sequence[Unit], th: Threshol
 
 
 def shift_check(canary: Sequence[Unit], baseline: Sequence[Unit], th: Thresholds) -> Check:
-    """Prediction-distribution shift: Jensen-Shannon distance, significant by a chi-square test."""
+    """Prediction-distribution shift: Jensen-Shannon distance beyond sampling noise, significant by a chi-square test.
+
+    The divergence measured between two histograms of ``n_c`` and ``n_b`` counts is too
+    large by about ``dof / (8 N ln 2)`` bits (``N = n_c n_b / (n_c + n_b)``, ``dof`` = classes
+    - 1): with no shift at all, ``8 N ln(2) JSD`` is about chi-square with ``dof`` degrees of
+    freedom. That bias is taken away; the square root of what is left (a distance, base 2)
+    is held against ``max_prediction_shift``, and the raw distance is reported beside it."""
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import chi2_contingency
 
@@ -230,12 +335,17 @@ def shift_check(canary: Sequence[Unit], baseline: Sequence[Unit], th: Thresholds
     b_raw = sum(u.count for u in baseline)  # baseline counts scaled back to raw numbers for the test
     scale = b_raw / sum(b) if sum(b) else 1.0
     table = [[c[i] for i in cols], [b[i] * scale for i in cols]]
-    p_value = float(chi2_contingency(table)[1])
+    chi2, p_value, dof, _ = chi2_contingency(table, correction=False)
+    n_c, n_b = sum(table[0]), sum(table[1])
+    n_h = n_c * n_b / (n_c + n_b)
     js = float(jensenshannon([c[i] for i in cols], [b[i] for i in cols], base=2))
-    figures = {"js_distance": round(js, 4), "p_value": p_value, "limit": th.max_prediction_shift}
-    if js > th.max_prediction_shift and p_value < th.alpha_fail:
-        return Check("prediction_shift", FAIL, f"predictions shifted (Jensen-Shannon distance {js:.3f})", figures)
-    return Check("prediction_shift", PASS, f"Jensen-Shannon distance {js:.3f}", figures)
+    excess = math.sqrt(max(0.0, js * js - dof / (8 * n_h * math.log(2))))
+    figures = {"js_distance": round(js, 4), "js_beyond_noise": round(excess, 4), "chi2": round(float(chi2), 3)}
+    figures |= {"dof": int(dof), "p_value": float(p_value), "limit": th.max_prediction_shift}
+    if excess > th.max_prediction_shift and p_value < th.alpha_fail:
+        why = f"predictions shifted (Jensen-Shannon distance {excess:.3f} beyond noise, {js:.3f} raw; p={float(p_value):.2g})"
+        return Check("prediction_shift", FAIL, why, figures)
+    return Check("prediction_shift", PASS, f"Jensen-Shannon distance {excess:.3f} beyond noise ({js:.3f} raw)", figures)
 
 
 def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
@@ -248,19 +358,56 @@ def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def agreement_check(shadow: Sequence[Unit], th: Thresholds) -> Check:
+def confusion_of(units: Sequence[Unit]) -> list[list[int]]:
+    """The shadow comparisons' confusion matrix summed over devices (those of the most common size)."""
+    sizes = [len(u.confusion) for u in units if u.confusion]
+    if not sizes:
+        return []
+    k = max(set(sizes), key=sizes.count)
+    out = [[0] * k for _ in range(k)]
+    for u in units:
+        if len(u.confusion) == k:
+            for i, row in enumerate(u.confusion):
+                for j, v in enumerate(row):
+                    out[i][j] += v
+    return out
+
+
+def agreement_check(shadow: Sequence[Unit], th: Thresholds, sample_rate: float = 1.0) -> Check:
+    """Shadow agreement with production (Wilson bounds), with what it rests on: the confusion matrix,
+    per-class agreement, and the comparisons sampled out or dropped. A pass needs at most
+    ``max_shadow_dropped`` of the sampled comparisons dropped: when the shadow queue overflows,
+    bursts go uncompared and agreement describes only the quiet part of the traffic."""
     agree, disagree = sum(u.agree for u in shadow), sum(u.disagree for u in shadow)
+    dropped, sampled_out = sum(u.dropped for u in shadow), sum(u.sampled_out for u in shadow)
     n = agree + disagree
+    offered = n + dropped
+    cm = confusion_of(shadow)
+    per_class = [
+        {"class": i, "production": sum(row), "agreement": round(row[i] / sum(row), 4)} for i, row in enumerate(cm) if sum(row)
+    ]
+    figures: dict[str, Any] = {"compared": n, "dropped": dropped, "sampled_out": sampled_out, "sample_rate": sample_rate}
+    figures |= {"dropped_share": round(dropped / offered, 4) if offered else 0.0}
+    figures |= {"observed_rate": round(n / (offered + sampled_out), 4) if offered + sampled_out else None}
+    figures |= {"confusion": cm, "per_class": per_class, "minimum": th.min_shadow_agreement}
     if n < th.fail_min_inferences:
-        return Check("shadow_agreement", INCONCLUSIVE, f"{n} shadow comparisons; need {th.fail_min_inferences}")
+        return Check("shadow_agreement", INCONCLUSIVE, f"{n} shadow comparisons; need {th.fail_min_inferences}", figures)
     lo, _ = wilson(agree, n, _N.inv_cdf(1 - th.alpha_pass))
     _, hi = wilson(agree, n, _N.inv_cdf(1 - th.alpha_fail))
-    figures = {"agreement": round(agree / n, 4), "compared": n, "lower_bound": round(lo, 4), "upper_bound": round(hi, 4)}
-    figures["minimum"] = th.min_shadow_agreement
+    figures |= {"agreement": round(agree / n, 4), "lower_bound": round(lo, 4), "upper_bound": round(hi, 4)}
+    said = f"shadow agrees with production on {agree / n:.1%} of {n}"
+    if dropped:
+        said += f" ({dropped} comparisons dropped, queue full)"
     if hi < th.min_shadow_agreement:
-        return Check("shadow_agreement", FAIL, f"shadow agrees with production on {agree / n:.1%} of {n}", figures)
+        return Check("shadow_agreement", FAIL, said, figures)
+    if offered and dropped / offered > th.max_shadow_dropped:
+        why = (
+            f"{dropped / offered:.0%} of the sampled shadow comparisons were dropped (the shadow queue was full): "
+            f"agreement {agree / n:.1%} covers only part of the traffic; lower the stage's sample_rate"
+        )
+        return Check("shadow_agreement", INCONCLUSIVE, why, figures)
     if lo >= th.min_shadow_agreement:
-        return Check("shadow_agreement", PASS, f"shadow agrees with production on {agree / n:.1%} of {n}", figures)
+        return Check("shadow_agreement", PASS, said, figures)
     return Check("shadow_agreement", INCONCLUSIVE, f"agreement {agree / n:.1%} of {n}: not yet sure it is >= minimum", figures)
 
 
@@ -312,19 +459,15 @@ def analyse(obs: Observation, stage: Stage, th: Thresholds) -> Verdict:
     checks = device_checks(obs, th)
     if not obs.final:
         base = obs.baseline if obs.kind == SHADOW else match_baseline(obs.canary, obs.baseline)
-        err_c, err_b = rate(obs.canary, "errors", "count"), rate(base, "errors", "count")
+        err_c, err_b, disp = pair_rates(obs.canary, base, "errors", "count")
         margin = max(th.max_error_increase, (th.max_error_ratio - 1) * (err_b.p if err_b else 0.0))
-        checks.append(compare_rates("error_rate", err_c, err_b, margin, th, th.fail_min_inferences, "inferences"))
+        checks.append(compare_rates("error_rate", err_c, err_b, margin, th, th.fail_min_inferences, "inferences", disp))
         checks.append(latency_check(obs.canary, base, th))
         if obs.kind == SHADOW:
-            checks.append(agreement_check(obs.canary, th))
+            checks.append(agreement_check(obs.canary, th, obs.sample_rate))
         else:
-            wrong_c = _wrong(obs.canary)
-            wrong_b = _wrong(base)
-            acc = compare_rates(
-                "accuracy_loss", rate(wrong_c, "errors", "labels"), rate(wrong_b, "errors", "labels"),
-                th.max_accuracy_drop, th, th.min_labels, "labels",
-            )  # fmt: skip
+            wrong_c, wrong_b, disp = pair_rates(_wrong(obs.canary), _wrong(base), "errors", "labels")
+            acc = compare_rates("accuracy_loss", wrong_c, wrong_b, th.max_accuracy_drop, th, th.min_labels, "labels", disp)
             checks.append(acc)
             checks.append(shift_check(obs.canary, base, th))
     failed = [c for c in checks if c.outcome == FAIL]
@@ -334,6 +477,14 @@ def analyse(obs: Observation, stage: Stage, th: Thresholds) -> Verdict:
     if held:
         return Verdict(INCONCLUSIVE, tuple(held), tuple(checks))
     return Verdict(PASS, ("every check passed and the stage's minimums are met",), tuple(checks))
+
+
+def fails_at_any_look(verdict: Verdict) -> bool:
+    """The verdict fails on a check that may be read at any moment: an agent rolled the candidate
+    back, or an always-valid (sequential) test. The leader's quick looks between analyses act on these only."""
+    return verdict.outcome == FAIL and any(
+        c.outcome == FAIL and (c.name == "device_rollbacks" or c.figures.get("test") == "sequential") for c in verdict.checks
+    )
 
 
 def _wrong(units: Sequence[Unit]) -> list[Unit]:

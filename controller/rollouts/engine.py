@@ -7,7 +7,10 @@ acts on the difference: devices put on the candidate for a new stage, every
 candidate device put back on the baseline after a failure, an abort or a
 revocation. The decision, its evidence and the new desired states commit
 together; envelopes are published after the commit (retained, so an offline
-device gets them when it returns).
+device gets them when it returns). While a rollout is running or paused, every
+device it reads (the candidate devices and the cohort's baseline devices) is
+asked for fresh telemetry in its desired state (``controller.fleet.freshness``,
+ADR 0076); the rollout lets go of them when it ends, halts or rolls back.
 
 ``tick`` is the leader's periodic job: for every running or paused rollout it
 runs the analysis (``controller.rollouts.analysis``) and feeds the verdict in.
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 from sqlmodel import Session, col, select
 
 from controller.core import audit
@@ -31,20 +34,22 @@ from controller.core.config import Settings
 from controller.core.leader import LeaderContext
 from controller.core.roles import Role
 from controller.core.security import Principal
-from controller.core.tables import Cohort, Device, ModelVersion, Rollout, RolloutDecision, RolloutDevice
-from controller.fleet import assignments
+from controller.core.tables import Cohort, Device, Rollout, RolloutDecision, RolloutDevice
+from controller.fleet import assignments, freshness
 from controller.fleet.cohorts import member_ids
 from controller.fleet.director import Director
-from controller.release.registry import Registry
+from controller.release.registry import Registry, RegistryError, ReleaseChange
 from controller.rollouts import analysis, evidence, selection, state
 from controller.rollouts.plan import SHADOW, approval_from, stages_from_list, thresholds_from_dict
 from controller.rollouts.state import RolloutRecord, Waiting
+from shared.cadence import rollout_holder
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, dict[str, Any]], None]
 Envelopes = list[tuple[str, dict[str, Any]]]
-ACTIVE = (state.State.RUNNING.value, state.State.PAUSED.value)
+PublishAll = Callable[[Envelopes], None]  # every envelope sent before any acknowledgement is awaited
+ACTIVE = (state.State.RUNNING.value, state.State.PAUSED.value)  # analysed every interval
+OPEN = (*ACTIVE, state.State.HALTED.value)  # not over: holds its devices, follows revocations
 
 
 class Busy(Exception):
@@ -56,12 +61,14 @@ class Services:
     director: Director
     settings: Settings
     registry: Registry
-    publish: Publish | None  # None: MQTT disabled; desired states are still written
+    publish: PublishAll | None  # None: MQTT disabled; desired states are still written
 
 
-def record_of(r: Rollout) -> RolloutRecord:
+def record_of(r: Rollout, baseline_problem: str = "") -> RolloutRecord:
     stages = stages_from_list(r.stages)
     return RolloutRecord(
+        id=r.id or 0,
+        baseline_problem=baseline_problem,
         state=state.State(r.state),
         stage=r.stage,
         n_stages=len(stages),
@@ -87,6 +94,28 @@ class RolloutEngine:
         """The leader job: analyse every running or paused rollout once, while still leading."""
         self.tick(ctx.engine, still_leader=ctx.still_leader)
 
+    def watch(self, ctx: LeaderContext) -> None:
+        """The leader's quick look between analyses (job ``rollouts.watch``, a quarter of the interval)."""
+        self.quick(ctx.engine, still_leader=ctx.still_leader)
+
+    def quick(self, engine: Engine, now: float | None = None, still_leader: Callable[[], bool] = lambda: True) -> None:
+        """Fail now what may be failed at any moment: an agent's rollback of the candidate, or an always-valid test.
+
+        Everything else (the per-look tests, passing, holding, new devices) waits for the interval,
+        whose error rates assume one look per interval (ADR 0066). A read-only look first; a rollout
+        is claimed only when it fails."""
+        now = time.time() if now is None else now
+        with Session(engine) as session:
+            rows = list(session.exec(select(Rollout).where(col(Rollout.state).in_(ACTIVE)).order_by(col(Rollout.id))).all())
+            failing = [r.id for r in rows if analysis.fails_at_any_look(self._verdict(session, r, now)[1])]
+        for rid in failing:
+            if not still_leader():
+                return
+            try:
+                self.step(engine, rid, now, only_failure=True)
+            except Busy:
+                log.info("rollout %s changed during a quick look; next look", rid)
+
     def tick(self, engine: Engine, now: float | None = None, still_leader: Callable[[], bool] = lambda: True) -> None:
         """Analyse every running or paused rollout once."""
         with Session(engine) as session:
@@ -99,13 +128,15 @@ class RolloutEngine:
             except Busy:
                 log.info("rollout %s changed during analysis; next interval", rid)
 
-    def step(self, engine: Engine, rollout_id: int | None, now: float | None = None) -> None:
+    def step(self, engine: Engine, rollout_id: int | None, now: float | None = None, only_failure: bool = False) -> None:
         now = time.time() if now is None else now
         out: Envelopes = []
         with Session(engine) as session:
             r = self._claim(session, rollout_id, now)
             if r.state in ACTIVE:
-                out = self._analyse(session, r, now)
+                out = self._analyse(session, r, now, only_failure)
+            if r.state in ACTIVE:  # devices that joined the cohort, or whose request for fresh telemetry was lost
+                out += self._hold(session, r)
             session.commit()
         self.publish(out)
 
@@ -114,12 +145,35 @@ class RolloutEngine:
 
         Retried when the leader's analysis changed the rollout meanwhile; the event is then
         judged against the new state."""
+
+        def step(session: Session, r: Rollout) -> Envelopes:
+            ev = {"event": type(event).__name__}
+            return self._apply(session, r, event, time.time(), actor=actor, reason=reason, evidence=ev)
+
+        self._claimed(engine, rollout_id, step)
+
+    def rebase(self, engine: Engine, rollout_id: int, version: int, actor: str, reason: str) -> None:
+        """An operator names another baseline: one the devices may install (registry: not revoked, not below
+        the floor, released), never the candidate. A halted rollout then rolls back to it.
+        Raises registry errors, state.IllegalTransition or Busy."""
+
+        def step(session: Session, r: Rollout) -> Envelopes:
+            if version == r.candidate_version:
+                raise state.IllegalTransition(f"v{version} is the candidate; name a version to go back to")
+            self.s.registry.installable(session, r.model, version)
+            ev = {"event": "Rebase", "baseline": {"from": r.baseline_version, "to": version}}
+            r.baseline_version = version
+            return self._apply(session, r, state.Rebase(actor, version, reason), time.time(), actor=actor, evidence=ev)
+
+        self._claimed(engine, rollout_id, step)
+
+    def _claimed(self, engine: Engine, rollout_id: int, step: Callable[[Session, Rollout], Envelopes]) -> None:
+        """Run ``step`` on the claimed rollout in one transaction and publish what it returns; retried when the
+        leader's analysis changed the rollout meanwhile (the step is then judged against the new state)."""
         for attempt in range(5):
             try:
                 with Session(engine) as session:
-                    r = self._claim(session, rollout_id, time.time())
-                    ev = {"event": type(event).__name__}
-                    out = self._apply(session, r, event, time.time(), actor=actor, reason=reason, evidence=ev)
+                    out = step(session, self._claim(session, rollout_id, time.time()))
                     session.commit()
                 self.publish(out)
                 return
@@ -128,10 +182,50 @@ class RolloutEngine:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
+    def on_release_change(self, session: Session, change: ReleaseChange) -> None:
+        """The registry's release hook, inside the revoking transaction. An open rollout of the revoked version
+        is rolled back in that same transaction (its devices back on the baseline, the decision audited; halted
+        instead when the baseline cannot be installed either); one whose baseline was revoked pauses, so that
+        no failure ever assigns it. New desired states are published once the revocation commits."""
+        if change.kind != "revoked":
+            return
+        rows = session.exec(
+            select(Rollout).where(Rollout.model == change.name, col(Rollout.state).in_(OPEN)).order_by(col(Rollout.id))
+        ).all()
+        out: Envelopes = []
+        for r in rows:
+            if change.version not in (r.candidate_version, r.baseline_version) and r.baseline_version >= change.floor:
+                continue
+            self._claim_within(session, r, time.time())
+            if r.state not in OPEN:
+                continue
+            ev: dict[str, Any] = {"revoked": True, "revoked_version": change.version, "floor": change.floor}
+            if change.version == r.candidate_version:
+                why = f"{r.model} v{r.candidate_version} was revoked"
+                out += self._apply(session, r, state.Revoked(why), time.time(), evidence={**ev, "event": "Revoked"})
+            else:
+                why = f"the baseline {r.model} v{r.baseline_version} " + (
+                    "was revoked" if change.version == r.baseline_version else f"is below the version floor {change.floor}"
+                )
+                ev["event"] = "BaselineRevoked"
+                out += self._apply(session, r, state.BaselineRevoked(why), time.time(), evidence=ev)
+        if out:
+            event.listen(session, "after_commit", lambda _s: self.publish(out), once=True)
+
+    @staticmethod
+    def devices_held(session: Session, model: str) -> set[str]:
+        """Devices an open rollout of ``model`` put on its candidate: the engine decides where they go."""
+        rows = session.exec(
+            select(RolloutDevice.device_id)
+            .join(Rollout, col(Rollout.id) == RolloutDevice.rollout_id)
+            .where(Rollout.model == model, col(Rollout.state).in_(OPEN))
+        ).all()
+        return set(rows)
+
     def start(self, session: Session, r: Rollout, now: float) -> Envelopes:
         """First assignment of a new rollout (the caller added ``r`` and commits)."""
         self._enter_stage(r, now)
-        return self._reconcile(session, r, now)
+        return self._reconcile(session, r, now) + self._hold(session, r)
 
     # --- one step ----------------------------------------------------------------
 
@@ -150,20 +244,38 @@ class RolloutEngine:
         session.refresh(r)
         return r
 
-    def _analyse(self, session: Session, r: Rollout, now: float) -> Envelopes:
+    def _claim_within(self, session: Session, r: Rollout, now: float, attempts: int = 20) -> None:
+        """The compare-and-set of :meth:`_claim` inside a caller's transaction that must not be rolled back:
+        when another step changed the row first, read it again and retry."""
+        for _ in range(attempts):
+            res = session.execute(
+                update(Rollout)
+                .where(col(Rollout.id) == r.id, col(Rollout.revision) == r.revision)
+                .values(revision=r.revision + 1, updated_at=now)
+            )
+            session.refresh(r)
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                return
+        raise Busy(f"rollout {r.id} kept changing; try again")
+
+    def _verdict(self, session: Session, r: Rollout, now: float) -> tuple[analysis.Observation, analysis.Verdict]:
+        stage = stages_from_list(r.stages)[r.stage]
+        obs = evidence.observe(session, r, stage, self._members(session, r), now, final=stage.share >= 1.0)
+        return obs, analysis.analyse(obs, stage, thresholds_from_dict(r.thresholds))
+
+    def _analyse(self, session: Session, r: Rollout, now: float, only_failure: bool = False) -> Envelopes:
         cand = self.s.registry.get(session, r.model, r.candidate_version)
         if cand.revoked:
             return self._apply(
                 session, r, state.Revoked(f"{r.model} v{r.candidate_version} was revoked"), now, evidence={"revoked": True}
             )
         out: Envelopes = []
-        if r.state == state.State.RUNNING.value:
+        if r.state == state.State.RUNNING.value and not only_failure:
             out += self._reconcile(session, r, now)
-        stages = stages_from_list(r.stages)
-        stage = stages[r.stage]
-        members = self._members(session, r)
-        obs = evidence.observe(session, r, stage, members, now, final=stage.share >= 1.0)
-        verdict = analysis.analyse(obs, stage, thresholds_from_dict(r.thresholds))
+        stage = stages_from_list(r.stages)[r.stage]
+        obs, verdict = self._verdict(session, r, now)
+        if only_failure and not analysis.fails_at_any_look(verdict):
+            return out
         ev = {"stage": r.stage + 1, "share": stage.share, "kind": stage.kind, **verdict.evidence()}
         ev["devices"] = {"candidate_reporting": len(obs.canary), "candidate_assigned": obs.assigned}
         ev["devices"] |= {"candidate_offline": obs.offline + obs.offline_before, "baseline_reporting": len(obs.baseline)}
@@ -198,13 +310,17 @@ class RolloutEngine:
         reason: str = "",
         evidence: dict[str, Any] | None = None,
     ) -> Envelopes:
-        before = record_of(r)
+        problem = self.baseline_problem(session, r)
+        before = record_of(r, problem)
         after = state.transition(before, event)  # raises IllegalTransition and changes nothing
         r.state, r.stage, r.waiting = after.state.value, after.stage, after.waiting.value
-        r.stage_passed, r.reason = after.stage_passed, (reason or after.reason)[:2048]
+        explained = after.waiting is Waiting.BASELINE  # the reason says what happened and the way out
+        r.stage_passed, r.reason = after.stage_passed, (after.reason if explained else reason or after.reason)[:2048]
         out: Envelopes = []
         if after.state is state.State.ROLLED_BACK:
             out = self._revert(session, r)
+        elif after.state is state.State.HALTED:
+            out = self._halt(session, r)
         elif after.stage != before.stage and after.state is state.State.RUNNING:
             self._enter_stage(r, now)
             out = self._reconcile(session, r, now)
@@ -215,9 +331,15 @@ class RolloutEngine:
         verdict = {state.Failed: "fail", state.Passed: "pass", state.DeadlinePassed: "inconclusive"}.get(type(event), "")
         ev = {**(evidence or {}), "from": {"state": before.state.value, "stage": before.stage + 1}}
         ev["to"] = {"state": after.state.value, "stage": after.stage + 1, "waiting": after.waiting.value}
+        if problem:
+            ev["baseline_problem"] = problem
         if out:
             ev["devices_changed"] = sorted({d for d, _ in out})
+        if after.state is state.State.HALTED:
+            ev["devices_kept_on_candidate"] = self._on_candidate(session, r)
         self.decide(session, r, actor, action, verdict, r.reason, ev)
+        if r.state not in ACTIVE:  # no more analysis: its devices go back to batching their telemetry
+            out += self._hold(session, r)
         return out
 
     # --- devices ------------------------------------------------------------------
@@ -255,7 +377,7 @@ class RolloutEngine:
         cand = self.s.registry.get(session, r.model, r.candidate_version)
         sel = selection.select(
             r.id or 0,
-            [selection.Candidate(d.id, d.arch or str(d.hardware.get("arch", ""))) for d in members],
+            [selection.Candidate(d.id, _arch(d)) for d in members],
             [d for d, row in rows.items() if row.arm == "canary" and not row.reverted],
             stage.share,
             stage.min_devices,
@@ -286,6 +408,7 @@ class RolloutEngine:
             director=self.s.director,
             settings=self.s.settings,
             cohort=r.cohort,
+            sampling={"shadow_rate": stage.sample_rate} if stage.kind == SHADOW else None,
         )
         for d in devices:
             row = rows.get(d.id) or RolloutDevice(
@@ -295,17 +418,62 @@ class RolloutEngine:
             session.add(row)
         return out
 
+    def _hold(self, session: Session, r: Rollout) -> Envelopes:
+        """Ask every device the rollout reads for fresh telemetry while it is running or paused (the candidate
+        devices and the cohort's baseline devices, not those whose hardware the candidate does not support);
+        ask none once it is over. Re-signs only the devices whose request changes."""
+        everyone = list(session.exec(select(Device)).all())
+        wanted: set[str] = set()
+        if r.state in ACTIVE:
+            hardware = self.s.registry.get(session, r.model, r.candidate_version).manifest.get("hardware") or {}
+            cohort = session.get(Cohort, r.cohort)
+            members = set(member_ids(cohort, everyone)) if cohort is not None else set()
+            wanted = {d.id for d in everyone if d.id in members and selection.supports(hardware, _arch(d))}
+            rows = session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id, RolloutDevice.arm == "canary"))
+            wanted |= {row.device_id for row in rows.all() if not row.reverted}
+        s = self.s
+        return freshness.sync(session, rollout_holder(r.id or 0), wanted, everyone, director=s.director, settings=s.settings)
+
+    def baseline_problem(self, session: Session, r: Rollout) -> str:
+        """Why the rollout's devices may not go back to its baseline ("": they may): the registry's
+        ``installable`` (not revoked, not below the floor, released)."""
+        try:
+            self.s.registry.installable(session, r.model, r.baseline_version)
+        except RegistryError as exc:
+            return f"baseline {exc}"
+        return ""
+
+    def _on_candidate(self, session: Session, r: Rollout) -> list[str]:
+        rows = session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id, RolloutDevice.arm == "canary"))
+        return sorted(x.device_id for x in rows.all() if x.role == "production" and not x.reverted)
+
+    def _halt(self, session: Session, r: Rollout) -> Envelopes:
+        """Must roll back, cannot: nothing is assigned. Only the candidate's shadow role goes (that installs
+        nothing); devices running the candidate in production keep it until a human names a baseline."""
+        rows = [
+            row
+            for row in session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id)).all()
+            if row.role == "shadow" and not row.reverted
+        ]
+        devices = list(session.exec(select(Device).where(col(Device.id).in_([x.device_id for x in rows]))).all())
+        out = self._unassign(session, r, devices, "shadow", f"rollout {r.id} halted: {r.reason}"[:4096])
+        for x in rows:
+            x.reverted = True
+            session.add(x)
+        return out
+
     def _revert(self, session: Session, r: Rollout) -> Envelopes:
-        """Every device of the rollout back on the baseline: production to the baseline, shadow removed."""
+        """Every device of the rollout back on the baseline: production to the baseline, shadow removed.
+
+        Only ever called with a baseline the devices may install (the state machine halts otherwise);
+        ``installable`` checks it once more, so a revoked version is never assigned."""
         rows = [
             row
             for row in session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id)).all()
             if row.arm in ("canary", "done") and not row.reverted
         ]
         devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_([x.device_id for x in rows]))).all()}
-        base = session.exec(
-            select(ModelVersion).where(ModelVersion.name == r.model, ModelVersion.version == r.baseline_version)
-        ).one()
+        base = self.s.registry.installable(session, r.model, r.baseline_version)
         prod = [devices[x.device_id] for x in rows if x.role == "production" and x.device_id in devices]
         shadow = [devices[x.device_id] for x in rows if x.role == "shadow" and x.device_id in devices]
         out: Envelopes = []
@@ -357,21 +525,31 @@ class RolloutEngine:
         )
 
     def publish(self, out: Envelopes) -> None:
-        if self.s.publish is None:
+        """All of a step's desired states in one batch, right after its commit (a rollback reaches every device
+        at once, not one acknowledgement after another)."""
+        if self.s.publish is None or not out:
             return
-        for did, envelope in out:
-            try:
-                self.s.publish(did, envelope)
-            except Exception:  # retained desired state is re-published by the next change; never break the step
-                log.exception("publishing desired state to %s failed", did)
+        newest = dict(out)  # a device signed twice in one step (e.g. fresh telemetry, then the candidate): the last
+        try:
+            self.s.publish(list(newest.items()))
+        except Exception:  # retained desired state is re-published by the next change; never break the step
+            log.exception("publishing %d desired state(s) failed", len(out))
+
+
+def _arch(d: Device) -> str:
+    return d.arch or str(d.hardware.get("arch", ""))
 
 
 def _action(event: state.Event, before: RolloutRecord, after: RolloutRecord) -> str:
     """The decision's name in the audit log (``rollout.<action>``)."""
     if after.state is state.State.ROLLED_BACK:
         return "rolled_back"
+    if after.state is state.State.HALTED:
+        return "halted"
     if after.state is state.State.COMPLETED:
         return "completed"
+    if isinstance(event, state.Rebase):
+        return "rebased"
     if isinstance(event, state.Promote):
         return "promoted"
     if after.state is state.State.PAUSED:

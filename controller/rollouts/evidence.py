@@ -29,6 +29,13 @@ def _add(acc: dict[str, Any], s: dict[str, Any]) -> None:
     acc["correct"] += int(labels.get("correct", 0))
     acc["agree"] += int(shadow.get("agree", 0))
     acc["disagree"] += int(shadow.get("disagree", 0))
+    acc["dropped"] += int(shadow.get("dropped", 0))
+    acc["sampled_out"] += int(shadow.get("sampled_out", 0))
+    cm = s.get("confusion") or []
+    if cm and not acc["confusion"]:
+        acc["confusion"] = [[0] * len(cm) for _ in cm]
+    if cm and len(cm) == len(acc["confusion"]):
+        acc["confusion"] = [[a + b for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(acc["confusion"], cm, strict=True)]
     for key in ("latency_ms", "predictions"):
         vals = s.get(key) or []
         if not acc[key]:
@@ -38,7 +45,8 @@ def _add(acc: dict[str, Any], s: dict[str, Any]) -> None:
 
 
 def _empty() -> dict[str, Any]:
-    return {"count": 0, "errors": 0, "labels": 0, "correct": 0, "agree": 0, "disagree": 0, "latency_ms": [], "predictions": []}
+    return {"count": 0, "errors": 0, "labels": 0, "correct": 0, "agree": 0, "disagree": 0, "latency_ms": [], "predictions": [],
+            "dropped": 0, "sampled_out": 0, "confusion": []}  # fmt: skip
 
 
 def _unit(device: Device | None, device_id: str, acc: dict[str, Any]) -> Unit:
@@ -54,6 +62,9 @@ def _unit(device: Device | None, device_id: str, acc: dict[str, Any]) -> Unit:
         predictions=tuple(acc["predictions"]),
         agree=acc["agree"],
         disagree=acc["disagree"],
+        dropped=acc["dropped"],
+        sampled_out=acc["sampled_out"],
+        confusion=tuple(tuple(row) for row in acc["confusion"]),
     )
 
 
@@ -135,7 +146,11 @@ def observe(session: Session, r: Rollout, stage: Stage, members: list[Device], n
     return Observation(
         kind=stage.kind,
         elapsed_s=max(0.0, now - r.stage_started_at),
-        canary=tuple(_unit(by_id.get(d), d, a) for d, a in sorted(cand.items()) if a["count"] or a["agree"] + a["disagree"]),
+        canary=tuple(
+            _unit(by_id.get(d), d, a)
+            for d, a in sorted(cand.items())
+            if a["count"] or a["agree"] + a["disagree"] + a["dropped"] + a["sampled_out"]
+        ),
         baseline=tuple(_unit(by_id.get(d), d, a) for d, a in sorted(base.items()) if a["count"]),
         assigned=len(on_cand),
         offline=went_offline,
@@ -144,4 +159,5 @@ def observe(session: Session, r: Rollout, stage: Stage, members: list[Device], n
         baseline_offline=base_offline,
         rollbacks=tuple(refusals(session, r, on_cand)),
         final=final,
+        sample_rate=stage.sample_rate,
     )

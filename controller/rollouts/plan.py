@@ -26,6 +26,7 @@ class Stage:
     min_devices: int = 1  # candidate devices reporting (and as many matched baseline devices) before a pass
     min_inferences: int = 1000  # inferences on the candidate before a pass
     pause_after: bool = False  # after a pass, pause for an external check until resumed
+    sample_rate: float = 1.0  # shadow stage: share of production inferences the shadow model also runs on, (0, 1]
 
     @property
     def role(self) -> str:
@@ -40,12 +41,15 @@ class Thresholds:
     max_accuracy_drop: float = 0.02  # absolute, where labels exist
     min_labels: int = 50  # labelled inferences per arm before accuracy is judged
     min_shadow_agreement: float = 0.9  # shadow stage: top-class agreement with production
+    max_shadow_dropped: float = 0.2  # shadow stage: share of sampled comparisons dropped (queue full) before a pass is doubted
     max_prediction_shift: float = 0.2  # Jensen-Shannon distance (base 2) of the prediction histograms
     max_device_rollbacks: int = 0  # candidate devices whose agent rolled the candidate back
     max_offline_increase: float = 0.25  # offline share of candidate devices above the baseline's
     alpha_fail: float = 0.01  # one-sided, per analysis: a stage fails only this rarely by chance
     alpha_pass: float = 0.05  # one-sided: a stage passes only with this confidence of no regression
-    fail_min_inferences: int = 100  # per arm before a statistical failure is possible
+    fail_min_inferences: int = 100  # per arm before the fixed (per-look) test may fail a stage on errors or shift
+    sequential_min_n: int = 20  # per arm before the always-valid test may fail a stage (or the check's minimum, if smaller)
+    sequential_tau: float = 0.2  # regression (difference of rates) the always-valid test is tuned for: large ones
     latency_min_samples: int = 200  # per arm before latency is judged
 
 
@@ -82,6 +86,10 @@ def stage_from_dict(d: Any, where: str = "stage") -> Stage:
         raise PlanError(f"{where}: expected 0 <= min_duration_s <= max_duration_s, got {s.min_duration_s}, {s.max_duration_s}")
     if s.min_devices < 1 or s.min_inferences < 0:
         raise PlanError(f"{where}: expected min_devices >= 1 and min_inferences >= 0")
+    if not 0 < s.sample_rate <= 1:
+        raise PlanError(f"{where}.sample_rate: expected a fraction in (0, 1], got {s.sample_rate}")
+    if s.kind != SHADOW and s.sample_rate != 1.0:
+        raise PlanError(f"{where}.sample_rate: only a shadow stage samples (a canary serves every inference)")
     return s
 
 
@@ -90,6 +98,10 @@ def thresholds_from_dict(d: Any) -> Thresholds:
     for name in ("alpha_fail", "alpha_pass"):
         if not 0 < getattr(t, name) < 0.5:
             raise PlanError(f"thresholds.{name}: expected a probability in (0, 0.5), got {getattr(t, name)}")
+    if not 0 < t.sequential_tau <= 1:
+        raise PlanError(f"thresholds.sequential_tau: expected a difference of rates in (0, 1], got {t.sequential_tau}")
+    if t.sequential_min_n < 1:
+        raise PlanError(f"thresholds.sequential_min_n: expected at least 1, got {t.sequential_min_n}")
     return t
 
 

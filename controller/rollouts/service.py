@@ -5,7 +5,7 @@
     RolloutError        a rollout rule refused the request (status: HTTP code)
     ├── NotFound        404: no such cohort or rollout
     ├── Invalid         422: a plan that cannot run
-    └── Conflict        409: overlapping rollouts, no baseline, empty cohort, illegal transition
+    └── Conflict        409: overlapping rollouts, no (installable) baseline, empty cohort, illegal transition
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from controller.core.security import Principal
-from controller.core.tables import Cohort, Device, Rollout
+from controller.core.tables import Cohort, Device, ModelVersion, Rollout
 from controller.fleet.cohorts import member_ids
-from controller.rollouts.engine import ACTIVE, Envelopes, RolloutEngine
+from controller.release.registry import RegistryError
+from controller.rollouts.engine import OPEN, Envelopes, RolloutEngine
 from controller.rollouts.plan import (
     DEFAULT_STAGES,
     PlanError,
@@ -57,7 +58,7 @@ def baseline_of(devices: list[Device], model: str) -> int | None:
 
 
 def _overlap(session: Session, cohort: str, ids: set[str], devices: list[Device]) -> None:
-    for other in session.exec(select(Rollout).where(col(Rollout.state).in_(ACTIVE))).all():
+    for other in session.exec(select(Rollout).where(col(Rollout.state).in_(OPEN))).all():
         c = session.get(Cohort, other.cohort)
         common = ids & set(member_ids(c, devices)) if c is not None else set()
         if other.cohort == cohort or common:
@@ -100,7 +101,7 @@ def create(
         raise Conflict(f"no device of cohort {cohort!r} runs {model} in production; give baseline_version")
     if base == version:
         raise Conflict(f"the cohort already runs {model} v{version}; nothing to roll out")
-    engine.s.registry.get(session, model, base)
+    _installable_baseline(session, engine, model, base, version, named=baseline_version is not None)
     now = time.time()
     r = Rollout(
         cohort=cohort,
@@ -119,6 +120,29 @@ def create(
     engine.decide(session, r, by.name, "created", "", reason or f"roll out {model} v{version} to {cohort}", _created(r, ids))
     out = engine.start(session, r, now)
     return r, out
+
+
+def _installable_baseline(session: Session, engine: RolloutEngine, model: str, base: int, candidate: int, named: bool) -> None:
+    """A rollout needs a baseline its devices can go back to (ADR 0073): refuse one they may not install."""
+    try:
+        engine.s.registry.installable(session, model, base)
+    except RegistryError as exc:
+        if exc.status == 404:
+            raise
+        whose = "the baseline you named" if named else "the baseline (what the cohort runs in production)"
+        rows = session.exec(select(ModelVersion.version).where(ModelVersion.name == model).order_by(col(ModelVersion.version)))
+        ok = []
+        for v in rows.all():
+            try:
+                if v != candidate:
+                    engine.s.registry.installable(session, model, v)
+                    ok.append(v)
+            except RegistryError:
+                pass
+        hint = f" (installable now: {', '.join(f'v{v}' for v in ok[-5:])})" if ok else " (none is installable now: register one)"
+        raise Conflict(
+            f"{whose} cannot be rolled back to: {exc}. Give baseline_version, a version the devices may install{hint}"
+        ) from None
 
 
 def _created(r: Rollout, ids: set[str]) -> dict[str, Any]:

@@ -12,7 +12,10 @@ back and then acts on the difference (devices assigned, rolled back).
        │  │ Passed on a stage with a check gate, or the next stage needs an approval the version lacks
        │  └──────────────▶ PAUSED(stage i, stage_passed) ─Resume─▶ RUNNING(stage i+1)
        │ Pause / DeadlinePassed (inconclusive too long) ──▶ PAUSED(stage i) ─Resume─▶ RUNNING(stage i)
+       │ BaselineRevoked ──────────────────────────────────▶ PAUSED(stage i, waiting="baseline")
        └ Failed / Abort / Revoked (also from PAUSED) ─────▶ ROLLED_BACK
+                            │ ... with no installable baseline
+                            └──────────────────────────────▶ HALTED ─Rebase(installable version)─▶ ROLLED_BACK
 
 - An inconclusive analysis is no event: the stage holds. Only ``Passed`` and an
   operator's ``Promote`` advance; nothing else ever promotes.
@@ -21,6 +24,12 @@ back and then acts on the difference (devices assigned, rolled back).
 - An automatic ``Passed`` into such a stage without approval pauses and says so
   (``waiting="approval"``); ``Resume`` after the approval advances.
 - A paused rollout is still analysed for failure: ``Failed`` rolls back from PAUSED too.
+- Rolling back needs a baseline the devices may install (``baseline_problem`` empty: not
+  revoked, not below the floor, approved; the engine asks the registry). Without one, a
+  rollback (``Failed``, ``Abort``, ``Revoked``) **halts** instead: nothing is assigned, the
+  devices stay where they are, and a human names a baseline (``Rebase``), which then
+  completes the rollback. ``BaselineRevoked`` (the baseline lost while the rollout runs)
+  pauses it; ``Resume`` goes on knowingly (a later failure halts), ``Rebase`` names another.
 - COMPLETED and ROLLED_BACK accept nothing.
 """
 
@@ -35,6 +44,7 @@ class State(str, Enum):
     PAUSED = "PAUSED"
     COMPLETED = "COMPLETED"
     ROLLED_BACK = "ROLLED_BACK"
+    HALTED = "HALTED"  # must roll back, has no installable baseline: devices stay put until a human names one
 
 
 TERMINAL = frozenset({State.COMPLETED, State.ROLLED_BACK})
@@ -48,6 +58,7 @@ class Waiting(str, Enum):
     CHECK = "check"  # the stage passed and has a "pause for check" gate
     APPROVAL = "approval"  # the next stage needs an approved version
     HUMAN = "human"  # inconclusive past the stage's deadline
+    BASELINE = "baseline"  # the baseline cannot be installed (revoked): a human resumes or names another (Rebase)
 
 
 class IllegalTransition(Exception):
@@ -104,17 +115,36 @@ class Abort:
 
 @dataclass(frozen=True)
 class Revoked:
+    """The candidate was revoked."""
+
     reason: str
 
 
-Event = Passed | Failed | DeadlinePassed | Pause | Resume | Promote | Abort | Revoked
+@dataclass(frozen=True)
+class BaselineRevoked:
+    """The baseline can no longer be installed (revoked while the rollout runs)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rebase:
+    """An operator names another baseline (the engine checked that devices may install it)."""
+
+    by: str
+    version: int
+    reason: str = ""
+
+
+Event = Passed | Failed | DeadlinePassed | Pause | Resume | Promote | Abort | Revoked | BaselineRevoked | Rebase
 
 # --- the table -----------------------------------------------------------------
 
 S = State
 TRANSITIONS: dict[State, frozenset[type]] = {
-    S.RUNNING: frozenset({Passed, Failed, DeadlinePassed, Pause, Promote, Abort, Revoked}),
-    S.PAUSED: frozenset({Resume, Failed, Promote, Abort, Revoked}),
+    S.RUNNING: frozenset({Passed, Failed, DeadlinePassed, Pause, Promote, Abort, Revoked, BaselineRevoked, Rebase}),
+    S.PAUSED: frozenset({Resume, Failed, Promote, Abort, Revoked, BaselineRevoked, Rebase}),
+    S.HALTED: frozenset({Rebase, Revoked, BaselineRevoked}),
     S.COMPLETED: frozenset(),
     S.ROLLED_BACK: frozenset(),
 }
@@ -132,6 +162,8 @@ class RolloutRecord:
     waiting: Waiting = Waiting.NONE
     stage_passed: bool = False
     reason: str = ""
+    baseline_problem: str = ""  # why the devices may not install the baseline ("": they may)
+    id: int = 0  # the rollout's id, for the way out a reason names
 
     @property
     def last_stage(self) -> bool:
@@ -155,10 +187,31 @@ def transition(rec: RolloutRecord, event: Event) -> RolloutRecord:
     if type(event) not in allowed:
         names = ", ".join(sorted(e.__name__ for e in allowed)) or "nothing (the rollout is over)"
         raise IllegalTransition(f"event {type(event).__name__} is not allowed in state {rec.state.value} (allowed: {names})")
-    if isinstance(event, (Failed, Revoked)):
-        return replace(rec, state=S.ROLLED_BACK, waiting=Waiting.NONE, reason=event.reason)
-    if isinstance(event, Abort):
-        return replace(rec, state=S.ROLLED_BACK, waiting=Waiting.NONE, reason=event.reason or f"aborted by {event.by}")
+    rebase = f"POST /v1/rollouts/{rec.id}/baseline"
+    if isinstance(event, (Failed, Revoked, Abort)):
+        why = (event.reason or f"aborted by {event.by}") if isinstance(event, Abort) else event.reason
+        if rec.state is S.HALTED or rec.baseline_problem:
+            why = (
+                f"{why}; halted without rolling back: {rec.baseline_problem or 'no installable baseline'}. The devices "
+                f"stay where they are; name an installable baseline ({rebase}), which completes the rollback"
+            )
+            return replace(rec, state=S.HALTED, waiting=Waiting.BASELINE, reason=why)
+        return replace(rec, state=S.ROLLED_BACK, waiting=Waiting.NONE, reason=why)
+    if isinstance(event, BaselineRevoked):
+        if rec.state is S.HALTED:
+            return replace(rec, reason=f"{event.reason}; {rec.reason}")
+        why = (
+            f"{event.reason}: a failure could not roll back. Resume to go on anyway (a failure then halts), "
+            f"or name another baseline ({rebase})"
+        )
+        return replace(rec, state=S.PAUSED, waiting=Waiting.BASELINE, reason=why)
+    if isinstance(event, Rebase):
+        why = event.reason or f"baseline now v{event.version} (named by {event.by})"
+        if rec.state is S.HALTED:
+            return replace(rec, state=S.ROLLED_BACK, waiting=Waiting.NONE, reason=f"rolled back to v{event.version}: {why}")
+        if rec.waiting is Waiting.BASELINE:
+            return replace(rec, waiting=Waiting.OPERATOR, reason=f"{why}; resume to go on")
+        return replace(rec, reason=why)
     if isinstance(event, Pause):
         return replace(rec, state=S.PAUSED, waiting=Waiting.OPERATOR, reason=event.reason or f"paused by {event.by}")
     if isinstance(event, DeadlinePassed):

@@ -8,7 +8,7 @@ background thread writes them in batches:
    registered manifest fixes (``shapes.py``), so no device can decide the
    shape of an aggregate;
 1. drop windows from devices that are not enrolled (counted);
-2. dedupe by (device, seq) against a per-device sliding window
+2. dedupe by (device, stream, seq) against a per-stream sliding window
    (``TelemetryCursor``: highest seq and a bitmap of the 62 below it);
 3. merge each role summary into the aggregate rows of its key
    (model, version, role, cohort, window) for the whole fleet (``*``) and for
@@ -18,6 +18,10 @@ background thread writes them in batches:
 4. store the late labels the windows carry (``controller.telemetry.labels``);
 5. commit, then acknowledge the MQTT messages (at-least-once from the broker,
    made exactly-once by the dedupe).
+
+Windows come as v1 messages or v2 ones (``wire_windows``: the counts of a whole
+batch decoded in one numpy pass); a group's v2 vectors are summed with numpy and
+turned into one summary, so the per-window Python work is the dedupe.
 
 Nothing here raises into the MQTT loop; every dropped message is counted in
 ``Metrics`` and logged.
@@ -32,9 +36,10 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -43,13 +48,15 @@ from controller.core.db import make_engine
 from controller.core.metrics import Metrics
 from controller.core.tables import TelemetryAggregate
 from controller.telemetry.aggregate import SummaryError, check_summary, merge_many, window_start
-from controller.telemetry.cursors import add_gaps, claim_gap, dedupe, gaps_left, read_cursors, write_cursors
+from controller.telemetry.cursors import Stream, add_gaps, claim_gap, decide, read_cursors, write_cursors
 from controller.telemetry.experiment_windows import ExperimentWindows
 from controller.telemetry.gc_tuning import ingest_gc
 from controller.telemetry.labels import LabelIn, store_labels
 from controller.telemetry.membership import MembershipCache
 from controller.telemetry.rollout_windows import RolloutWindows
 from controller.telemetry.shapes import ShapeBook
+from controller.telemetry.wire_windows import Part, Window, WireTelemetry, from_v1, from_v2, sum_parts
+from shared import wire
 from shared.messages import Telemetry
 from shared.telemetry import MergeError
 
@@ -77,28 +84,64 @@ class _Partial:
     summary: dict[str, Any]
 
 
-def _merge_items(items: list[tuple[int, dict[str, Any]]], refused: set[int], where: object) -> _Partial | None:
-    """Sum one group's summaries; a summary that does not merge with the others is refused."""
+def _merge_items(items: list[tuple[int, Part]], refused: set[int], where: object) -> _Partial | None:
+    """Sum one group's summaries; a summary that does not merge with the others is refused.
+
+    v2 vectors of one layout are summed first (numpy, exact), giving one summary for all of them.
+    """
+    entries: list[tuple[set[int], dict[str, Any]]] = []
+    by_layout: dict[wire.Layout, list[tuple[int, Part]]] = defaultdict(list)
+    for idx, part in items:
+        if not part.coded:
+            entries.append(({idx}, part.as_summary()))
+        else:
+            by_layout[part.layout].append((idx, part))  # type: ignore[index]
+    for same in by_layout.values():
+        if len(same) == 1:
+            entries.append(({same[0][0]}, same[0][1].as_summary()))
+            continue
+        total = sum_parts([p for _, p in same])
+        layout = same[0][1].layout
+        assert layout is not None
+        entries.append(({i for i, _ in same}, wire.unflatten(layout, total.tolist() if isinstance(total, np.ndarray) else total)))
     try:
-        return _Partial({i for i, _ in items}, len(items), merge_many([s for _, s in items], counts_checked=True))
+        merged = entries[0][1] if len(entries) == 1 else merge_many([e for _, e in entries], counts_checked=True)
+        return _Partial({i for idxs, _ in entries for i in idxs}, len(items), merged)
     except MergeError:
         pass
     acc: dict[str, Any] | None = None
-    idxs: set[int] = set()
-    for idx, s in items:
+    kept: set[int] = set()
+    for idxs, summary in entries:
         try:
-            acc = s if acc is None else merge_many([acc, s])
-            idxs.add(idx)
+            acc = summary if acc is None else merge_many([acc, summary])
+            kept |= idxs
         except MergeError as exc:
             log.warning("telemetry summary for %s does not merge: %s", where, exc)
-            refused.add(idx)
-    return None if acc is None else _Partial(idxs, len(idxs), acc)
+            refused.update(idxs)
+    return None if acc is None else _Partial(kept, len(kept), acc)
 
 
 @dataclass
 class _Item:
     msg: Telemetry
     ack: Ack
+
+
+QueueItem = _Item | WireTelemetry
+
+
+@dataclass
+class _Rows:
+    """What one batch's new windows add up to, before it is written."""
+
+    rollouts: Any
+    experiments: Any
+    groups: dict[tuple[str, int, str, int, tuple[str, ...]], list[tuple[int, Part]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    late_labels: list[LabelIn] = field(default_factory=list)  # labels for predictions of earlier windows
+    per_device: list[dict[str, Any]] = field(default_factory=list)  # rollout rows
+    experiment_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class TelemetryIngest:
@@ -130,7 +173,8 @@ class TelemetryIngest:
         self.batch_max = batch_max
         self.linger_s = linger_s
         self.shard = shard or uuid.uuid4().hex[:16]
-        self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[QueueItem | None] = queue.SimpleQueue()
+        self._layouts: dict[wire.Layout, str] = {}  # v2 layout -> "" if it has its registered shape, else why not
         self._aggs: dict[Key, _Agg] = {}
         self._membership = MembershipCache(membership_ttl_s)
         self._rollouts = RolloutWindows()
@@ -143,6 +187,10 @@ class TelemetryIngest:
 
     def submit(self, msg: Telemetry, ack: Ack) -> None:
         self._q.put(_Item(msg, ack))
+
+    def submit_wire(self, msg: WireTelemetry) -> None:
+        """A v2 message (``msg.acks``: one per window, called once it is durable or refused)."""
+        self._q.put(msg)
 
     def start(self) -> None:
         self._stop.clear()
@@ -165,7 +213,7 @@ class TelemetryIngest:
             self._flush_safely(self._take())
         self._flush_safely(self._take(block=False))
 
-    def _flush_safely(self, batch: list[_Item]) -> None:
+    def _flush_safely(self, batch: list[QueueItem]) -> None:
         if not batch:
             return
         try:
@@ -174,8 +222,8 @@ class TelemetryIngest:
             log.exception("telemetry batch of %d windows failed", len(batch))
             self.metrics.count("telemetry", "failed", len(batch))
 
-    def _take(self, block: bool = True) -> list[_Item]:
-        batch: list[_Item] = []
+    def _take(self, block: bool = True) -> list[QueueItem]:
+        batch: list[QueueItem] = []
         try:
             first = self._q.get(timeout=0.5) if block else self._q.get_nowait()
         except queue.Empty:
@@ -203,16 +251,23 @@ class TelemetryIngest:
 
     # --- one batch ---------------------------------------------------------------
 
-    def flush(self, batch: list[_Item]) -> None:
+    def flush(self, batch: list[QueueItem]) -> None:
         """Write one batch; on a database error retry, then leave the messages unacknowledged."""
-        valid: list[tuple[_Item, list[tuple[str, str, int, dict[str, Any]]]]] = []
-        for item in batch:
-            parts = self._validate(item.msg)
-            if parts is None:
-                self.metrics.count("telemetry", "malformed")
-                item.ack()
+        windows = [from_v1(x.msg, x.ack) for x in batch if isinstance(x, _Item)]
+        v2, refused = from_v2([x for x in batch if isinstance(x, WireTelemetry)])
+        for m, exc in refused:
+            log.warning("malformed telemetry from %s: %s", m.device_id, exc)
+            self.metrics.count("telemetry", "malformed", len(m.acks))
+            for ack in m.acks:
+                ack()
+        windows += v2
+        valid: list[Window] = []
+        for w in windows:
+            if self._validate(w):
+                valid.append(w)
             else:
-                valid.append((item, parts))
+                self.metrics.count("telemetry", "malformed")
+                w.ack()
         if not valid:
             return
         self.metrics.batch_size.observe(len(valid))
@@ -232,98 +287,92 @@ class TelemetryIngest:
             for outcome, n in outcomes.items():
                 self.metrics.count("telemetry", outcome, n)
             self.flushed += outcomes.get("accepted", 0)
-            for item, _ in valid:
-                item.ack()
+            for w in valid:
+                w.ack()
             self._evict()
             return
         log.error("telemetry batch of %d windows not written after 3 attempts; left unacknowledged for redelivery", len(valid))
         self.metrics.count("telemetry", "failed", len(valid))
 
-    def _validate(self, msg: Telemetry) -> list[tuple[str, str, int, dict[str, Any]]] | None:
-        """(role, model, version, summary) per role, or None (logged) if malformed."""
+    def _validate(self, w: Window) -> bool:
+        """Whether the window may be merged (else logged): seq and clock in range, every part of its registered shape."""
         try:
-            if msg.seq > MAX_SEQ:
-                raise SummaryError(f"seq {msg.seq} exceeds {MAX_SEQ}")
+            if w.seq > MAX_SEQ:
+                raise SummaryError(f"seq {w.seq} exceeds {MAX_SEQ}")
             now = self._clock()
-            if not now - self.max_age_s <= msg.window_start <= now + self.max_ahead_s:
+            if not now - self.max_age_s <= w.window_start <= now + self.max_ahead_s:
                 raise SummaryError(
-                    f"window_start {msg.window_start:.0f} is {msg.window_start - now:+.0f} s from the controller's clock "
+                    f"window_start {w.window_start:.0f} is {w.window_start - now:+.0f} s from the controller's clock "
                     f"(accepted: -{self.max_age_s:.0f} to +{self.max_ahead_s:.0f})"
                 )
-            out = []
-            for role, summary in msg.roles.items():
+            for part in w.parts:
                 try:
-                    model, version = check_summary(summary, deep=False)  # value types checked by controller.telemetry.decode
-                    self.shapes.check(summary, model, version)
+                    if not part.coded:
+                        summary = part.as_summary()
+                        part.model, part.version = check_summary(summary, deep=False)  # types checked by decode
+                        self.shapes.check(summary, part.model, part.version)
+                    else:
+                        self._check_layout(part)
                 except SummaryError as exc:
-                    raise SummaryError(f"roles.{role}: {exc}") from None
-                out.append((role, model, version, summary))
-            return out
+                    raise SummaryError(f"roles.{part.role}: {exc}") from None
+            return True
         except SummaryError as exc:
-            log.warning("malformed telemetry from %s seq %s: %s", msg.device_id, msg.seq, exc)
-            return None
+            log.warning("malformed telemetry from %s seq %s: %s", w.device_id, w.seq, exc)
+            return False
 
-    def _write(
-        self, valid: list[tuple[_Item, list[tuple[str, str, int, dict[str, Any]]]]]
-    ) -> tuple[dict[str, int], dict[Key, _Agg]]:
+    def _check_layout(self, part: Part) -> None:
+        """A v2 layout against its registered shape; decided once per distinct layout."""
+        layout = part.layout
+        assert layout is not None
+        why = self._layouts.get(layout)
+        if why is None:
+            empty = wire.unflatten(layout, [0] * layout.size())
+            try:
+                self.shapes.check(empty, layout.model, layout.version)
+                why = ""
+            except SummaryError as exc:
+                why = str(exc)
+            if "not a registered model version" not in why:  # may be registered later: ask again next time
+                self._layouts[layout] = why
+        if why:
+            raise SummaryError(why)
+
+    def _write(self, valid: list[Window]) -> tuple[dict[str, int], dict[Key, _Agg]]:
         outcomes: dict[str, int] = defaultdict(int)
         with Session(self._batch_engine) as session:
-            device_ids = {item.msg.device_id for item, _ in valid}
+            device_ids = {w.device_id for w in valid}
             membership = self._membership.cohorts_for(session, device_ids)
             known = sorted(d for d in device_ids if membership[d] is not None)
             cursors = read_cursors(session, known)
-            state: dict[str, tuple[int | None, int]] = dict(cursors)
+            state: dict[Stream, tuple[int | None, int]] = dict(cursors)
             # Devices with the same cohorts share one partial sum per (model, version, role, window),
             # added once to each of those cohorts' aggregates.
-            groups: dict[tuple[str, int, str, int, tuple[str, ...]], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+            rows = _Rows(self._rollouts.active(session), self._experiments.active(session))
             fresh = 0
-            late: list[tuple[int, _Item, list[tuple[str, str, int, dict[str, Any]]], tuple[str, ...]]] = []
-            gaps: list[tuple[str, int, int]] = []
-            late_labels: list[LabelIn] = []  # labels for predictions of earlier windows, joined on the device
-            rollouts = self._rollouts.active(session)
-            per_device: list[dict[str, Any]] = []
-            experiments, experiment_rows = self._experiments.active(session), []
-            for idx, (item, parts) in enumerate(sorted(valid, key=lambda v: (v[0].msg.device_id, v[0].msg.seq))):
-                m = item.msg
-                cohorts = membership[m.device_id]
+            late: list[tuple[int, Window, tuple[str, ...]]] = []
+            gaps: list[tuple[Stream, int, int]] = []
+            for idx, w in enumerate(sorted(valid, key=lambda v: (v.device_id, v.stream, v.seq))):
+                cohorts = membership[w.device_id]
                 if cohorts is None:
                     outcomes["unknown_device"] += 1
                     continue
-                prev_high, prev_bits = state.get(m.device_id, (None, 0))
-                verdict, high, bits = dedupe(prev_high, prev_bits, m.seq)
-                if verdict == "new" and (prev_high is None or m.seq > prev_high):
-                    gaps.extend((m.device_id, lo, hi) for lo, hi in gaps_left(prev_high, prev_bits, m.seq))
+                verdict = decide(state, (w.device_id, w.stream), w.seq, gaps)  # seqs are unique per stream (ADR 0080)
                 if verdict == "stale":  # below the bitmap: decided against the gaps after this loop
-                    late.append((idx, item, parts, cohorts))
+                    late.append((idx, w, cohorts))
                     continue
                 if verdict != "new":
                     outcomes["duplicate"] += 1
                     continue
-                state[m.device_id] = (high, bits)
-                late_labels.extend(self._labels(m))
-                ws = window_start(m.window_start, self.window_s)
-                for role, model, version, summary in parts:
-                    groups[(model, version, role, ws, cohorts)].append((idx, summary))
-                if rollouts:
-                    per_device += RolloutWindows.rows(rollouts, m, cohorts)
-                experiment_rows.extend(self._experiments.rows(experiments, m, cohorts))
-                fresh += 1
+                fresh += self._take_window(idx, w, cohorts, rows)
             add_gaps(session, gaps, time.time())
-            for idx, item, parts, cohorts in late:  # rare: one lookup each, after this batch's gaps exist
-                if not claim_gap(session, item.msg.device_id, item.msg.seq):
+            for idx, w, cohorts in late:  # rare: one lookup each, after this batch's gaps exist
+                if not claim_gap(session, (w.device_id, w.stream), w.seq):
                     outcomes["duplicate"] += 1
                     continue
-                late_labels.extend(self._labels(item.msg))
-                ws = window_start(item.msg.window_start, self.window_s)
-                for role, model, version, summary in parts:
-                    groups[(model, version, role, ws, cohorts)].append((idx, summary))
-                if rollouts:
-                    per_device += RolloutWindows.rows(rollouts, item.msg, cohorts)
-                experiment_rows.extend(self._experiments.rows(experiments, item.msg, cohorts))
-                fresh += 1
+                fresh += self._take_window(idx, w, cohorts, rows)
             partials: dict[Key, list[_Partial]] = defaultdict(list)
             refused: set[int] = set()
-            for (model, version, role, ws, cohorts), items in groups.items():
+            for (model, version, role, ws, cohorts), items in rows.groups.items():
                 part = _merge_items(items, refused, (model, version, role, ws))
                 if part is not None:
                     for cohort in cohorts:
@@ -334,20 +383,33 @@ class TelemetryIngest:
                 outcomes["malformed"] += len(refused)
             write_cursors(session, cursors, state)
             self._write_aggs(session, new_aggs)
-            if late_labels:
-                store_labels(session, late_labels)
-            RolloutWindows.write(session, per_device)
-            self._experiments.write(session, experiment_rows)
+            if rows.late_labels:
+                store_labels(session, rows.late_labels)
+            RolloutWindows.write(session, rows.per_device)
+            self._experiments.write(session, rows.experiment_rows)
             session.commit()
         if outcomes["unknown_device"]:
             log.warning("%d telemetry windows from devices that are not enrolled ignored", outcomes["unknown_device"])
         return dict(outcomes), new_aggs
 
-    def _labels(self, m: Telemetry) -> list[LabelIn]:
-        """The message's labels for predictions of earlier windows, on the aggregate window grid."""
+    def _take_window(self, idx: int, w: Window, cohorts: tuple[str, ...], rows: _Rows) -> int:
+        """Add one new window to this batch's groups, labels, rollout and experiment rows; return 1."""
+        if w.labels:
+            rows.late_labels.extend(self._labels(w.device_id, w.labels))
+        ws = window_start(w.window_start, self.window_s)
+        for part in w.parts:
+            rows.groups[(part.model, part.version, part.role, ws, cohorts)].append((idx, part))
+        if rows.rollouts:
+            rows.per_device += RolloutWindows.rows(rows.rollouts, w.telemetry(), cohorts)
+        if rows.experiments:
+            rows.experiment_rows.extend(self._experiments.rows(rows.experiments, w.telemetry(), cohorts))
+        return 1
+
+    def _labels(self, device_id: str, labels: Any) -> list[LabelIn]:
+        """A window's labels for predictions of earlier windows, on the aggregate window grid."""
         return [
             LabelIn(
-                m.device_id,
+                device_id,
                 x.prediction_id,
                 x.model,
                 x.version,
@@ -357,7 +419,7 @@ class TelemetryIngest:
                 x.role,
                 "device",
             )
-            for x in m.labels
+            for x in labels
         ]
 
     def _merge_into_aggregates(self, session: Session, partials: dict[Key, list[_Partial]], refused: set[int]) -> dict[Key, _Agg]:

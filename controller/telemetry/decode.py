@@ -7,13 +7,17 @@ refuses exactly what the protocol says (a unit test checks both paths agree).
 Compact payloads (``shared.compact``, told apart by their first byte) are
 inflated first, with the same bound. Status and events are rare and use
 ``shared.messages.decode`` directly.
+
+Wire format v2 (``shared.wire``, first byte ``0xE2``) carries one or more
+windows per message, validated by its compiled msgspec schema;
+:func:`decode_telemetry_many` returns every window of a payload in any format.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from shared import compact
+from shared import compact, wire
 from shared.errors import SchemaError
 from shared.messages import MAX_INFLATED_BYTES, MAX_PAYLOAD_BYTES, Telemetry
 from shared.schema import Reader
@@ -21,8 +25,20 @@ from shared.schema import Reader
 _decoder = msgspec.json.Decoder()
 
 
+def decode_telemetry_many(payload: bytes) -> list[Telemetry]:
+    """The windows of a telemetry payload (v2 or v1); SchemaError (a ProtocolError) naming what is wrong."""
+    if wire.is_v2(payload):
+        return wire.to_telemetry(wire.decode(payload))
+    return [decode_telemetry(payload)]
+
+
 def decode_telemetry(payload: bytes) -> Telemetry:
-    """Validate a telemetry payload; raise SchemaError (a ProtocolError) naming what is wrong."""
+    """Validate a telemetry payload of one window; raise SchemaError (a ProtocolError) naming what is wrong."""
+    if wire.is_v2(payload):
+        windows = decode_telemetry_many(payload)
+        if len(windows) != 1:
+            raise SchemaError(f"expected one telemetry window, got {len(windows)}")
+        return windows[0]
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SchemaError(f"payload too large: {len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
     if payload[:1] == bytes([compact.ZLIB_MAGIC]):

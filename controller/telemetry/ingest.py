@@ -2,7 +2,10 @@
 
 Status and events are rare and applied one by one (:class:`Ingestor`); a
 status whose models differ from the last one records an ``actualchange`` row and
-an audit entry. Telemetry windows are handed to
+an audit entry. An event is stored once per (device, stream, seq) (a unique index; the
+stream is new whenever the device's seq counter starts again, ADR 0080): the agent
+sends it again until the controller acknowledges it (ADR 0078), and a copy that is
+already stored is counted as ``duplicate`` and acknowledged again. Telemetry windows are handed to
 :class:`controller.telemetry_ingest.TelemetryIngest`, which batches them.
 Nothing here raises into the MQTT loop; every dropped message is counted in
 ``Metrics`` and logged.
@@ -17,13 +20,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, select
 
 from controller.core import audit
 from controller.core.metrics import Metrics
 from controller.core.tables import ActualChange, Device, DeviceEvent
 from controller.telemetry.batch import MAX_SEQ, TelemetryIngest
+from controller.telemetry.wire_windows import WireTelemetry
 from shared.messages import ONLINE, DeviceMessage, Event, Status, Telemetry
 from shared.topics import Topic
 
@@ -42,8 +46,14 @@ class Ingestor:
         self.metrics = metrics
         self.telemetry = telemetry
 
-    def __call__(self, topic: Topic, message: DeviceMessage, ack: Ack) -> None:
+    def __call__(self, topic: Topic, message: DeviceMessage | WireTelemetry, ack: Ack) -> None:
         kind = topic.kind.value
+        if isinstance(message, WireTelemetry):
+            if self.telemetry is None:
+                ack()
+                return
+            self.telemetry.submit_wire(message)
+            return
         if isinstance(message, Telemetry):
             if self.telemetry is None:
                 ack()
@@ -52,12 +62,25 @@ class Ingestor:
             return
         try:
             outcome = self._apply(message)
+        except IntegrityError:
+            if not isinstance(message, Event) or not self._stored(message):
+                log.exception("integrity error applying %s from %s; message not acknowledged", kind, topic.device_id)
+                self.metrics.count(kind, "failed")
+                return
+            outcome = "duplicate"  # sent again (no ack reached the device yet) or redelivered by the broker
         except SQLAlchemyError:
             log.exception("database error applying %s from %s; message not acknowledged", kind, topic.device_id)
             self.metrics.count(kind, "failed")
             return
         self.metrics.count(kind, outcome)
         ack()
+
+    def _stored(self, event: Event) -> bool:
+        with Session(self.engine) as session:
+            q = select(DeviceEvent.id).where(
+                DeviceEvent.device_id == event.device_id, DeviceEvent.stream == event.stream, DeviceEvent.seq == _event_seq(event)
+            )
+            return session.exec(q).first() is not None
 
     def _apply(self, message: Status | Event) -> str:
         with Session(self.engine) as session:
@@ -71,7 +94,8 @@ class Ingestor:
                 session.add(
                     DeviceEvent(
                         device_id=message.device_id,
-                        seq=min(message.seq, MAX_SEQ),
+                        stream=message.stream,
+                        seq=_event_seq(message),
                         kind=message.kind,
                         severity=message.severity,
                         message=message.message,
@@ -80,6 +104,10 @@ class Ingestor:
                 )
             session.commit()
         return "accepted"
+
+
+def _event_seq(event: Event) -> int:
+    return min(event.seq, MAX_SEQ)
 
 
 def _identity(m: dict[str, Any] | None) -> tuple[Any, ...] | None:

@@ -20,7 +20,7 @@ from controller.core.tables import Rollout, RolloutWindow
 from shared.messages import Telemetry
 
 ACTIVE_STATES = ("RUNNING", "PAUSED")
-KEPT = ("model", "version", "count", "errors", "samples", "latency_ms", "predictions", "shadow", "labels")
+KEPT = ("model", "version", "count", "errors", "samples", "latency_ms", "predictions", "shadow", "labels", "confusion")
 
 
 class RolloutWindows:

@@ -74,3 +74,6 @@ class ShapeBook:
             v = feats[name]
             if not isinstance(v, list) or len(v) != n:
                 raise SummaryError(f"features.{name}: expected {n} counts (from the manifest)")
+        cm = summary.get("confusion")
+        if cm is not None and (len(cm) != n_predictions or any(len(row) != n_predictions for row in cm)):
+            raise SummaryError(f"confusion: expected {n_predictions} x {n_predictions} counts (the manifest's classes)")

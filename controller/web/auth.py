@@ -46,13 +46,15 @@ def csrf_for(token: str) -> str:
 
 
 def principal_for(token: str, settings: Settings, session: Session) -> Principal | None:
-    """The token's principal as the API sees it, or None when the API would answer 401."""
+    """The token's principal as the API sees it, or None when the API would answer 401 or the role
+    cannot read the console (a scrape-only ``metrics`` token)."""
     if not token:
         return None
     try:
-        return current_principal(settings, session, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token))
+        me = current_principal(settings, session, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token))
     except HTTPException:
         return None
+    return me if me.role.allows(Role.VIEWER) else None
 
 
 def web_user(request: Request, settings: SettingsDep, session: SessionDep) -> WebUser:

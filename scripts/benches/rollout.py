@@ -10,6 +10,8 @@ each with a local app sending 10 predictions/s and their true labels.
      a canary device sent with the candidate (every such window shows the
      regression) to the moment the last canary device reported the baseline again,
      in analysis intervals;
+   - ``detect_to_decision_intervals``: the same start to the leader's rollback decision
+     (the rest of ``detect_to_rollback_intervals`` is the agents' swap back and report);
    - ``bad_version_exposure_device_min``: device-minutes spent running the candidate;
    - ``devices_left_on_bad``: devices still reporting it at the end (goal 0).
 2. A good candidate (same training, another seed): ``good_candidate_completed`` is 1
@@ -31,8 +33,7 @@ STAGES = [
     {"share": 0.34, "min_duration_s": 6, "min_devices": 2, "min_inferences": 100, "max_duration_s": 900},
     {"share": 1.0, "min_duration_s": 4},
 ]
-THRESHOLDS = {"min_labels": 30, "fail_min_inferences": 30, "max_accuracy_drop": 0.05, "latency_min_samples": 10**9,
-              "max_prediction_shift": 0.5}  # fmt: skip
+THRESHOLDS = {"min_labels": 30, "fail_min_inferences": 30, "max_accuracy_drop": 0.05, "latency_min_samples": 10**9}
 
 
 def _log(msg: str) -> None:
@@ -47,7 +48,7 @@ def _timeline(db: Path, rid: int, candidate: int, baseline: int) -> dict[str, An
     from sqlmodel import Session, select
 
     from controller.core.db import make_engine
-    from controller.core.tables import ActualChange, RolloutDevice, RolloutWindow
+    from controller.core.tables import ActualChange, RolloutDecision, RolloutDevice, RolloutWindow
 
     engine = make_engine(f"sqlite:///{db}")
     with Session(engine) as s:
@@ -66,9 +67,11 @@ def _timeline(db: Path, rid: int, candidate: int, baseline: int) -> dict[str, An
             off = [_ts(c.at) for c in changes if c.version == baseline and _ts(c.at) > on[0]]
             back_at.append(off[0] if off else time.time())
             exposure += (back_at[-1] - on[0]) / 60
+        decided = [_ts(d.at) for d in s.exec(select(RolloutDecision).where(RolloutDecision.rollout_id == rid)).all()
+                   if d.action == "rolled_back"]  # fmt: skip
     engine.dispose()
     return {"canaries": canaries, "first_bad_window_end": first_bad, "all_back_at": max(back_at) if back_at else None,
-            "exposure_min": exposure}  # fmt: skip
+            "exposure_min": exposure, "decided_at": decided[0] if decided else None}  # fmt: skip
 
 
 def run() -> dict[str, object]:
@@ -97,9 +100,15 @@ def run() -> dict[str, object]:
                 _log(str(exc)[:500])
             left = sum(1 for v in lab.actual().values() if v == bad)
             tl = _timeline(work / "controller" / "controller.db", rid, bad, 1)
-            detect = None
+            detect = decide = None
+            if tl["first_bad_window_end"] is not None and tl["decided_at"] is not None:
+                decide = round((tl["decided_at"] - tl["first_bad_window_end"]) / INTERVAL_S, 2)
             if tl["first_bad_window_end"] is not None and tl["all_back_at"] is not None:
                 detect = round((tl["all_back_at"] - tl["first_bad_window_end"]) / INTERVAL_S, 2)
+                if tl["decided_at"] is not None:
+                    t0 = tl["first_bad_window_end"]
+                    _log(f"decided {tl['decided_at'] - t0:.2f} s and every canary back {tl['all_back_at'] - t0:.2f} s "
+                         "after the first bad window ended")  # fmt: skip
             good = lab.register(make_onnx_bundle(version=3, epochs=63, seed=1, latency_budget_ms=1000.0))
             _log("rolling out a good candidate")
             rid2 = lab.create(good, STAGES, THRESHOLDS)["id"]
@@ -120,6 +129,7 @@ def run() -> dict[str, object]:
     return {
         "analysis_interval_s": INTERVAL_S,
         "detect_to_rollback_intervals": detect,
+        "detect_to_decision_intervals": decide,
         "bad_version_exposure_device_min": round(tl["exposure_min"], 3),
         "devices_left_on_bad": left,
         "good_candidate_completed": completed,

@@ -6,6 +6,9 @@
 - The agent's data directory fills up (a small tmpfs): the download fails, the
   verified model keeps serving, the status says so, and the update lands by
   itself when space comes back.
+- The disk fills completely while a new model is under health check, so the
+  OTA record cannot be written: the agent goes back to its committed model,
+  says why, survives, and the update lands by itself when space comes back.
 - The broker restarts in the middle of a rollout to several agents: all of them
   converge and the controller records it.
 """
@@ -27,6 +30,7 @@ from firmware_sim.modelgen import load_digits
 from firmware_sim.mosquitto import MosquittoProcess, free_port
 from firmware_sim.procs import AgentProc, ControllerProc, start_agent, start_controller
 from shared.topics import Kind, device_topic
+from tests.diskfill import fill_completely
 from tests.mqttwatch import Watcher
 from tests.netcut import CuttableLink
 
@@ -165,6 +169,53 @@ def test_a_full_disk_keeps_the_verified_model_serving_and_the_update_lands_when_
         assert agent.alive()
         filler.unlink()  # the fault clears; nobody touches the device
         watch.wait_for(lambda m: production_version(m) == 2, "/status", timeout=30)
+        with AgentClient(agent.socket_path) as client:
+            assert client.predict(x[:1].tolist())["version"] == 2
+    finally:
+        watch.close()
+
+
+def test_a_disk_that_fills_mid_update_puts_the_committed_model_back_and_the_update_lands_later(
+    mosquitto, controller, fleet, small_disk, make_bundle
+):
+    device = "conv-enospc"
+    key = release(controller, make_bundle, 1, 2)
+    add_device(controller, device)
+    slow_health = FAST.replace("live_window = 0.5", "live_window = 4\nlive_inferences = 1000000")
+    watch = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.STATUS), device_topic(device, Kind.EVENTS))
+    try:
+        agent = start_agent(
+            small_disk,
+            device,
+            broker_host=mosquitto.host,
+            broker_port=mosquitto.port,
+            director_keys=[key],
+            controller_url=controller.url,
+            extra=slow_health,
+        )
+        fleet.append(agent)
+        watch.wait_for(lambda m: m.get("state") == "online", "/status")
+        assign(controller, device, 1)
+        watch.wait_for(lambda m: production_version(m) == 1 and m["ota"]["state"] == "COMMITTED", "/status", timeout=30)
+        assign(controller, device, 2)
+        watch.wait_for(
+            lambda m: m["ota"]["state"] == "HEALTH_CHECK" and m["ota"]["target"]["version"] == 2, "/status", timeout=30
+        )
+        filler = fill_completely(small_disk)  # the commit record cannot be written
+        back = watch.wait_for(
+            lambda m: production_version(m) == 1 and "could not be written" in m["ota"]["reason"] and m["ota"]["pending"],
+            "/status",
+            timeout=30,
+        )
+        assert back["ota"]["converged"] is False and back["ota"]["pending"][0]["version"] == 2, back["ota"]
+        x, _ = load_digits()
+        with AgentClient(agent.socket_path) as client:  # the committed model serves
+            out = client.predict(x[:1].tolist())
+            assert out["ok"] and out["version"] == 1, out
+        time.sleep(3)  # retries fail while the disk stays full; nothing crashes
+        assert agent.alive(), agent.log()[-3000:]
+        filler.unlink()  # the fault clears; nobody touches the device
+        watch.wait_for(lambda m: production_version(m) == 2 and m["ota"]["converged"], "/status", timeout=60)
         with AgentClient(agent.socket_path) as client:
             assert client.predict(x[:1].tolist())["version"] == 2
     finally:

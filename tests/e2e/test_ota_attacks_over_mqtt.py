@@ -10,7 +10,6 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from agent.localapi.client import AgentClient
-from firmware_sim.procs import start_agent
 from shared.topics import Kind, device_topic
 from tests.mqttwatch import Watcher
 from tests.otalab import Lab
@@ -22,15 +21,7 @@ def test_attacks_over_mqtt_are_reported_and_the_model_keeps_serving(mosquitto, t
     lab = Lab(tmp_path / "lab")
     device = "mqtt-attacks"
     watch = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.STATUS), device_topic(device, Kind.EVENTS))
-    agent = start_agent(
-        tmp_path,
-        device,
-        broker_host=mosquitto.host,
-        broker_port=mosquitto.port,
-        director_keys=[lab.director_key_hex],
-        image_repo=(f"{lab.server.url}/metadata/", lab.repo.root_bytes(1)),
-        extra="[health]\nlive_window = 0.2\nlatency_runs = 3\n",
-    )
+    agent = lab.start_agent(tmp_path, device, mosquitto)
     topic = device_topic(device, Kind.DESIRED)
     try:
         v1, v2, v3 = make_bundle(1), make_bundle(2), make_bundle(3)

@@ -3,7 +3,9 @@
 A candidate that fails its on-device health check and one that passes it but
 answers worse (lower accuracy, seen in the agents' own telemetry) are both
 rolled back by the leader with no device left on them; a good candidate waits
-while the cohort has no traffic (and says so), then reaches 100%.
+while the cohort has no traffic (and says so), then reaches 100%. Revoking a
+candidate mid-rollout puts its devices back on the baseline, which the agents
+really install again.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def test_bad_candidates_roll_back_and_a_good_one_reaches_everyone(mosquitto, tmp
         traffic.stop()
         v4 = lab.register(make_onnx_bundle(version=4, epochs=64, seed=1, latency_budget_ms=SLACK_MS))
         rid = lab.create(v4, STAGES, THRESHOLDS)["id"]
-        lab.wait_actual(lambda v: v == 4, timeout=60, what="the first canary on v4", devices=[_canary(lab, rid)])
+        lab.wait_actual(lambda v: v == 4, timeout=60, what="the first canary on v4", devices=[_canary(lab, rid, 4)])
         deadline_reason = ""
         for _ in range(60):
             reasons = lab.rollout(rid)["last_analysis"].get("reasons", [])
@@ -73,12 +75,38 @@ def test_bad_candidates_roll_back_and_a_good_one_reaches_everyone(mosquitto, tmp
         lab.stop()
 
 
-def _canary(lab: Lab, rid: int) -> str:
+def test_revoking_the_candidate_puts_its_devices_back_on_the_baseline_for_real(mosquitto, tmp_path, make_bundle):
+    """The revocation takes the candidate out of the signed targets and leaves the older baseline installable
+    (a floor raised above the revoked version made the agents refuse the baseline and stay on the candidate)."""
+    lab = Lab(tmp_path, mosquitto.host, mosquitto.port, n=2, interval_s=1.0)
+    try:
+        lab.start(make_bundle(1))
+        v2 = lab.register(make_onnx_bundle(version=2, epochs=62, latency_budget_ms=SLACK_MS))
+        hold = [{"share": 0.5, "min_duration_s": 600, "min_devices": 1, "max_duration_s": 900}, {"share": 1.0}]
+        rid = lab.create(v2, hold, THRESHOLDS)["id"]
+        canary = _canary(lab, rid, v2)
+        lab.wait_actual(lambda v: v == v2, timeout=60, what="the canary on v2", devices=[canary])
+        with lab.api as api:
+            r = api.post(f"/v1/models/digits/versions/{v2}/revoke", json={"reason": "trained on leaked data"})
+            assert r.status_code == 200 and r.json()["floor"] == 1, r.text
+        r = lab.rollout(rid)
+        assert r["state"] == "ROLLED_BACK" and "revoked" in r["reason"], r
+        lab.wait_actual(lambda v: v == 1, timeout=60, what="every device back on v1 after the revocation")
+        with lab.api as api:
+            events = api.get(f"/v1/devices/{canary}/events").json()
+        assert [e for e in events if e["kind"] == "ota.rejected"] == []
+        # the rollback fast path (ADR 0073): v1 was still on the device and listed by its last refresh
+        assert any(e["kind"] == "ota.stored" and e["detail"]["version"] == 1 for e in events), events
+    finally:
+        lab.stop()
+
+
+def _canary(lab: Lab, rid: int, version: int) -> str:
     with lab.api as api:
         for d in lab.devices:
-            if api.get(f"/v1/devices/{d}").json()["desired"].get("production", {}).get("version") == 4:
+            if api.get(f"/v1/devices/{d}").json()["desired"].get("production", {}).get("version") == version:
                 return d
-    raise AssertionError(f"rollout {rid} put no device on v4")
+    raise AssertionError(f"rollout {rid} put no device on v{version}")
 
 
 def _refusals(lab: Lab) -> list[str]:

@@ -1,7 +1,8 @@
 """A secured fleet end to end: real Mosquitto with the generated mTLS config, the real
 controller and agent as processes, a device enrolled with a one-time token.
 
-Shows: enrolment through the agent's CLI; the agent online over mTLS; a desired
+Shows: enrolment through the agent's CLI; the enrolled certificate cannot subscribe to
+a shared subscription (no share of other devices' telemetry); the agent online over mTLS; a desired
 state not signed by the director is rejected by the agent; a device that puts
 another device's id in its payload is rejected by the controller; revocation
 through the API disconnects the agent at once and it cannot reconnect.
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.identity import IdentityPaths, enrol
 from controller.fleet.director import Director
 from controller.identity import pki
-from controller.identity.broker_auth import ClientIdentity, controller_identities, provision, write_identity
+from controller.identity.broker_auth import ClientIdentity, controller_identities, provision, render_dynsec, write_identity
 from controller.identity.broker_config import BrokerSecurity, MosquittoConfig
 from firmware_sim.mosquitto import MosquittoProcess, free_port
 from firmware_sim.procs import REPO, ControllerProc, start_agent, start_controller, write_agent_config
@@ -109,6 +111,14 @@ def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE((idir / "device.key").stat().st_mode) == 0o600
 
+    # Enrolment made it a dynsec client whose role refuses every shared subscription: with its own
+    # certificate it cannot join the controllers' group and take (and drop) other devices' telemetry.
+    spy = TlsClient(stack.broker.host, stack.broker.port, idir / "ca.pem", idir / "device.pem", idir / "device.key")
+    assert spy.connect(), spy.events
+    for group in ("controllers", "edgefleet"):
+        assert spy.subscribe(f"$share/{group}/edgefleet/v1/dev/+/telemetry") == [135]
+    spy.close()
+
     watch = stack.watcher()
     agent = start_agent(tmp_path, dev, config_path=cfg)
     try:
@@ -181,3 +191,34 @@ def test_enrolled_agent_over_mtls_and_revocation_takes_it_out(stack: Stack, tmp_
         agent.stop()
         watch.close()
         api.close()
+
+
+def test_the_leader_registers_devices_again_when_the_broker_lost_its_dynamic_security_state(stack: Stack, tmp_path: Path) -> None:
+    """A broker redeployed with a fresh dynsec file knows no device: the controller's leader registers
+    every enrolled device again once it is reconnected, so their shared subscriptions are refused again."""
+    dev = "secure-3"
+    api = stack.controller.client()
+    assert api.post("/v1/devices", json={"id": dev}).status_code == 201
+    token = api.post("/v1/identity/tokens", json={"device_id": dev}).json()["token"]
+    paths = IdentityPaths(tmp_path / dev)
+    enrol(stack.controller.url, token, dev, paths)
+    share = "$share/controllers/edgefleet/v1/dev/+/telemetry"
+
+    def shared_subscription_refused() -> bool:
+        spy = TlsClient(stack.broker.host, stack.broker.port, paths.ca, paths.cert, paths.key)
+        try:
+            assert spy.connect(), spy.events
+            return spy.subscribe(share) == [135]
+        finally:
+            spy.close()
+
+    assert shared_subscription_refused()
+    stack.broker.stop()
+    assert stack.sec.dynsec_config is not None
+    stack.sec.dynsec_config.write_text(render_dynsec(controller_identities(2)))  # what a fresh broker setup writes
+    stack.broker.start()
+    deadline = time.monotonic() + 30
+    while not shared_subscription_refused():
+        assert time.monotonic() < deadline, "the enrolled device was not registered with the broker again"
+        time.sleep(0.5)
+    api.close()

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration]
 
 PUBLIC = "public"
 DEVICE_SIGNED = "device-signed"  # a request signed with a device key (shared/device_auth.py); no bearer token opens it
-CALLERS = ("anonymous", "device", "viewer", "operator", "approver", "admin")
+CALLERS = ("anonymous", "device", "metrics", "viewer", "operator", "approver", "admin")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("GET", "/v1/tuf/metadata/{name}"): Probe(PUBLIC, "/v1/tuf/metadata/timestamp.json", 200),
     # offline release signing (development signs online: nothing is pending)
     ("GET", "/v1/tuf/pending"): Probe("viewer", "/v1/tuf/pending", 404),
+    ("GET", "/v1/tuf/status"): Probe("viewer", "/v1/tuf/status", 200),
     ("POST", "/v1/tuf/pending/signatures"): Probe(
         "approver", "/v1/tuf/pending/signatures", 409, json={"version": 2, "keyid": "ab", "sig": "cd"}
     ),
@@ -130,6 +131,12 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("PUT", "/v1/cohorts/{name}/desired"): Probe(
         OPER, "/v1/cohorts/keep-{caller}/desired", 404, json={"model": "digits", "version": 99, "role": "canary"}
     ),
+    # batch features (the matrix's controller has no MQTT: a known scope would answer 503 after the checks)
+    ("POST", "/v1/features"): Probe(
+        OPER, "/v1/features", 404, json={"name": "dark_level", "value": 1.0, "scope": "device:none-{caller}"}
+    ),
+    ("GET", "/v1/features"): Probe(VIEW, "/v1/features", 200),
+    ("POST", "/v1/features/{value_id}/end"): Probe(OPER, "/v1/features/999999/end", 404, json={}),
     # audit, telemetry, capture counts
     ("GET", "/v1/audit"): Probe(VIEW, "/v1/audit", 200),
     ("GET", "/v1/audit/verify"): Probe(VIEW, "/v1/audit/verify", 200),
@@ -137,8 +144,14 @@ MATRIX: dict[tuple[str, str], Probe] = {
         VIEW, "/v1/audit/state", 200, params={"at": "2030-01-01T00:00:00Z", "device": "pi-{caller}"}
     ),
     ("GET", "/v1/telemetry"): Probe(VIEW, "/v1/telemetry", 200, params={"model": "digits"}),
-    ("GET", "/metrics"): Probe(VIEW, "/metrics", 200),
+    ("GET", "/metrics"): Probe(Role.METRICS.value, "/metrics", 200),
     ("GET", "/v1/capture/{device_id}"): Probe(VIEW, "/v1/capture/pi-{caller}", 200),
+    # pipeline (a manual run of a model with no registered version is refused by the policy: 409 with the reason)
+    ("GET", "/v1/pipeline/policy"): Probe(VIEW, "/v1/pipeline/policy", 200),
+    ("GET", "/v1/pipeline/decisions"): Probe(VIEW, "/v1/pipeline/decisions", 200),
+    ("GET", "/v1/pipeline/runs"): Probe(VIEW, "/v1/pipeline/runs", 200),
+    ("GET", "/v1/pipeline/runs/{run_id}"): Probe(VIEW, "/v1/pipeline/runs/999999", 404),
+    ("POST", "/v1/pipeline/runs"): Probe(OPER, "/v1/pipeline/runs", 409, json={"model": "none-{caller}", "reason": "matrix"}),
     # rollouts
     ("POST", "/v1/rollouts"): Probe(OPER, "/v1/rollouts", 404, json={"cohort": "none-{caller}", "model": "digits", "version": 1}),
     ("GET", "/v1/rollouts"): Probe(VIEW, "/v1/rollouts", 200),
@@ -147,6 +160,7 @@ MATRIX: dict[tuple[str, str], Probe] = {
     ("POST", "/v1/rollouts/{rollout_id}/resume"): Probe(OPER, "/v1/rollouts/999999/resume", 404, json={}),
     ("POST", "/v1/rollouts/{rollout_id}/promote"): Probe(OPER, "/v1/rollouts/999999/promote", 404, json={}),
     ("POST", "/v1/rollouts/{rollout_id}/abort"): Probe(OPER, "/v1/rollouts/999999/abort", 404, json={}),
+    ("POST", "/v1/rollouts/{rollout_id}/baseline"): Probe(OPER, "/v1/rollouts/999999/baseline", 404, json={"version": 1}),
     # experiments
     ("POST", "/v1/experiments"): Probe(OPER, "/v1/experiments", 404, json=EXPERIMENT),
     ("GET", "/v1/experiments"): Probe(VIEW, "/v1/experiments", 200),

@@ -25,6 +25,7 @@ from controller.identity.broker_auth import (
     kick_command,
     new_share_group,
     provision,
+    register_devices_command,
     write_identity,
 )
 from controller.identity.broker_config import MosquittoConfig
@@ -266,6 +267,14 @@ def test_brokersetup_writes_a_setup_mosquitto_runs_and_the_controller_can_use(tm
             clients.append(c)
             time.sleep(0.2)
         assert c.subscribe("edgefleet/v1/dev/+/status") == [1]
+        # A device with a certificate from this CA (never registered with dynsec) cannot join a shared subscription.
+        ca = pki.DeviceCA.open(tmp_path / "data" / "ca", create=False)
+        dev, _ = device_identity(ca, "setup-dev", tmp_path / "dev", trust=out / "ca.pem")
+        d = TlsClient("127.0.0.1", port, dev.ca, dev.cert, dev.key)
+        clients.append(d)
+        assert d.connect(), d.events
+        assert d.subscribe("$share/controllers/edgefleet/v1/dev/+/telemetry") == [NOT_AUTHORIZED]
+        assert c.subscribe("$share/controllers/edgefleet/v1/dev/+/telemetry") == [1]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -424,10 +433,15 @@ def test_device_cannot_take_another_clients_id(broker, clients) -> None:
     assert not any(e.startswith("disconnect") for e in victim.events + ctl.events + replica.events)
 
 
-def test_a_device_cannot_take_a_share_of_the_controllers_messages(broker, clients, tmp_path, capsys) -> None:
-    """Mosquitto 2.0 grants any SUBSCRIBE (read access is checked per delivery), so a device in the
-    controllers' group would be handed, and drop, a share of every device's messages. The group
-    name is a random value from the broker setup, which no device can name."""
+def test_no_device_can_subscribe_to_any_shared_subscription(broker, clients, tmp_path, capsys) -> None:
+    """Mosquitto 2.0's ACL file grants any SUBSCRIBE (read access is checked per delivered message), so a device
+    in the controllers' group would be handed, and drop, a share of every device's messages. The share guard
+    plugin refuses every ``$share/...`` SUBSCRIBE whose certificate CN is not a controller replica's, whatever
+    the group: for an enrolled device (also refused by its dynsec role) and for one dynsec does not know (a
+    certificate issued outside enrolment, or a broker that lost its dynsec state). The group name is also
+    random (from the broker setup), and here the devices know it anyway."""
+    import paho.mqtt.client as mqtt
+
     from controller.identity import broker_setup
 
     assert broker_setup.main(["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
@@ -435,13 +449,43 @@ def test_a_device_cannot_take_a_share_of_the_controllers_messages(broker, client
     group = printed["EDGEFLEET_MQTT_SHARE_GROUP"]
     assert len(group) >= 32 and group != new_share_group()
     ctl = connected(broker, clients, None)
+    ctl.subscribe(f"{DYNSEC_TOPIC}/response")
+    ctl.publish(DYNSEC_TOPIC, register_devices_command(["sec-spy", "sec-honest"]))
+    ctl.wait(lambda: bool(ctl.received(f"{DYNSEC_TOPIC}/response")), 5, "no dynsec response")
     assert ctl.subscribe(fleet_filter(Kind.TELEMETRY, shared=True, group=group)) == [1]
-    spy = connected(broker, clients, "sec-spy")
-    for guess in ("controllers", "controller", "edgefleet", "edgefleet-controllers", "default"):
-        spy.subscribe(fleet_filter(Kind.TELEMETRY, shared=True, group=guess))
+    enrolled = connected(broker, clients, "sec-spy")
+    unknown = connected(broker, clients, "sec-unknown")  # never registered with dynsec
+    ident, _ = device_identity(broker.ca, "sec-unknown311", tmp_path / "dev", trust=broker.sec.cafile)
+    old = TlsClient(broker.proc.host, broker.proc.port, ident.ca, ident.cert, ident.key, protocol=mqtt.MQTTv311)
+    clients.append(old)
+    assert old.connect(), old.events
+    filters = [fleet_filter(kind, shared=True, group=g) for g in (group, "controllers") for kind in Kind]
+    filters += [f"$share/{group}/#", f"$share/{group}/edgefleet/v1/dev/#", f"$share/{group}/+/+/+/+/telemetry", "$share/x/#"]
+
+    def all_refused() -> None:
+        for f in filters:
+            assert enrolled.subscribe(f) == [NOT_AUTHORIZED], ("enrolled", f)
+            assert unknown.subscribe(f) == [NOT_AUTHORIZED], ("unknown to dynsec", f)
+            assert old.subscribe(f) == [0x80], ("MQTT 3.1.1", f)  # SUBACK failure
+
+    all_refused()
+    broker.proc.reload()  # SIGHUP, as after every revocation: the plugin keeps refusing
+    time.sleep(0.5)
+    all_refused()
+    for spy, dev in ((enrolled, "sec-spy"), (unknown, "sec-unknown")):
+        assert spy.subscribe(device_topic(dev, Kind.DESIRED)) == [1]  # its own topics still work
+        assert spy.publish(device_topic(dev, Kind.TELEMETRY), b"own") == 0
+    ctl.wait(lambda: ctl.received(device_topic("sec-unknown", Kind.TELEMETRY)) == [b"own"], 5, "the unknown device's own")
     honest = connected(broker, clients, "sec-honest")
     topic = device_topic("sec-honest", Kind.TELEMETRY)
-    for i in range(20):
+    for i in range(50):
         assert honest.publish(topic, str(i).encode()) == 0
-    ctl.wait(lambda: len(ctl.received(topic)) == 20, 5, "the controller lost a share of the messages")
-    assert spy.messages == []
+    ctl.wait(lambda: len(ctl.received(topic)) == 50, 5, "the controller lost a share of the messages")
+    assert ctl.received(topic) == [str(i).encode() for i in range(50)]
+    assert [m for m in enrolled.messages + unknown.messages + old.messages if m[0] == topic] == []
+    # Sent again (the leader does, every few minutes): nothing changes, nothing breaks.
+    n = len(ctl.received(f"{DYNSEC_TOPIC}/response"))
+    ctl.publish(DYNSEC_TOPIC, register_devices_command(["sec-spy"]))
+    ctl.wait(lambda: len(ctl.received(f"{DYNSEC_TOPIC}/response")) > n, 5, "no dynsec response")
+    assert enrolled.subscribe(fleet_filter(Kind.TELEMETRY, shared=True, group=group)) == [NOT_AUTHORIZED]
+    assert enrolled.connected.is_set() and unknown.connected.is_set() and old.connected.is_set()

@@ -39,7 +39,7 @@ def test_onnx_build_with_sample_inputs_then_inspect(onnx_model, tmp_path):
     lineage = json.dumps({"code_version": "abc123", "metrics": {"accuracy": 0.9}})
     info = invoke(
         "bundle", "build", str(onnx_model), "--name", "digits", "--version", "3", "--golden", str(onnx_model.with_suffix(".npy")),
-        "--features", '{"scale": "pixel / 16"}', "--lineage", lineage, "-o", str(out),
+        "--preprocessing", '{"scale": "pixel / 16"}', "--lineage", lineage, "-o", str(out),
     )  # fmt: skip
     b = bundle_fmt.read(out)
     assert info["golden"] == 3 and b.manifest.version == 3 and b.manifest.runtime == "onnx"
@@ -48,6 +48,27 @@ def test_onnx_build_with_sample_inputs_then_inspect(onnx_model, tmp_path):
     assert np.allclose(b.manifest.golden[0].inputs["input"], np.load(onnx_model.with_suffix(".npy"))[0:1])
     seen = invoke("bundle", "inspect", str(out))
     assert seen["golden_check"] == "ok" and seen["sha256"] == info["sha256"]
+
+
+def test_onnx_build_with_a_feature_spec_and_raw_golden_samples(onnx_model, tmp_path):
+    from firmware_sim.modelgen import DIGITS_FEATURES, load_digits_raw
+
+    raw, _ = load_digits_raw()
+    samples = tmp_path / "raw.npy"
+    np.save(samples, raw[:2])
+    out = tmp_path / "f.tar"
+    info = invoke(
+        "bundle", "build", str(onnx_model), "--name", "digits", "--version", "4", "--golden", str(samples),
+        "--features", json.dumps(DIGITS_FEATURES), "-o", str(out),
+    )  # fmt: skip
+    m = bundle_fmt.read(out).manifest
+    assert info["golden"] == 2 and m.features is not None and m.features.version == "digits-8x8-v1"
+    assert np.array_equal(np.asarray(m.golden[1].raw), raw[1:2])
+    assert np.allclose(m.golden[1].inputs["input"], raw[1:2].reshape(1, 64) / 16)
+    assert invoke("bundle", "inspect", str(out))["golden_check"] == "ok"
+    bad = CliRunner().invoke(cli.app, ["bundle", "build", str(onnx_model), "--name", "d", "--version", "1",
+                                       "--features", '{"version": "x", "input": {"shape": [63]}}', "-o", str(out)])  # fmt: skip
+    assert bad.exit_code != 0 and "the steps make items of shape [63]" in bad.stderr
 
 
 def test_tflite_build_auto_golden_is_accepted_by_the_controller(tmp_path, mosquitto, monkeypatch):

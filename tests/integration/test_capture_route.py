@@ -65,9 +65,9 @@ def admin(controller):
         yield client
 
 
-def item(i: int, label: int | None = None) -> dict:
+def item(i: int, label: int | None = None, pid: str = "") -> dict:
     return {"id": i, "sample": {"ts": 1.0, "role": "production", "model": "digits", "version": 1,
-                                "inputs": [[0.0, 1.0]], "prediction": 3, "label": label}}  # fmt: skip
+                                "inputs": [[0.0, 1.0]], "prediction": 3, "label": label, "prediction_id": pid}}  # fmt: skip
 
 
 def test_batches_are_stored_and_a_resent_batch_is_not_counted_twice(api, admin, dev):
@@ -78,6 +78,8 @@ def test_batches_are_stored_and_a_resent_batch_is_not_counted_twice(api, admin, 
     assert dev.post(api, batch).status_code == 200  # answer lost, agent retries
     assert dev.post(api, {"samples": [item(3, 4), item(4)]}).status_code == 200
     assert admin.get("/v1/capture/cap-1").json() == {"device_id": "cap-1", "samples": 4, "labelled": 2, "batches": 2}
+    assert dev.post(api, {"samples": [item(5, None, "run-5"), item(6, 2, "run-5")]}).status_code == 200  # sampled, then labelled
+    assert admin.get("/v1/capture/cap-1").json() == {"device_id": "cap-1", "samples": 5, "labelled": 3, "batches": 3}
     assert api.get("/v1/capture/cap-1").status_code == 401
 
 
@@ -101,6 +103,24 @@ def test_uploads_need_the_devices_own_credential_and_never_overwrite(api, admin,
     changed = {"samples": [item(100, 9), item(101)]}  # same ids, other content: the stored batch stays
     assert dev.post(api, changed).status_code == 409
     assert admin.get("/v1/capture/cap-1").json()["labelled"] >= 1
+
+
+def test_batches_are_named_by_the_agents_spool_so_a_wiped_device_never_clashes(api, admin, controller):
+    """Agents name their spool (a random id made with it): a wiped device's new spool starts its sample ids at 1
+    again under another id and its batches are stored beside the old ones; batches of agents before spool ids
+    (no ``spool``) keep their old names. A clash within one spool is still refused, never overwritten."""
+    d = controller.devices["cap-2"]
+    before = admin.get("/v1/capture/cap-2").json()["samples"]
+    for spool in ("0123456789abcdef", "fedcba9876543210"):
+        r = d.post(api, {"spool": spool, "samples": [item(1, 1), item(2)]})
+        assert r.status_code == 200 and r.json()["file"] == f"{spool}-000000000001-000000000002.jsonl", r.text
+    assert d.post(api, {"samples": [item(1, 1), item(2)]}).json()["file"] == "000000000001-000000000002.jsonl"
+    assert admin.get("/v1/capture/cap-2").json()["samples"] == before + 6
+    folder = controller.data_dir / "capture" / "cap-2"
+    lines = [json.loads(x) for x in (folder / "0123456789abcdef-000000000001-000000000002.jsonl").read_text().splitlines()]
+    assert [(x["spool"], x["id"]) for x in lines] == [("0123456789abcdef", 1), ("0123456789abcdef", 2)]
+    assert d.post(api, {"spool": "0123456789abcdef", "samples": [item(1, 5), item(2)]}).status_code == 409
+    assert d.post(api, {"spool": "0123456789ABCDEF/..", "samples": [item(1)]}).status_code == 422
 
 
 def test_each_device_has_a_quota(api, admin, controller):
@@ -149,3 +169,29 @@ def test_bundle_downloads_need_a_device_credential_when_the_deployment_asks(mosq
         assert err.value.code == 404  # past the credential check: there is no such bundle
     finally:
         proc.stop()
+
+
+def test_uploads_whose_bodies_are_slow_hold_no_database_connection(controller, admin):
+    """More slow uploads than the database pool has connections (5 + 10): the controller still answers at once.
+    The route reads the body before it touches the database; it held a connection across the read, and the
+    next upload waited for one in the event loop's thread, so every request stalled until the pool timed out."""
+    import socket
+    import time
+
+    port = int(controller.url.rsplit(":", 1)[1])
+    auth = sign(new_key(), "1", "POST", "/v1/capture/cap-2", b"{}")  # well formed; the signature is never checked
+    head = (f"POST /v1/capture/cap-2 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()  # fmt: skip
+    slow = []
+    try:
+        for _ in range(24):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(head + b'{"samples": [')  # and the rest never comes
+            slow.append(s)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        r = admin.get("/v1/devices", timeout=20)
+        assert r.status_code == 200 and time.monotonic() - t0 < 10, time.monotonic() - t0
+    finally:
+        for s in slow:
+            s.close()

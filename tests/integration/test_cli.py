@@ -124,3 +124,22 @@ def test_text_from_devices_and_operators_is_shown_literally_never_as_markup(run,
     assert "[/]" in out and "[bold]x[/bold]" in out and "[link=http://evil]y[/link]" in out
     assert "rolled back: [/] [bold]boom[/bold]" in out
     assert "[bold]boom[/bold]" in run("devices", "history", "mk-1")
+
+
+def test_pipeline_commands_policy_run_runs_show_decisions(run, tmp_path, make_bundle):
+    bundle = tmp_path / "digits-v1.tar"
+    bundle.write_bytes(make_bundle(1))
+    run("models", "push", str(bundle))
+    assert "retraining policy disabled" in run("pipeline", "policy")
+    assert "no cohort named 'nowhere'" in run("pipeline", "run", "-m", "digits", "-c", "nowhere", "-r", "x", code=1)
+    out = run("pipeline", "run", "-m", "digits", "-r", "new lens", "--wait")
+    assert "run 1: digits (from v1) for *, manual, refused: dataset: no captured samples" in out  # nothing captured yet
+    shown = run("pipeline", "show", "1")
+    assert "snapshot of digits samples" in shown.splitlines()[-1]  # the progress lines
+    assert "refused: cooldown" in run("pipeline", "run", "-m", "digits", "-r", "again", code=1)
+    rows = json.loads(run("pipeline", "decisions", "--json"))
+    assert [(d["decision"], d["trigger"], d["actor"]) for d in rows] == [
+        ("skip", "manual", "admin"),
+        ("retrain", "manual", "admin"),
+    ]
+    assert json.loads(run("pipeline", "runs", "--json"))[0]["state"] == "refused"

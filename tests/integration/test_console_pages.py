@@ -65,6 +65,8 @@ def test_sessions_follow_the_token(api):
     assert api.admin.get("/ui/", follow_redirects=False).headers["location"].startswith("/ui/login")
     r = api.admin.post("/ui/login", data={"token": "wrong"})
     assert r.status_code == 401 and "unknown or revoked" in r.text
+    scrape = api.admin.post("/v1/tokens", json={"principal": "prometheus", "role": "metrics"}).json()["token"]
+    assert api.admin.post("/ui/login", data={"token": scrape}).status_code == 401  # scrape-only: no console
     c = login(api, tok["token"])
     assert c.get("/ui/").status_code == 200
     api.admin.cookies.clear()

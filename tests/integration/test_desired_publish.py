@@ -49,7 +49,7 @@ def test_assignment_publishes_a_signed_retained_desired_state(api, mosquitto, on
 
 def test_registered_and_revoked_versions_reach_the_signed_tuf_targets(api, make_bundle):
     op, admin = api.as_("olivia"), api.admin
-    for v in (1, 2):
+    for v in (1, 2, 3):
         assert op.post("/v1/models", content=make_bundle(v)).status_code == 201
 
     def targets():
@@ -59,6 +59,13 @@ def test_registered_and_revoked_versions_reach_the_signed_tuf_targets(api, make_
         targets_v = snapshot["meta"]["targets.json"]["version"]
         return json.loads(op.get(f"/v1/tuf/metadata/{targets_v}.targets.json").content)["signed"]["targets"]
 
-    assert {t["custom"]["version"] for t in targets().values()} == {1, 2}
-    assert admin.post("/v1/models/digits/versions/1/revoke", json={"reason": "bad"}).status_code == 200
-    assert {t["custom"]["floor"] for t in targets().values()} == {2}
+    assert {t["custom"]["version"] for t in targets().values()} == {1, 2, 3}
+    # a revoked version leaves the signed targets (devices refuse it); the older v1 stays installable
+    r = admin.post("/v1/models/digits/versions/2/revoke", json={"reason": "bad"})
+    assert r.status_code == 200 and r.json()["floor"] == 1
+    assert {t["custom"]["version"] for t in targets().values()} == {1, 3}
+    assert {t["custom"]["floor"] for t in targets().values()} == {1}
+    # revoking the bottom one raises the floor over every revoked version below a good one
+    r = admin.post("/v1/models/digits/versions/1/revoke", json={"reason": "bad"})
+    assert r.status_code == 200 and r.json()["floor"] == 3
+    assert {t["custom"]["version"]: t["custom"]["floor"] for t in targets().values()} == {3: 3}

@@ -143,6 +143,7 @@ def test_srm_blocks_the_decision_and_operator_actions_follow_the_lifecycle(api):
     eid = r.json()["id"]
     with Session(app.state.engine) as s:
         in_b = [d for d, a in s.exec(select(ExperimentDevice.device_id, ExperimentDevice.arm)).all() if a == "b"]
+    assert fresh_for(api) == {d: [f"experiment:{eid}"] for d in DEVICES}  # signed with each device's arm
     # Most of arm b goes quiet (its model crashes and rolls back, say): the comparison would be biased.
     send_windows(app, np.random.default_rng(2), {1: 0.80, 2: 0.99}, windows=3, skip=set(in_b[: len(in_b) * 3 // 4]))
     ev = app.state.experiments.step(app.state.engine, eid)
@@ -157,16 +158,23 @@ def test_srm_blocks_the_decision_and_operator_actions_follow_the_lifecycle(api):
     act = lambda action, **kw: api.admin.post(f"/v1/experiments/{eid}/actions", json={"action": action, **kw})  # noqa: E731
     assert act("pause").json()["state"] == "PAUSED"
     assert act("pause").status_code == 409
+    assert fresh_for(api) == {d: [f"experiment:{eid}"] for d in DEVICES}  # paused, still watched
     assert act("resume").json()["state"] == "RUNNING"
     assert act("promote").status_code == 422
     assert act("promote", arm="zz").status_code == 422
     assert act("dance").status_code == 422
     r = act("promote", arm="a", reason="enough")
     assert r.json()["state"] == "STOPPED" and r.json()["decision"]["promoted"] == "a"
+    assert fresh_for(api) == {d: [] for d in DEVICES}  # over: the devices batch their telemetry again
     assert act("resume").status_code == 409
     viewer = api.make("vic", "viewer")
     assert viewer.post(f"/v1/experiments/{eid}/actions", json={"action": "stop"}).status_code == 403
     assert viewer.get(f"/v1/experiments/{eid}").status_code == 200
+
+
+def fresh_for(api) -> dict[str, list[str]]:
+    """Who asks each device for fresh telemetry, as signed in its desired state (``sampling.telemetry_fresh``)."""
+    return {d: api.admin.get(f"/v1/devices/{d}").json()["sampling"].get("telemetry_fresh", []) for d in DEVICES}
 
 
 @pytest.mark.parametrize(

@@ -271,3 +271,65 @@ def test_one_device_cannot_shape_or_poison_fleet_aggregates(engine, mosquitto, r
     assert starts == {WINDOW}, "nothing stored for a window far from the controller's clock"
     pub.loop_stop()
     pub.disconnect()
+
+
+def v2(device: str, seqs: list[int], first: int, start: float = WINDOW + 5, **roles) -> bytes:
+    """A wire v2 message with one window per seq (several: later ones are differences)."""
+    from shared import wire
+    from shared.messages import decode
+
+    windows = [decode(Kind.TELEMETRY, window(device, s, first + k, start, **roles)) for k, s in enumerate(seqs)]
+    return wire.encode(windows)  # type: ignore[arg-type]
+
+
+def recoded(payload: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    """A v2 message altered below the schema (the counts), re-encoded."""
+    import zlib
+
+    import msgspec
+
+    from shared import wire
+
+    batch = msgspec.msgpack.decode(zlib.decompress(payload[1:]))
+    change(batch)
+    return bytes([wire.MAGIC_V2]) + zlib.compress(msgspec.msgpack.encode(batch))
+
+
+def test_v2_messages_merge_exactly_like_v1_windows_and_bad_ones_are_refused_alone(engine, mosquitto, replicas):
+    """Old and new agents side by side: the aggregates equal the merge of every window sent, in any format."""
+    with Session(engine) as s:
+        for i in range(4):
+            s.add(Device(id=f"v2-{i}", region="eu"))
+        s.add(Cohort(name="v2-eu", filter={"region": ["eu"]}))
+        s.commit()
+    pub = publisher(mosquitto)
+    expected: list[dict] = []
+    accepted_before = total(replicas, "telemetry", "accepted")
+    malformed_before = total(replicas, "telemetry", "malformed")
+    for seq in range(10, 16):  # single-window v2 messages (the default), summed without decoding
+        pub.publish(device_topic("v2-0", Kind.TELEMETRY), v2("v2-0", [seq], seq), qos=1).wait_for_publish(5)
+        expected.append(summary(seq))
+    # A metered agent: six windows in one message, five of them differences from their predecessors' mean.
+    pub.publish(device_topic("v2-1", Kind.TELEMETRY), v2("v2-1", list(range(20, 26)), 40), qos=1).wait_for_publish(5)
+    expected += [summary(40 + k) for k in range(6)]
+    for seq in (30, 31):  # an older agent's JSON windows, merged with the rest
+        pub.publish(device_topic("v2-2", Kind.TELEMETRY), window("v2-2", seq, seq), qos=1).wait_for_publish(5)
+        expected.append(summary(seq))
+    good = v2("v2-3", [5], 5)
+    bad = [
+        recoded(good, lambda b: b[4][0][5][0].__setitem__(4, b[4][0][5][0][4][:-1])),  # one byte short
+        recoded(good, lambda b: b[3][0].__setitem__(3, [3, 5])),  # px0 has 3 bins, the manifest says 4
+        v2("v2-3", [6], 6, production={**summary(6), "version": 9}),  # not a registered version
+    ]
+    for payload in bad:
+        pub.publish(device_topic("v2-3", Kind.TELEMETRY), payload, qos=1).wait_for_publish(5)
+    pub.publish(device_topic("v2-3", Kind.TELEMETRY), good, qos=1).wait_for_publish(5)
+    expected.append(summary(5))
+    wait_until(lambda: total(replicas, "telemetry", "accepted") - accepted_before >= len(expected), what="v2 windows merged")
+    wait_until(lambda: total(replicas, "telemetry", "malformed") - malformed_before >= 3, what="bad v2 refused")
+    assert total(replicas, "telemetry", "accepted") - accepted_before == len(expected)
+    got, windows, _ = merged_rows(engine, "v2-eu")
+    assert got == functools.reduce(merge, expected)
+    assert windows == len(expected)
+    pub.loop_stop()
+    pub.disconnect()

@@ -128,8 +128,10 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 
 def run_monitor(api, now: float) -> None:
+    """The leader's monitor once the windows before ``now`` have settled (agents batch theirs, ADR 0076)."""
     job: MonitorJob = api.app.state.monitor
-    job(LeaderContext(api.app.state.engine, 1, lambda: True), now=now)
+    assert job.settle_windows == 10  # the default
+    job(LeaderContext(api.app.state.engine, 1, lambda: True), now=now + job.settle_windows * job.window_s)
 
 
 def test_drift_per_cohort_matches_scipy_and_raises_an_alert_with_evidence(api, model, hook):
@@ -168,6 +170,8 @@ def test_drift_per_cohort_matches_scipy_and_raises_an_alert_with_evidence(api, m
     assert whole["device_windows"] == 12 and whole["drift_share"] <= north["drift_share"]
 
     api.app.state.monitor.alerts.webhook_url = hook.url
+    api.app.state.monitor(LeaderContext(api.app.state.engine, 1, lambda: True), now=T0 + 3 * W + 5)
+    assert api.admin.get("/v1/monitoring/alerts", params={"kind": "drift"}).json() == []  # not judged before they settle
     run_monitor(api, now=T0 + 3 * W + 5)
     alerts = api.admin.get("/v1/monitoring/alerts", params={"state": "firing", "kind": "drift"}).json()
     keys = {a["key"] for a in alerts}

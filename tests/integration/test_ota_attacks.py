@@ -63,7 +63,7 @@ def assert_still_v1(lab, up, reason_fragment: str) -> None:
     assert up.store.slot("production").version == 1
     assert up.store.slot("production", "candidate") is None
     assert up.store.ota.state in (State.IDLE, State.COMMITTED)
-    assert not up.store.download_path.exists()
+    assert not up.store.partial_downloads()
 
 
 def attempt(lab, up, a, **kw):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from agent.localapi.client import AgentClient
 from agent.localapi.server import LocalApi, SocketServer
 from agent.ota.state import State
 from firmware_sim.modelgen import load_digits
+from tests.diskfill import fill_completely
 from tests.otalab import Lab
 
 pytestmark = pytest.mark.integration
@@ -108,7 +110,7 @@ def test_disk_full_during_download_fails_cleanly_and_the_old_model_serves(lab, s
     assert "DiskFullError" in ev["message"], ev
     assert up.host.get().manifest.version == 1
     assert up.store.slot("production").version == 1
-    assert not up.store.download_path.exists()
+    assert not up.store.partial_downloads()
     filler.unlink()  # space comes back: the same release installs
     up.apply(lab.desired("lab-dev", a2))
     assert up.store.ota.state is State.COMMITTED and up.host.get().manifest.version == 2
@@ -163,3 +165,43 @@ def test_a_refusal_is_decided_again_when_the_release_metadata_changes(lab, tmp_p
     up.converger.converge()  # the poll sees new metadata: the refusal is decided again
     assert up.host.get().manifest.version == 2
     assert up.ota_status()["converged"] is True and up.ota_status()["pending"] == []
+
+
+@pytest.mark.parametrize("point", ["DOWNLOADING", "VERIFYING", "STAGED", "ACTIVATING", "HEALTH_CHECK"])
+def test_a_record_that_cannot_be_written_is_a_survived_crash_and_the_update_lands_later(lab, small_disk, make_bundle, point):
+    """The disk fills at each OTA point: the committed model serves, a restart on the full disk starts
+    and serves it too, and once there is room the same assignment installs (no operator)."""
+    up = lab.updater(small_disk / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    a2 = lab.publish(make_bundle(2))
+    fillers: list[Path] = []
+    up.checkpoint = lambda p, v: fillers.append(fill_completely(small_disk)) if (p, v) == (point, 2) and not fillers else None
+    up.apply(lab.desired("lab-dev", a2))
+    assert fillers, "the disk was filled mid-update"
+    assert up.host.get().manifest.version == 1 and up.store.slot("production").version == 1
+    assert "could not be written" in up.ota_status()["reason"] and not up.ota_status()["converged"]
+    again = lab.updater(small_disk / "dev")  # a restart while the disk is still full
+    again.restore()
+    assert again.host.get().manifest.version == 1
+    fillers[0].unlink()
+    up.converger.reconnected()  # the next retry, without waiting for its backoff
+    assert up.store.ota.state is State.COMMITTED and up.host.get().manifest.version == 2
+    assert up.ota_status()["converged"] and up.ota_status()["reason"] == ""
+
+
+def test_a_desired_state_that_arrives_on_a_full_disk_is_acted_on_when_room_returns(lab, small_disk, make_bundle):
+    """The desired state cannot be saved (the disk is full): it is acted on from memory, the update waits for
+    room, and once there is some the assignment installs without the desired state being delivered again."""
+    up = lab.updater(small_disk / "dev")
+    up.apply(lab.desired("lab-dev", lab.publish(make_bundle(1))))
+    a2 = lab.publish(make_bundle(2))
+    filler = fill_completely(small_disk)
+    lab.events.clear()
+    up.apply(lab.desired("lab-dev", a2))  # raised OSError before: the updater thread logged it and forgot the state
+    assert "not saved" in lab.last("desired.unsaved")["message"]
+    assert up.host.get().manifest.version == 1 and not up.ota_status()["converged"]
+    filler.unlink()
+    up.converger.reconnected()  # the next retry, without waiting for its backoff
+    assert up.store.ota.state is State.COMMITTED and up.host.get().manifest.version == 2
+    assert up.ota_status()["converged"]
+    assert lab.updater(small_disk / "dev").store.counter == up.store.counter  # saved once there was room

@@ -27,7 +27,7 @@ from controller.telemetry.ingest import Ingestor
 from controller.telemetry.receiver import ControllerMqtt
 from shared import compact
 from shared.errors import ProtocolError
-from shared.messages import decode
+from shared.messages import Telemetry, decode
 from shared.topics import Kind
 
 pytestmark = [pytest.mark.integration]
@@ -74,8 +74,44 @@ def as_bytes(doc: Any, how: int) -> bytes:
     return raw
 
 
+def v2(count: int, flips: list[tuple[int, int]], windows: int, codec: int) -> bytes:
+    """A real v2 message (wire.encode), then bytes of its counts flipped below the schema."""
+    import zlib
+
+    import msgspec
+
+    from shared import wire
+    from shared.telemetry import N_LATENCY_BUCKETS
+
+    lat = [0] * N_LATENCY_BUCKETS
+    lat[3] = count
+    summary = {"model": "m", "version": 1, "count": count, "errors": 0, "latency_ms": lat, "predictions": [count, 0]}
+    ws = [
+        Telemetry(
+            device_id=DEVICE, seq=10 + k, sent_at=1.0, window_start=time.time(), window_s=60.0, roles={"production": summary}
+        )
+        for k in range(windows)
+    ]
+    raw = msgspec.msgpack.decode(wire._inflate(wire.encode(ws)))
+    counts = bytearray(raw[4][0][5][0][4])
+    for at, value in flips:
+        if counts:
+            counts[at % len(counts)] = value
+    raw[4][0][5][0][4] = bytes(counts)
+    body = msgspec.msgpack.encode(raw)
+    return bytes([wire.MAGIC_V2]) + zlib.compress(body) if codec else bytes([wire.MAGIC_V2]) + body
+
+
 payloads = st.one_of(
     st.binary(max_size=300),
+    st.builds(lambda b: b"\xe2" + b, st.binary(max_size=300)),
+    st.builds(
+        v2,
+        st.integers(0, 2**40),
+        st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+        st.integers(1, 3),
+        st.integers(0, 1),
+    ),
     st.builds(as_bytes, documents, st.integers(0, 3)),
     st.builds(nest, st.integers(1, 60_000)),
     st.builds(lambda d: b'{"a":' * d + b"1" + b"}" * d, st.integers(1, 30_000)),

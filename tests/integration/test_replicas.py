@@ -195,3 +195,50 @@ def test_a_development_controller_upgraded_in_place_keeps_its_repository_and_bun
         assert c.get("/v1/tuf/metadata/2.targets.json").content == (data / "tuf" / "metadata" / "2.targets.json").read_bytes()
         assert c.get("/v1/tuf/metadata/1.root.json").content == repo.root_bytes(1)
         assert c.get(f"/v1/bundles/{sha}").content == bundle
+
+
+def test_offline_signed_targets_near_expiry_warn_everywhere_and_a_signed_renewal_clears_it(
+    tmp_path, database_url, secrets, monkeypatch, caplog
+):
+    """Nobody on the controller can re-sign offline targets: ahead of their expiry the leader stages a
+    renewal and says so (log, /v1/tuf/status, edgefleet release status, /metrics); once the release
+    keys sign it, the published targets are valid for a full lifetime again and the warning is gone."""
+    sdir, offline = secrets
+    day = 86400
+    # Targets v1 from `init` lasts 90 days; warn 60 days ahead; a renewal is valid for 200 days.
+    app = create_app(prod(tmp_path, "w", database_url, sdir, tuf_targets_warn_s=60 * day, tuf_targets_expiry_s=200 * day))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        st = api.get("/v1/tuf/status").json()
+        assert st["release_signing"] == "offline" and st["roles"]["targets"]["version"] == 1
+        assert 89 * day < st["roles"]["targets"]["expires_in_s"] < 91 * day
+        assert st["targets_warning"] is None and st["pending_version"] is None
+        assert "edgefleet_tuf_targets_renewal_needed 0.0" in api.get("/metrics").text
+
+    app = create_app(prod(tmp_path, "w", database_url, sdir, tuf_targets_warn_s=100 * day, tuf_targets_expiry_s=400 * day))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        with caplog.at_level("WARNING", logger="controller.release.imageservice"):
+            app.state.imagerepo.refresh()  # the leader's job
+        assert any("targets version 1 expires in" in r.getMessage() for r in caplog.records), caplog.text
+        st = api.get("/v1/tuf/status").json()
+        assert "targets version 1 expires in 90 days" in st["targets_warning"] and st["pending_version"] == 2
+        metrics = api.get("/metrics").text
+        assert "edgefleet_tuf_targets_renewal_needed 1.0" in metrics
+        assert 'edgefleet_tuf_expires_in_seconds{role="targets"}' in metrics
+        assert "renew targets" in api.get("/v1/tuf/pending").json()["changes"][0]
+        app.state.imagerepo.refresh()  # again: the same renewal waits, no second one
+        assert api.get("/v1/tuf/pending").json()["version"] == 2
+
+        monkeypatch.setattr(
+            cli_common, "client", lambda url, token: TestClient(app, headers={"Authorization": f"Bearer {token}"})
+        )
+        runner = CliRunner()
+        res = runner.invoke(cli.app, ["release", "status", "--token", TOKEN])
+        assert res.exit_code == 0 and "WARNING: targets version 1 expires in 90 days" in res.output, res.output
+        for i in (1, 2):  # the release-key holders sign the renewal
+            res = runner.invoke(cli.app, ["release", "sign", "--key", str(offline / f"release-{i}.pem"), "--token", TOKEN])
+            assert res.exit_code == 0, res.output
+        st = api.get("/v1/tuf/status").json()
+        assert st["roles"]["targets"]["version"] == 2 and st["roles"]["targets"]["expires_in_s"] > 399 * day
+        assert st["targets_warning"] is None and st["pending_version"] is None
+        res = runner.invoke(cli.app, ["release", "status", "--token", TOKEN])
+        assert res.exit_code == 0 and "WARNING" not in res.output, res.output

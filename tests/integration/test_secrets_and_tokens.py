@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,15 @@ def test_the_controller_process_refusing_bad_settings_prints_no_secret(tmp_path)
 
 def test_api_tokens_expire(tmp_path, database_url, mosquitto) -> None:
     with running_api(settings_for(tmp_path, database_url, mosquitto.port)) as api:
-        short = api.admin.post("/v1/tokens", json={"principal": "temp", "role": "viewer", "ttl_s": 2}).json()
+        short = api.admin.post("/v1/tokens", json={"principal": "temp", "role": "viewer", "ttl_s": 6}).json()
         forever = api.admin.post("/v1/tokens", json={"principal": "keeper", "role": "viewer"}).json()
         assert short["expires_at"] is not None and forever["expires_at"] is None
         for t in (short, forever):
             assert api.admin.get("/v1/whoami", headers={"Authorization": f"Bearer {t['token']}"}).status_code == 200
-        time.sleep(2.5)
+        # until the expiry the server set (its clock at the POST, which may come late on a loaded machine)
+        expires = datetime.fromisoformat(short["expires_at"].replace("Z", "+00:00"))
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
+        time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds() + 0.3))
         r = api.admin.get("/v1/whoami", headers={"Authorization": f"Bearer {short['token']}"})
         assert r.status_code == 401 and "expired" in r.json()["detail"]
         assert api.admin.get("/v1/whoami", headers={"Authorization": f"Bearer {forever['token']}"}).status_code == 200

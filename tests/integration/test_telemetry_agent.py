@@ -5,6 +5,7 @@ it survived, and uploads captured samples."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 
@@ -17,10 +18,11 @@ from agent.config import parse_config
 from agent.daemon import Agent
 from agent.localapi.client import AgentClient
 from agent.runtime import load_model
-from firmware_sim.modelgen import load_digits
+from firmware_sim.modelgen import DIGITS_FEATURES, load_digits, load_digits_raw
 from firmware_sim.procs import start_controller
 from firmware_sim.telemetry_rx import TelemetryReceiver, director_key_hex
 from shared import bundle as bundle_fmt
+from shared.features import FeatureSpec
 from shared.telemetry import merge
 from shared.topics import Kind, device_topic
 
@@ -61,7 +63,7 @@ def test_agent_reports_inference_summaries_labels_shadow_garbage_and_captures(mo
         {
             "device_id": DEVICE, "data_dir": str(tmp_path / "agent"), "director_public_keys": [director_key_hex()],
             "broker": {"host": mosquitto.host, "port": mosquitto.port, "reconnect_min": 0.2, "reconnect_max": 1},
-            "telemetry": {"window_s": 3600},
+            "telemetry": {"window_s": 3600, "windows_per_publish": 1},  # each window read as it closes, not batched
             "capture": {"enabled": True, "url": controller.url, "rate": 0.5, "upload_interval_s": 0.3},
             "identity": {"directory": str(ident)},
         }
@@ -107,6 +109,12 @@ def test_agent_reports_inference_summaries_labels_shadow_garbage_and_captures(mo
         assert prod["labels"] == {"count": labelled, "correct": correct} and correct >= 15
         assert shadow["version"] == 2 and shadow["count"] == n and sum(shadow["shadow"].values()) == n
         assert shadow["shadow"]["agree"] >= n * 0.7  # two versions of the same model mostly agree
+        # every production inference is compared, sampled out or dropped; the comparisons as a confusion matrix
+        compared = shadow["shadow"]["agree"] + shadow["shadow"]["disagree"]
+        assert compared + shadow["shadow"]["dropped"] + shadow["shadow"]["sampled_out"] == n
+        cm = shadow["confusion"]
+        assert len(cm) == 10 and all(len(row) == 10 for row in cm)
+        assert sum(map(sum, cm)) == compared and sum(cm[i][i] for i in range(10)) == shadow["shadow"]["agree"]
         assert w.system["mem_percent"] > 0 and "cpu_percent" in w.system
         captured = w.counters["capture_samples"]
         assert captured >= labelled  # every labelled sample is kept; unlabelled ones at rate 0.5
@@ -138,6 +146,30 @@ def test_agent_reports_inference_summaries_labels_shadow_garbage_and_captures(mo
         assert agent.telemetry.spool is not None
         wait_until(lambda: agent.telemetry.spool.pending() == 0, 10, "spool not drained")
         assert np.isfinite(summary["samples"])
+
+        # Raw inputs (the bundle's feature spec runs in the agent): captured samples keep the raw item beside
+        # the model inputs it made, so the pipeline can train on raw with the same spec.
+        raw_images, _ = load_digits_raw()
+        with AgentClient(cfg.socket_path) as client:
+            for i in range(3):
+                out = client.predict_array(raw_images[i], raw=True)  # a binary frame: the caller's own array
+                assert out["ok"], out
+                assert client.call({"op": "feedback", "prediction_id": out["prediction_id"], "label": int(y[i])})["ok"]
+
+        def raw_samples() -> list[dict]:
+            lines = [
+                json.loads(x)
+                for p in (controller.data_dir / "capture" / DEVICE).glob("*.jsonl")
+                for x in p.read_text().splitlines()
+            ]
+            return [s for s in lines if s.get("raw") is not None and s.get("label") is not None]
+
+        wait_until(lambda: len(raw_samples()) >= 3, 20, "captured raw samples missing")
+        spec = FeatureSpec.from_dict(DIGITS_FEATURES)
+        for s in raw_samples():
+            raw = np.asarray(s["raw"], dtype=np.float32)
+            assert raw.shape in ((8, 8), (1, 8, 8))
+            np.testing.assert_allclose(spec.transform(raw.reshape(1, 8, 8)).ravel(), np.asarray(s["inputs"]).ravel(), atol=1e-6)
     finally:
         agent.stop()
         receiver.close()

@@ -185,7 +185,7 @@ def test_updater_check_alone_refuses_an_impostor_download(lab: Lab, tmp_path: Pa
     install(lab, up, serve_instead(lab, genuine, impostor))
     assert lab.last("ota.rejected")["message"] == "downloaded bundle does not match the signed length and sha256"
     assert serving(up) is None
-    assert not up.store.bundle_path(sha(genuine)).exists() and not up.store.download_path.exists()
+    assert not up.store.bundle_path(sha(genuine)).exists() and not up.store.partial_downloads()
 
 
 # --- the store's check --------------------------------------------------------------------
@@ -374,6 +374,7 @@ def test_fetcher_resumes_a_prefix_with_range_and_reports_progress(lab: Lab, tmp_
     assert dest.read_bytes() == genuine
     assert lab.server.faults.range_requests == ["bytes=1000-"]
     assert seen and seen[-1] == (a.length, a.length) and seen[0][0] > 1000
+    assert [g for g, _ in seen] == sorted({g for g, _ in seen})  # one pass: the prefix was kept, not written over
 
 
 def test_fetcher_starts_again_when_the_server_ignores_range(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
@@ -401,13 +402,40 @@ def test_fetcher_discards_a_prefix_longer_than_signed(lab: Lab, tmp_path: Path, 
     assert dest.read_bytes() == genuine and lab.server.faults.range_requests == []
 
 
-def test_fetcher_refuses_a_wrong_prefix_even_when_the_rest_is_right(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+def test_fetcher_starts_again_from_zero_when_a_kept_prefix_was_wrong(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
     a = serve_instead(lab, genuine, genuine)
     dest = tmp_path / "download.part"
-    dest.write_bytes(b"\0" * 1000)  # a corrupted prefix: resuming keeps it, the hash refuses it
+    dest.write_bytes(b"\0" * 1000)  # a corrupted prefix (a torn write): resuming keeps it, the hash refuses it ...
+    seen: list[tuple[int, int]] = []
+    Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256, progress=lambda g, t: seen.append((g, t)))
+    assert dest.read_bytes() == genuine  # ... and the download starts once more from zero
+    assert lab.server.faults.range_requests == ["bytes=1000-"]
+    done = (a.length, a.length)  # progress is reported for both passes: the fresh start goes back below the end
+    assert seen.count(done) == 2 and seen[-1] == done
+
+
+def test_fetcher_refuses_wrong_bytes_after_its_one_fresh_start(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    altered = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    a = serve_instead(lab, genuine, altered)
+    dest = tmp_path / "download.part"
+    dest.write_bytes(altered[:1000])
     with pytest.raises(HashError):
         Fetcher(timeout=5.0).download(a.url, dest, length=a.length, sha256=a.sha256)
     assert not dest.exists()
+
+
+def test_a_partial_download_of_another_target_is_never_resumed(lab: Lab, tmp_path: Path, genuine: bytes) -> None:
+    # The assignment changed mid-download: the old target's prefix must not become the new target's first bytes
+    # (it failed the hash and the device refused a good bundle until its assignment changed again).
+    a = serve_instead(lab, genuine, genuine)
+    up = bare(lab, tmp_path / "dev", fetcher=Fetcher(timeout=5.0))
+    stale = up.store.download_path("ab" * 32)
+    stale.write_bytes(b"another bundle's first bytes")
+    (up.store.root / "download.part").write_bytes(b"an older agent's partial download")
+    install(lab, up, a)
+    assert up.store.ota.state is State.COMMITTED, lab.events
+    assert serving(up) == sha(genuine)
+    assert lab.server.faults.range_requests == [] and not up.store.partial_downloads()
 
 
 def test_tuf_alone_refuses_a_release_signed_for_other_hardware(lab: Lab, tmp_path: Path, genuine: bytes) -> None:

@@ -38,9 +38,22 @@ def test_identity_and_system_metrics_still_load_what_they_need(tmp_path):
         "from agent.telemetry.system import SystemMetrics\n"
         f"csr = make_csr(ensure_key(Path({str(tmp_path / 'k.pem')!r})), 'dev-1')\n"
         f"s = SystemMetrics(Path({str(tmp_path)!r})).sample()\n"
-        "print(csr.startswith(b'-----BEGIN CERTIFICATE REQUEST'), s['agent_rss_bytes'] > 0)"
+        "print(csr.startswith(b'-----BEGIN CERTIFICATE REQUEST'), s['agent_rss_bytes'] > 0, 'psutil' in sys.modules)"
     )
-    assert _run(code) == "True True"
+    linux = os.path.isfile("/proc/self/statm")  # there the gauges come from /proc, psutil stays out (~0.7 MB)
+    assert _run(code) == f"True True {not linux}"
+
+
+def test_mqtt_link_leaves_urllib_request_unloaded_until_used():
+    code = (
+        "import sys\nimport agent.daemon\nfrom agent import deferred\n"
+        "print(sorted(m for m in ('http.client', 'email.message') if m in sys.modules), deferred.loaded('urllib.request'))\n"
+        "import urllib.request\n"
+        "print(deferred.loaded('urllib.request'))\n"
+        "from urllib.request import Request\n"  # the first use of a name loads the real module
+        "print(deferred.loaded('urllib.request'), 'http.client' in sys.modules, urllib.request.Request is Request)"
+    )
+    assert _run(code).splitlines() == ["[] False", "False", "True True True"]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are a glibc setting")
@@ -100,3 +113,26 @@ def test_agent_with_http_port_builds_the_http_server(tmp_path):
         "a.http.start(); a.http.stop(); a.api.start(); a.api.stop()"
     )
     assert _run(code) == "HttpServer True False"
+
+
+def test_an_isolated_agent_imports_no_signature_or_download_stack(tmp_path):
+    code = (
+        "import sys\nfrom agent.config import parse_config\nfrom agent.daemon import director_keys\n"
+        "from agent.host import ModelHost\nfrom agent.ota.build import make_updater\nfrom agent.ota.store import Store\n"
+        f"cfg = parse_config({{'device_id': 'd', 'data_dir': {str(tmp_path)!r}, 'director_public_keys': ['ab' * 32]}})\n"
+        "up = make_updater(cfg, Store(cfg.data_dir), ModelHost(), director_keys(cfg), lambda *a: None, lambda: None)\n"
+        "stack = ('cryptography', 'tuf', 'urllib3', 'securesystemslib')\n"
+        "print(up.worker is not None, sorted(m for m in stack if m in sys.modules))"
+    )
+    assert _run(code) == "True []"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_trim_gives_freed_heap_back():
+    code = (
+        "from agent.memory import trim\n"
+        "blocks = [bytearray(200) for _ in range(200_000)]\n"  # ~50 MB of small chunks on the heap
+        "del blocks[:-1]\n"
+        "print(trim())"
+    )
+    assert _run(code) == "True"

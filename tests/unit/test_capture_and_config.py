@@ -77,3 +77,84 @@ def test_sampling_follows_the_rate(tmp_path):
     rng = random.Random(3)
     hits = sum(spool.sampled(rng) for _ in range(10_000))
     assert 850 < hits < 1150
+
+
+def cfg_on(**kw) -> CaptureConfig:
+    return CaptureConfig(enabled=True, url="http://c", max_bytes_per_day=10**9, unlabelled_share=1.0, **kw)
+
+
+def test_a_spool_has_its_own_random_id_kept_across_restarts_and_new_after_a_wipe(tmp_path):
+    first = CaptureSpool(tmp_path / "c.db", cfg_on())
+    sid = first.spool_id
+    first.close()
+    again = CaptureSpool(tmp_path / "c.db", cfg_on())
+    assert again.spool_id == sid  # a restart keeps the spool and its id
+    again.close()
+    (tmp_path / "c.db").unlink()
+    wiped = CaptureSpool(tmp_path / "c.db", cfg_on())  # the data directory was wiped: ids start at 1 again ...
+    assert wiped.spool_id != sid and len(wiped.spool_id) == 16  # ... under another spool id
+    before = wiped.spool_id
+    renewed = wiped.renew_id()  # after a 409: the uploads from now on go under a fresh id, kept
+    assert renewed not in (sid, before) and wiped.spool_id == renewed
+    wiped.close()
+    assert CaptureSpool(tmp_path / "c.db", cfg_on()).spool_id == renewed
+
+
+def test_a_label_for_a_spooled_prediction_updates_it_in_place_and_one_already_sent_is_a_tombstone(tmp_path):
+    import json
+
+    spool = CaptureSpool(tmp_path / "c.db", cfg_on())
+    assert spool.offer({"inputs": [0.5], "label": None, "prediction_id": "p1"}, labelled=False)
+    assert spool.offer({"inputs": [0.6], "label": None, "prediction_id": "p2"}, labelled=False)
+    assert spool.label("p1", 7) == "updated"  # waiting: labelled in place, no second copy
+    assert spool.pending() == 2
+    rows = spool.batch(10**6)
+    assert [json.loads(p)["label"] for _, p in rows] == [7, None]  # labelled first
+    spool.sent(rows)
+    assert spool.pending() == 0
+    assert spool.label("p1", 7) == spool.label("p2", 3) == "sent"  # uploaded: only the label goes
+    assert spool.label("never", 1) == "absent"
+    assert spool.batch(10**6) == []
+
+
+def test_a_sample_labelled_while_its_upload_was_in_flight_goes_again_labelled(tmp_path):
+    import json
+
+    spool = CaptureSpool(tmp_path / "c.db", cfg_on())
+    spool.offer({"inputs": [0.5], "label": None, "prediction_id": "p1"}, labelled=False)
+    rows = spool.batch(10**6)  # the upload of the unlabelled copy starts ...
+    assert spool.label("p1", 4) == "updated"  # ... the label comes ...
+    spool.sent(rows)  # ... and the controller stores the unlabelled copy
+    again = spool.batch(10**6)
+    assert [json.loads(p)["label"] for _, p in again] == [4]  # the label is not lost
+
+
+def test_tombstones_are_bounded_and_carry_no_payload(tmp_path, monkeypatch):
+    import sqlite3
+
+    from agent.telemetry import capture
+
+    monkeypatch.setattr(capture, "TOMBSTONES", 5)
+    spool = CaptureSpool(tmp_path / "c.db", cfg_on())
+    for i in range(20):
+        spool.offer({"inputs": [0.5] * 50, "label": None, "prediction_id": f"p{i}"}, labelled=False)
+    spool.sent(spool.batch(10**6))
+    db = sqlite3.connect(tmp_path / "c.db")
+    assert db.execute("SELECT count(*), sum(length(payload)) FROM samples").fetchone() == (5, 0)
+    assert spool.label("p19", 1) == "sent" and spool.label("p0", 1) == "absent"
+
+
+def test_a_spool_made_by_an_older_agent_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.executescript(
+        "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, labelled INTEGER NOT NULL, size INTEGER NOT NULL,"
+        " payload BLOB NOT NULL); INSERT INTO samples (labelled, size, payload) VALUES (1, 2, x'7b7d');"
+    )
+    db.commit()
+    db.close()
+    spool = CaptureSpool(tmp_path / "c.db", cfg_on())
+    assert spool.pending() == 1 and spool.batch(10**6) == [(1, b"{}")] and len(spool.spool_id) == 16
+    assert spool.offer({"inputs": [1.0], "label": None, "prediction_id": "p"}, labelled=False)
+    assert spool.label("p", 2) == "updated"

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from controller.core.metrics import Metrics
+from controller.release.gauges import TufExpiryCollector
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ def exported() -> set[str]:
     names = set()
     for fam in Metrics().registry.collect():
         names.update(fam.name + s for s in SUFFIXES[fam.type])
+    names.update(TufExpiryCollector.NAMES)  # gauges read from the database at scrape time (registered by the app)
     return names
 
 
@@ -80,6 +82,20 @@ def test_promtool_checks_the_rules_and_runs_their_tests():
     r = subprocess.run(
         [tool, "test", "rules", RULE_TESTS.name], capture_output=True, text=True, timeout=60, cwd=RULE_TESTS.parent
     )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_checks_the_scrape_config_and_it_sends_a_metrics_token():
+    """/metrics needs a token with the scrape-only ``metrics`` role (ADR 0069): the shipped scrape config sends one."""
+    config = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    doc = yaml.safe_load(config.read_text())
+    (job,) = [j for j in doc["scrape_configs"] if j["job_name"] == "edgefleet-controller"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+    assert doc["rule_files"] == [RULES.name]
+    # --syntax-only: the token file and rule files are the deployment's (the rules are checked above)
+    cmd = [promtool(), "check", "config", "--syntax-only", config.name]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=config.parent)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -68,3 +68,22 @@ def test_tampered_hash(director):
 def test_garbage(director, raw):
     with pytest.raises(RejectedError):
         check_desired(raw, device_id="pi-1", trusted=trusted(director), last_counter=0, at=time.time())
+
+
+def test_a_verifying_function_as_trust_accepts_and_refuses(director):
+    # The agent's default: the update process verifies signatures (worker.verify), check_desired gets a function.
+    from shared.errors import SignatureError
+    from shared.signing import verify_document
+
+    def verify(envelope):
+        return verify_document(envelope, trusted(director))
+
+    env = director.sign_desired("pi-1", 2, A, 60)
+    d = check_desired(payload(env), device_id="pi-1", trusted=verify, last_counter=0, at=time.time())
+    assert d.counter == 2
+
+    def refuse(envelope):
+        raise SignatureError("no director key signed it")
+
+    with pytest.raises(RejectedError, match="no director key signed it"):
+        check_desired(payload(env), device_id="pi-1", trusted=refuse, last_counter=0, at=time.time())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import stat
 from pathlib import Path
@@ -17,7 +18,7 @@ from agent.config import ConfigError, parse_config
 from agent.identity import IdentityError, IdentityPaths, ensure_key, make_csr, renewal_due, tls_context
 from controller.core.config import Settings
 from controller.identity import pki
-from controller.identity.broker_auth import render_acl, render_dynsec
+from controller.identity.broker_auth import register_devices_command, render_acl, render_dynsec
 
 pytestmark = pytest.mark.unit
 KEY = "11" * 32
@@ -120,6 +121,11 @@ def test_acl_confines_devices_to_their_own_id() -> None:
     assert "pattern read edgefleet/v1/dev/%u/desired" in acl and "pattern write edgefleet/v1/dev/%u/desired" not in acl
     assert "user _controller" in acl
     assert '"publishClientSend": false' in render_dynsec()
+    roles = {r["rolename"]: r["acls"] for r in json.loads(render_dynsec())["roles"]}
+    assert {"acltype": "subscribePattern", "topic": "$share/#", "allow": False} in roles["edgefleet-device"]
+    cmds = json.loads(register_devices_command(["d-1", "d-2"]))["commands"]
+    assert [c["username"] for c in cmds if c["command"] == "createClient"] == ["d-1", "d-2"]
+    assert all(c["roles"] == [{"rolename": "edgefleet-device"}] for c in cmds if c["command"] == "createClient")
 
 
 def test_settings_refuse_insecure_production(tmp_path: Path) -> None:
@@ -196,3 +202,35 @@ def test_the_broker_client_key_may_come_from_the_environment(ca: pki.DeviceCA, t
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     with pytest.raises(ValueError, match="EDGEFLEET_BROKER_KEY"):
         mqtt_tls_context(Settings(data_dir=tmp_path, broker_tls=True, broker_cert_file=cert))
+
+
+@pytest.mark.parametrize("cc", ["no-such-compiler", "false"])
+def test_broker_setup_says_what_it_needs_when_the_share_guard_cannot_be_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cc: str
+) -> None:
+    """No compiler, or one that fails (e.g. without the Mosquitto headers): a clear error and no config
+    that would start a broker letting devices join the controllers' shared subscription."""
+    from controller.identity import broker_setup
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing built before
+    monkeypatch.setenv("CC", cc)
+    assert broker_setup.main(["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "share guard" in err and "mosquitto-dev" in err, err
+    assert not (tmp_path / "out" / "mosquitto.conf").exists()
+    assert not list((tmp_path / "cache").rglob("*.so*"))
+
+
+def test_broker_setup_names_plugins_the_broker_image_already_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compose broker image carries the plugins (deploy/Dockerfile.broker): no compiler needed where setup runs."""
+    from controller.identity import broker_setup
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # a build would fail
+    argv = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--broker-plugins", "/usr/lib/edgefleet"]
+    assert broker_setup.main(argv) == 0
+    conf = (tmp_path / "out" / "mosquitto.conf").read_text().splitlines()
+    plugins = [ln for ln in conf if ln.startswith("plugin ")]
+    assert plugins == ["plugin /usr/lib/edgefleet/share_guard.so", "plugin /usr/lib/edgefleet/mosquitto_dynamic_security.so"]
+    assert "plugin_opt_share_subscribers _controller" in conf
+    assert not (tmp_path / "out" / "share_guard.so").exists() and not list((tmp_path / "cache").rglob("*.so*"))

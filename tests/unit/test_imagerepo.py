@@ -59,6 +59,19 @@ def test_floor_is_signed_into_every_target_and_never_lowered(repo):
         r.set_floor("digits", 1, signers=keys.release[:2], online=keys.online)
 
 
+def test_a_revoked_version_leaves_the_targets_and_the_floor_only_rises(repo):
+    r, keys = repo
+    add(r, keys, 1)
+    add(r, keys, 2, "cd" * 32)
+    add(r, keys, 3, "ef" * 32)
+    r.stage_revoke("digits", 2, floor=1)
+    assert set(r.targets) == {"digits/1.tar", "digits/3.tar"} and r.floor("digits") == 1
+    r.stage_revoke("digits", 1, floor=3)
+    assert set(r.targets) == {"digits/3.tar"} and r.floor("digits") == 3
+    r.stage_revoke("digits", 3, floor=2)  # never lowered
+    assert r.targets == {}
+
+
 def test_rereleasing_a_version_with_other_content_is_refused(repo):
     r, keys = repo
     add(r, keys, 1)

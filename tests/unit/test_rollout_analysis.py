@@ -7,6 +7,8 @@ regression (error rate 1% -> 3%, devices overdispersed) fails in at least 95%.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -17,9 +19,15 @@ from controller.rollouts.analysis import (
     SKIPPED,
     Observation,
     Unit,
+    agreement_check,
+    always_valid_worse_p,
     analyse,
+    compare_rates,
+    fails_at_any_look,
     match_baseline,
+    pair_rates,
     rate,
+    shift_check,
 )
 from controller.rollouts.plan import Stage, Thresholds
 from shared.telemetry import N_LATENCY_BUCKETS, latency_bucket
@@ -161,3 +169,160 @@ def test_the_last_stage_has_no_baseline_and_passes_on_duration_without_rollbacks
     stage = Stage(share=1.0, min_duration_s=120)
     assert analyse(Observation("canary", 60, (), (), assigned=5, final=True), stage, TH).outcome == INCONCLUSIVE
     assert analyse(Observation("canary", 120, (), (), assigned=5, final=True), stage, TH).outcome == PASS
+
+
+# --- failing fast (ADR 0066) ------------------------------------------------------------
+
+FAST_STAGE = Stage(share=0.34, min_duration_s=6, min_devices=2, min_inferences=100)
+BENCH_TH = Thresholds(min_labels=30, fail_min_inferences=30, max_accuracy_drop=0.05, latency_min_samples=10**9)
+# the class frequencies of the digits models of scripts/bench.py rollout: one epoch of training, and 61
+BAD_PREDICTIONS = np.array([164, 368, 120, 199, 183, 140, 169, 178, 2, 274]) / 1797
+GOOD_PREDICTIONS = np.array([180, 188, 171, 169, 174, 182, 181, 195, 160, 197]) / 1797
+
+
+def test_a_strong_regression_fails_on_the_first_look_long_before_the_fixed_minimums() -> None:
+    """A third of 30 inferences failing is strong evidence: the always-valid test fails it with no 100-inference minimum."""
+    cand = tuple(Unit(f"c{i}", count=10, errors=e) for i, e in enumerate((3, 4, 3)))
+    base = tuple(Unit(f"b{i}", count=100, errors=e) for i, e in enumerate((1, 0, 1, 0, 1, 1)))
+    v = analyse(Observation("canary", 10, cand, base, assigned=3, baseline_devices=6), FAST_STAGE, TH)
+    er = {c.name: c for c in v.checks}["error_rate"]
+    assert v.outcome == FAIL and er.outcome == FAIL and er.figures["test"] == "sequential"
+    assert er.figures["candidate_n"] < TH.fail_min_inferences and er.figures["always_valid_p"] < TH.alpha_fail
+    # one failure in 30 is no evidence of anything: held, not failed
+    mild = tuple(Unit(f"c{i}", count=10, errors=e) for i, e in enumerate((1, 0, 0)))
+    v = analyse(Observation("canary", 10, mild, base, assigned=3, baseline_devices=6), FAST_STAGE, TH)
+    assert v.outcome == INCONCLUSIVE and {c.name: c.outcome for c in v.checks}["error_rate"] == SKIPPED
+
+
+def test_always_valid_p_is_one_without_evidence_and_falls_with_it() -> None:
+    assert always_valid_worse_p(-0.1, 0.001, 0.2) == 1.0
+    assert always_valid_worse_p(0.1, 0.0, 0.2) == 1.0
+    ps = [always_valid_worse_p(0.1, v, 0.2) for v in (0.01, 0.003, 0.001, 0.0003)]
+    assert ps == sorted(ps, reverse=True) and ps[-1] < 1e-4
+
+
+def _sequential_false_failure(seed: int, kappa: float, looks: int = 60) -> bool:
+    """An equal candidate (5% errors) on 3 devices against 3, looked at every 10 inferences per device."""
+    rng = np.random.default_rng(seed)
+    th = Thresholds(fail_min_inferences=10**9)  # only the sequential test can fail
+    rates = rng.beta(0.05 * kappa, 0.95 * kappa, 6)  # devices differ
+    sums = np.zeros((6, 2))
+    for _ in range(looks):
+        n = rng.poisson(10, 6)
+        sums[:, 0] += n
+        sums[:, 1] += rng.binomial(n, rates)
+        units = [Unit(f"d{i}", count=int(a[0]), errors=int(a[1])) for i, a in enumerate(sums)]
+        c, b, disp = pair_rates(units[:3], units[3:], "errors", "count")
+        if compare_rates("error_rate", c, b, 0.01, th, 10**9, "inferences", disp).outcome == FAIL:
+            return True
+    return False
+
+
+def test_the_sequential_test_keeps_its_error_rate_however_often_it_looks() -> None:
+    """60 looks at an equal candidate: the always-valid test fails it about as rarely as alpha_fail (0.01) says."""
+    homogeneous = sum(_sequential_false_failure(seed, 1e9) for seed in range(300))
+    overdispersed = sum(_sequential_false_failure(seed, 300) for seed in range(300))
+    assert homogeneous <= 3 and overdispersed <= 6, (homogeneous, overdispersed)
+
+
+def _bench_stage(seed: int, acc_c: float, pred_c: np.ndarray, looks: int = 6, per_look: int = 16) -> tuple[str, int]:
+    """3 candidate devices against 3 baseline devices, labelled traffic, a look every 2 s (as the rollout bench)."""
+    rng = np.random.default_rng(seed)
+    sums = np.zeros((6, 12))  # per device: count, correct, 10 prediction classes
+    for look in range(1, looks + 1):
+        for d in range(6):
+            cand = d < 3
+            n = rng.poisson(per_look * (0.75 if cand and look == 1 else 1.0))  # the first window is partial
+            sums[d, 0] += n
+            sums[d, 1] += rng.binomial(n, acc_c if cand else 0.9)
+            sums[d, 2:] += rng.multinomial(n, pred_c if cand else GOOD_PREDICTIONS)
+        units = [
+            Unit(f"d{d}", count=int(a[0]), labels=int(a[0]), correct=int(a[1]), predictions=tuple(int(x) for x in a[2:]))
+            for d, a in enumerate(sums)
+        ]
+        obs = Observation("canary", look * 2.0, tuple(units[:3]), tuple(units[3:]), assigned=3, baseline_devices=3)
+        v = analyse(obs, FAST_STAGE, BENCH_TH)
+        if v.outcome != INCONCLUSIVE:
+            return v.outcome, look
+    return INCONCLUSIVE, looks
+
+
+def test_simulation_the_benchs_less_accurate_candidate_fails_within_two_looks() -> None:
+    """Accuracy 69% against 90% and the one-epoch model's predictions: failed by the second look in >= 85% of runs."""
+    outcomes = [_bench_stage(seed, 0.69, BAD_PREDICTIONS) for seed in range(200)]
+    assert all(o == FAIL for o, _ in outcomes)
+    assert sum(look <= 2 for _, look in outcomes) / len(outcomes) >= 0.85, outcomes
+
+
+def test_simulation_the_benchs_good_candidate_is_rarely_failed() -> None:
+    outcomes = [_bench_stage(seed, 0.9, GOOD_PREDICTIONS) for seed in range(200)]
+    assert sum(o == FAIL for o, _ in outcomes) / len(outcomes) <= 0.05, outcomes
+
+
+def test_prediction_shift_is_judged_beyond_sampling_noise() -> None:
+    """100 predictions from the same 10 classes look shifted by a raw Jensen-Shannon distance; not beyond noise."""
+    rng = np.random.default_rng(7)
+    raw, beyond, failed = [], [], 0
+    for _ in range(100):
+        c = (Unit("c", count=100, predictions=tuple(int(x) for x in rng.multinomial(100, GOOD_PREDICTIONS))),)
+        b = (Unit("b", count=100, predictions=tuple(int(x) for x in rng.multinomial(100, GOOD_PREDICTIONS))),)
+        check = shift_check(c, b, TH)
+        failed += check.outcome == FAIL  # only when chance makes it both beyond the limit and significant (alpha 0.01)
+        raw.append(check.figures["js_distance"])
+        beyond.append(check.figures["js_beyond_noise"])
+    assert np.median(raw) > 0.15 and np.median(beyond) < 0.05 and failed <= 3
+    from scipy.spatial.distance import jensenshannon
+
+    truth = float(jensenshannon(BAD_PREDICTIONS, GOOD_PREDICTIONS, base=2))
+    checks = [
+        shift_check(
+            (Unit("c", count=150, predictions=tuple(int(x) for x in rng.multinomial(150, BAD_PREDICTIONS))),),
+            (Unit("b", count=150, predictions=tuple(int(x) for x in rng.multinomial(150, GOOD_PREDICTIONS))),),
+            TH,
+        )
+        for _ in range(100)
+    ]
+    est = np.median([c.figures["js_beyond_noise"] for c in checks])
+    assert abs(est - truth) < 0.03, (truth, est)  # about the true distance; the noise-free part of it
+    skewed = np.array([0.3, 0.25, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1, 0.05])  # distance ~0.33 from the good model's
+    outcomes = [
+        shift_check(
+            (Unit("c", count=150, predictions=tuple(int(x) for x in rng.multinomial(150, skewed))),),
+            (Unit("b", count=150, predictions=tuple(int(x) for x in rng.multinomial(150, GOOD_PREDICTIONS))),),
+            TH,
+        ).outcome
+        for _ in range(100)
+    ]
+    assert outcomes.count(FAIL) >= 90
+
+
+def test_shadow_agreement_reports_its_confusion_matrix_and_doubts_a_pass_when_comparisons_were_dropped() -> None:
+    cm = ((90, 10), (0, 100))
+    shadow = tuple(Unit(f"s{i}", count=200, agree=190, disagree=10, dropped=5, sampled_out=200, confusion=cm) for i in range(3))
+    odd = Unit("s9", count=10, agree=10, confusion=((1, 0, 0), (0, 1, 0), (0, 0, 8)))  # another model's size: left out
+    check = agreement_check((*shadow, odd), TH, sample_rate=0.5)
+    assert check.outcome == PASS, check.reason
+    f = check.figures
+    assert f["confusion"] == [[270, 30], [0, 300]] and f["per_class"][0] == {"class": 0, "production": 300, "agreement": 0.9}
+    assert (f["dropped"], f["sampled_out"], f["sample_rate"]) == (15, 600, 0.5)
+    busy = tuple(replace(u, dropped=150) for u in shadow)  # the queue overflowed: agreement covers the quiet part only
+    check = agreement_check(busy, TH, sample_rate=0.5)
+    assert check.outcome == INCONCLUSIVE and "dropped" in check.reason and check.figures["dropped_share"] > TH.max_shadow_dropped
+    bad = tuple(replace(u, agree=100, disagree=100, dropped=150) for u in shadow)  # dropped comparisons never save a failure
+    assert agreement_check(bad, TH).outcome == FAIL
+
+
+def test_only_rollbacks_and_the_sequential_test_fail_between_analyses() -> None:
+    rollback = analyse(Observation("canary", 1, (), (), assigned=2, rollbacks=("dev-1",)), STAGE, TH)
+    assert fails_at_any_look(rollback)
+    cand = tuple(Unit(f"c{i}", count=10, errors=e) for i, e in enumerate((3, 4, 3)))
+    base = tuple(Unit(f"b{i}", count=100, errors=e) for i, e in enumerate((1, 0, 1, 0, 1, 1)))
+    strong = analyse(Observation("canary", 10, cand, base, assigned=3, baseline_devices=6), FAST_STAGE, TH)
+    assert fails_at_any_look(strong)
+    # a moderate regression failed by the per-look test waits for the interval's analysis
+    cand = tuple(Unit(f"c{i}", count=320, errors=e) for i, e in enumerate((7, 8, 7, 8, 7, 8)))  # 2.3% against 1%
+    base = tuple(Unit(f"b{i}", count=320, errors=e) for i, e in enumerate((3, 3, 3, 3, 3, 4)))
+    fixed = analyse(Observation("canary", 10, cand, base, assigned=6, baseline_devices=6), FAST_STAGE, TH)
+    er = {c.name: c for c in fixed.checks}["error_rate"]
+    assert er.outcome == FAIL and "test" not in er.figures and er.figures["always_valid_p"] > TH.alpha_fail
+    assert not fails_at_any_look(fixed)

@@ -7,6 +7,7 @@ import pytest
 from controller.rollouts.plan import DEFAULT_STAGES, PlanError, approval_from, stages_from_list
 from controller.rollouts.state import (
     Abort,
+    BaselineRevoked,
     DeadlinePassed,
     Failed,
     IllegalTransition,
@@ -14,6 +15,7 @@ from controller.rollouts.state import (
     Passed,
     Pause,
     Promote,
+    Rebase,
     Resume,
     Revoked,
     RolloutRecord,
@@ -72,6 +74,39 @@ def test_failure_abort_and_revocation_roll_back_from_running_and_paused() -> Non
             transition(rb, event)
 
 
+def test_without_an_installable_baseline_every_rollback_halts_and_asks_for_a_baseline() -> None:
+    bad = RolloutRecord(n_stages=3, approval_from=1, id=7, baseline_problem="baseline digits v1 is revoked")
+    for event in (Failed("error rate"), Abort("op", "bad"), Revoked("digits v2 was revoked")):
+        for rec in (bad, transition(bad, Pause("op"))):
+            halted = transition(rec, event)
+            assert (halted.state, halted.waiting, halted.stage) == (State.HALTED, Waiting.BASELINE, 0)
+            assert "baseline digits v1 is revoked" in halted.reason and "POST /v1/rollouts/7/baseline" in halted.reason
+    halted = transition(bad, Failed("error rate"))
+    for event in (Resume("op", True), Promote("op", True), Pause("op"), Abort("op"), Passed(True), Failed("again")):
+        with pytest.raises(IllegalTransition, match="not allowed in state HALTED"):
+            transition(halted, event)  # a failed stage never goes on, and there is nothing to abort to
+    still = transition(halted, Revoked("digits v2 was revoked"))  # the candidate revoked too: still nothing to go to
+    assert still.state is State.HALTED and "digits v2 was revoked" in still.reason
+    done = transition(halted, Rebase("olivia", 3))
+    assert (done.state, done.waiting) == (State.ROLLED_BACK, Waiting.NONE) and "v3" in done.reason
+
+
+def test_a_revoked_baseline_pauses_a_running_rollout_until_a_human_resumes_or_names_another() -> None:
+    rec = RolloutRecord(n_stages=3, approval_from=1, id=7)
+    paused = transition(rec, BaselineRevoked("the baseline digits v1 was revoked"))
+    assert (paused.state, paused.waiting) == (State.PAUSED, Waiting.BASELINE)
+    assert "POST /v1/rollouts/7/baseline" in paused.reason
+    assert transition(paused, Resume("op", True)).state is State.RUNNING  # knowingly: a failure then halts
+    rebased = transition(paused, Rebase("op", 3))
+    assert (rebased.state, rebased.waiting) == (State.PAUSED, Waiting.OPERATOR) and "resume" in rebased.reason
+    gate = transition(RolloutRecord(n_stages=3, approval_from=1, gates=frozenset({0})), Passed(True))
+    assert transition(gate, BaselineRevoked("gone")).stage_passed  # a passed stage stays passed
+    assert transition(rec, Rebase("op", 3)).state is State.RUNNING  # a running rollout just keeps the new baseline
+    for over in (transition(rec, Failed("x")), transition(RolloutRecord(n_stages=1), Passed(True))):
+        with pytest.raises(IllegalTransition):
+            transition(over, Rebase("op", 3))
+
+
 def test_inconclusive_past_deadline_pauses_for_a_human_and_never_promotes() -> None:
     rec = transition(PLAN, DeadlinePassed("low traffic"))
     assert (rec.state, rec.stage, rec.waiting, rec.reason) == (State.PAUSED, 0, Waiting.HUMAN, "low traffic")
@@ -104,4 +139,8 @@ def test_plans_are_validated_with_clear_messages() -> None:
         stages_from_list([{"share": 0}, {"share": 1.0}])
     with pytest.raises(PlanError, match="unknown field"):
         stages_from_list([{"share": 1.0, "colour": "red"}])
+    with pytest.raises(PlanError, match=r"stages\[0\].sample_rate: only a shadow stage samples"):
+        stages_from_list([{"share": 0.1, "sample_rate": 0.5}, {"share": 1.0}])
+    with pytest.raises(PlanError, match=r"stages\[0\].sample_rate: expected a fraction"):
+        stages_from_list([{"kind": "shadow", "share": 0.1, "sample_rate": 0}, {"share": 1.0}])
     assert approval_from(stages_from_list([{"share": 0.1}, {"share": 1.0}])) == 1

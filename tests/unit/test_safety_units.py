@@ -196,3 +196,57 @@ def test_gaps_older_than_the_horizon_are_pruned_and_newer_ones_kept(engine) -> N
         assert prune_gaps(s, 20.0) == 1
         s.commit()
         assert sorted(g.created_at for g in s.exec(select(TelemetryGap)).all()) == [20.0, 30.0]
+
+
+@pytest.mark.integration
+def test_an_api_token_is_refused_from_the_instant_it_expires(engine, monkeypatch) -> None:
+    import secrets
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+    from fastapi.security import HTTPAuthorizationCredentials
+    from sqlmodel import Session
+
+    from controller.api import deps
+    from controller.core.security import hash_token
+    from controller.core.tables import ApiToken
+
+    now = datetime(2030, 1, 1, 12, 0, 0, 500, tzinfo=timezone.utc)
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def,override]
+            return now if tz is not None else now.replace(tzinfo=None)  # a naive "now" cannot be compared: TypeError
+
+    monkeypatch.setattr(deps, "datetime", Clock)
+    settings = SimpleNamespace(admin_token="")
+    with Session(engine) as s:
+        tokens = {}
+        for name, expires in (("at-now", now), ("after-now", now + timedelta(microseconds=1)), ("past", now - timedelta(days=1))):
+            tokens[name] = secrets.token_hex(16)
+            s.add(ApiToken(principal=f"exp-{name}", role="viewer", token_hash=hash_token(tokens[name]), expires_at=expires))
+        s.commit()
+
+        def principal(name: str):  # type: ignore[no-untyped-def]
+            creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=tokens[name])
+            return deps.current_principal(settings, s, creds)  # type: ignore[arg-type]
+
+        me = principal("after-now")
+        assert (me.name, me.role) == ("exp-after-now", Role.VIEWER)
+        for name in ("at-now", "past"):
+            with pytest.raises(HTTPException) as err:
+                principal(name)
+            assert (err.value.status_code, err.value.detail) == (401, "API token expired: ask an admin for a new one")
+            assert err.value.headers == {"WWW-Authenticate": "Bearer"}  # RFC 6750: a 401 names the scheme
+
+
+def test_token_expiry_times_are_compared_as_utc_instants() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from controller.api.deps import _aware
+
+    assert _aware(datetime(2030, 1, 1, 12)) == datetime(2030, 1, 1, 12, tzinfo=timezone.utc)  # naive: stored UTC
+    assert _aware(datetime(2030, 1, 1, 12)).tzinfo is not None
+    plus_one = datetime(2030, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))
+    assert _aware(plus_one) == datetime(2030, 1, 1, 12, tzinfo=timezone.utc)  # an aware time keeps its instant

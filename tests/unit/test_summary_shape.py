@@ -49,3 +49,11 @@ def test_agent_and_controller_agree_on_the_summary_shape(feats, preds, classes) 
     f, n = summary_shape(m.reference, m.outputs[0].shape)
     assert len(s["predictions"]) == n
     assert {k: len(v) for k, v in s["features"].items()} == f
+
+
+def test_two_features_of_one_name_turn_feature_histograms_off_on_both_sides() -> None:
+    # Found by the property test above in a CI run: the controller demanded {"a": 3}, the agent built none.
+    feats = [{"name": "a", "bin_edges": [0.0, 1.0]}, {"name": "a", "bin_edges": [0.0, 1.0]}]
+    m = manifest({"features": feats, "predictions": {}}, 3)
+    assert summary_shape(m.reference, m.outputs[0].shape) == ({}, 3)
+    assert RoleAccumulator.for_manifest(m, "0" * 64).summary()["features"] == {}

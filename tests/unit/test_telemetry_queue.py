@@ -32,7 +32,7 @@ def test_full_queue_drops_the_oldest_and_the_next_window_reports_how_many(tmp_pa
 
     def render(seq):
         def r(dropped):
-            reported.append(dropped)
+            reported.append(dropped["windows_dropped"])
             return b"%d" % seq
 
         return r
@@ -60,7 +60,7 @@ def test_a_failed_render_stores_nothing_and_keeps_the_drop_count(tmp_path):
     assert q.seqs() == [2]
     seen = []
     q.put(4, 0.0, lambda d: seen.append(d) or b"4")
-    assert seen == [1]
+    assert seen == [{"windows_dropped": 1, "events_dropped": 0}]
 
 
 def test_committed_windows_survive_sigkill(tmp_path):

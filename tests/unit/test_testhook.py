@@ -1,6 +1,7 @@
 """The crash tests' pause hook is off the production path and loud when on."""
 
 import logging
+import os
 
 import pytest
 
@@ -32,21 +33,21 @@ def _config(tmp_path, development: bool):
 
 
 def test_hook_is_refused_with_an_error_on_an_agent_not_in_development(tmp_path, caplog, monkeypatch):
-    from agent.daemon import _test_checkpoint
+    from agent.cli import test_checkpoint
 
     monkeypatch.setenv(testhook.ENV, "VERIFYING")
     with caplog.at_level(logging.WARNING):
-        assert _test_checkpoint(_config(tmp_path, development=False)) is None
+        assert test_checkpoint(_config(tmp_path, development=False), os.environ) is None
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "test pause hook is refused" in errors[0].getMessage()
 
 
 def test_hook_is_armed_loudly_on_a_development_agent(tmp_path, caplog, monkeypatch):
-    from agent.daemon import _test_checkpoint
+    from agent.cli import test_checkpoint
 
     monkeypatch.setenv(testhook.ENV, "VERIFYING")
     with caplog.at_level(logging.WARNING):
-        hook = _test_checkpoint(_config(tmp_path, development=True))
+        hook = test_checkpoint(_config(tmp_path, development=True), os.environ)
     assert hook is not None
     assert any(r.levelno == logging.WARNING and "test pause hook active" in r.getMessage() for r in caplog.records)
 

@@ -54,3 +54,21 @@ def test_late_labels_travel_in_the_window_message_and_come_back_the_same():
     assert isinstance(back, Telemetry) and back.labels == [label]
     plain = Telemetry(device_id="d1", seq=6, sent_at=1.0, window_start=0.0, window_s=60.0)
     assert b"labels" not in encode_compact(plain) or decode(Kind.TELEMETRY, encode_compact(plain)).labels == []
+
+
+def test_a_shadow_accumulator_counts_a_confusion_matrix_and_missed_comparisons():
+    shadow = RoleAccumulator("m", 2, "s" * 64, SPEC)
+    shadow.track_comparisons()  # the window builder does this for the shadow role
+    for p, q in ((1, 1), (1, 2), (0, 0), (2, 2), (7, 0)):  # a class out of range still counts as a comparison
+        assert shadow.record_shadow(p == q, p, q)
+    assert shadow.record_missed("dropped", 2) and shadow.record_missed("sampled_out", 5)
+    out = shadow.summary()
+    assert out["shadow"] == {"agree": 3, "disagree": 2, "dropped": 2, "sampled_out": 5}
+    assert out["confusion"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    msg = {"schema": 1, "device_id": "d1", "seq": 1, "sent_at": 1.0, "window_start": 0.0, "window_s": 60.0,
+           "roles": {"shadow": out}}  # fmt: skip
+    read = Telemetry.read(Reader(msg)).roles["shadow"]
+    assert read["confusion"] == out["confusion"] and read["shadow"] == out["shadow"]
+    prod = RoleAccumulator("m", 1, "s" * 64, SPEC)
+    assert "confusion" not in prod.summary() and "dropped" not in prod.summary()["shadow"]
+    assert not prod.record_missed("dropped")  # only the shadow role counts missed comparisons

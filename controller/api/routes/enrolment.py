@@ -80,13 +80,16 @@ def create_token(body: EnrolmentTokenCreate, session: SessionDep) -> EnrolmentTo
 
 
 @router.post("/enrol", status_code=status.HTTP_201_CREATED, response_model=CertificatePublic)
-def enrol(body: EnrolRequest, session: SessionDep, ca: CADep, settings: SettingsDep) -> CertificatePublic:
+def enrol(body: EnrolRequest, session: SessionDep, ca: CADep, settings: SettingsDep, mqtt: MqttDep) -> CertificatePublic:
     try:
         row = enrolment.enrol(session, ca, body.token, body.csr.encode(), dt.timedelta(days=settings.device_cert_days))
     except enrolment.EnrolmentError as exc:
         log.warning("enrolment refused: %s", exc)  # the token itself is never logged
         raise _http(exc) from None
     log.info("device %s enrolled, certificate %s until %s", row.device_id, row.serial, row.not_after)
+    # Before the device holds its certificate: its role refuses $share/... subscriptions (broker_auth).
+    if settings.broker_tls and mqtt is not None and not mqtt.register_devices([row.device_id]):
+        log.warning("device %s not yet registered with the broker's dynamic security; the leader retries", row.device_id)
     return _public(row, ca)
 
 

@@ -6,12 +6,10 @@ any time); decisions are taken by the leader's job and recorded in the audit log
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from sqlmodel import col, select
 
-from controller.api.deps import DirectorDep, Operator, RegistryDep, SessionDep, SettingsDep, needs
+from controller.api.deps import DirectorDep, Operator, RegistryDep, RowId, SessionDep, SettingsDep, needs
 from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import ExperimentAction, ExperimentCreate, ExperimentPublic
 from controller.core.roles import Role
@@ -20,7 +18,7 @@ from controller.experiments import service, state
 from controller.experiments.engine import ExperimentEngine
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[needs(Role.VIEWER)])
-ExperimentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+ExperimentId = RowId
 
 
 def _engine(request: Request) -> ExperimentEngine:

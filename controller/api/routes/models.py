@@ -126,7 +126,8 @@ def delete_alias(name: Name, alias: AliasName, session: SessionDep, registry: Re
 def revoke(
     name: Name, version: Version, body: ReasonRequest, session: SessionDep, registry: RegistryDep, me: Approver
 ) -> ModelSummary:
-    """Revoke a version: it can no longer be assigned, and the version floor rises above it."""
+    """Revoke a version: it can no longer be assigned and leaves the signed targets (devices refuse it); the
+    floor rises over revoked versions at the bottom, so older versions stay installable (ADR 0073)."""
     registry.revoke(session, name, version, me, body.reason)
     session.commit()
     return show_model(name, session)

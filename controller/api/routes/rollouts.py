@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from sqlmodel import Session, col, select
 
-from controller.api.deps import Operator, SessionDep, needs
+from controller.api.deps import Operator, RowId, SessionDep, needs
 from controller.api.paging import PAGED, PageDep
-from controller.api.schemas import RolloutAction, RolloutCreate, RolloutDecisionPublic, RolloutPublic
+from controller.api.schemas import RolloutAction, RolloutCreate, RolloutDecisionPublic, RolloutPublic, RolloutRebase
 from controller.core.roles import Role
 from controller.core.security import Principal
 from controller.core.tables import Rollout, RolloutDecision, RolloutDevice
@@ -18,7 +18,7 @@ from controller.rollouts import service, state
 from controller.rollouts.engine import Busy, RolloutEngine
 
 router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"], dependencies=[needs(Role.VIEWER)])
-RolloutId = Annotated[int, Path(ge=1, le=2**62)]
+RolloutId = RowId
 
 
 def get_rollouts(request: Request) -> RolloutEngine:
@@ -96,7 +96,7 @@ def create_rollout(body: RolloutCreate, request: Request, session: SessionDep, e
 def list_rollouts(
     session: SessionDep, page: PageDep, state_: Annotated[str | None, Query(alias="state", max_length=16)] = None
 ) -> list[RolloutPublic]:
-    """Newest first; ``state`` filters (RUNNING, PAUSED, COMPLETED, ROLLED_BACK)."""
+    """Newest first; ``state`` filters (RUNNING, PAUSED, HALTED, COMPLETED, ROLLED_BACK)."""
     q = select(Rollout).order_by(col(Rollout.id).desc())
     if state_:
         q = q.where(Rollout.state == state_.upper())
@@ -139,3 +139,20 @@ router.post("/{rollout_id}/promote", response_model=RolloutPublic, summary="Prom
 router.post("/{rollout_id}/abort", response_model=RolloutPublic, summary="Abort: every device back on the baseline")(
     _control(lambda me, _ok, why: state.Abort(me.name, why))
 )
+
+
+@router.post("/{rollout_id}/baseline", response_model=RolloutPublic, summary="Name another baseline")
+def rebase_rollout(
+    rollout_id: RolloutId, body: RolloutRebase, request: Request, session: SessionDep, engine: EngineDep, me: Operator
+) -> RolloutPublic:
+    """Name the version a failure rolls back to: one the devices may install, not the candidate. A HALTED
+    rollout (it had to roll back to a revoked baseline) rolls back to it now; a running or paused one keeps it
+    for later (paused for its revoked baseline: then resume)."""
+    _get(session, rollout_id)
+    session.rollback()
+    try:
+        engine.rebase(request.app.state.engine, rollout_id, body.version, me.name, body.reason)
+    except (state.IllegalTransition, Busy) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"rollout {rollout_id}: {exc}") from None
+    session.expire_all()
+    return public(session, _get(session, rollout_id), decisions=True)

@@ -20,6 +20,9 @@ from controller.telemetry.aggregate import merge_many
 from shared.telemetry import MergeError, percentile_ms
 
 router = APIRouter(tags=["monitoring"], dependencies=[needs(Role.VIEWER)])
+# /metrics needs only the scrape-only ``metrics`` role (or any role above it): Prometheus gets a token that
+# opens nothing else (ADR 0069).
+metrics_router = APIRouter(tags=["monitoring"], dependencies=[needs(Role.METRICS)])
 
 
 def _pct(buckets: list[int], q: float) -> float | None:
@@ -80,7 +83,7 @@ def telemetry(
     return out
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@metrics_router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(m: MetricsDep) -> Response:
     """Prometheus text format (counters for ingestion, batches, HTTP)."""
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

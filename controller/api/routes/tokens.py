@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, status
 from sqlmodel import col, select
 
-from controller.api.deps import Admin, SessionDep, Viewer
+from controller.api.deps import Admin, RowId, SessionDep, Viewer
 from controller.api.paging import PAGED, PageDep
 from controller.api.schemas import TokenCreate, TokenCreated, TokenPublic, Whoami
 from controller.core import audit
@@ -61,7 +60,7 @@ def list_tokens(session: SessionDep, me: Admin, page: PageDep) -> list[ApiToken]
 
 
 @router.delete("/v1/tokens/{token_id}", response_model=TokenPublic)
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, me: Admin) -> ApiToken:
+def revoke_token(token_id: RowId, session: SessionDep, me: Admin) -> ApiToken:
     row = session.get(ApiToken, token_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no API token with id {token_id}")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from controller.api.deps import Approver, Viewer
-from controller.api.schemas import PendingTargetsPublic, ReleaseSignature
+from controller.api.schemas import PendingTargetsPublic, ReleaseSignature, TufRolePublic, TufStatusPublic
 from controller.release.imagerepo import ImageRepoError
 from controller.release.imageservice import ImageRepoService
 from controller.release.offline import PendingView, SignatureRefused
@@ -54,6 +54,19 @@ def pending(svc: ImageRepoDep, me: Viewer) -> PendingTargetsPublic:
     if v is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no targets change is waiting for signatures")
     return _public(v)
+
+
+@router.get("/status", response_model=TufStatusPublic)
+def tuf_status(svc: ImageRepoDep, me: Viewer) -> TufStatusPublic:
+    """Version and expiry of each published role; with offline release keys, a warning while targets near expiry."""
+    exp = svc.expiries()
+    pending = svc.pending()
+    return TufStatusPublic(
+        release_signing="offline" if svc.release is None else "online",
+        roles={r: TufRolePublic(version=e.version, expires_at=e.expires_at, expires_in_s=e.expires_in_s) for r, e in exp.items()},
+        targets_warning=svc.targets_warning(exp),
+        pending_version=None if pending is None else pending.version,
+    )
 
 
 @router.post("/pending/signatures", response_model=PendingTargetsPublic)
