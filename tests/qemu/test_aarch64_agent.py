@@ -39,13 +39,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s.stop()
 
 
-def wait(what: str, cond, timeout: float = 120.0):
+def wait(what: str, cond, timeout: float = 120.0, log=lambda: ""):
     deadline = time.monotonic() + timeout
     while True:
         got = cond()
         if got:
             return got
-        assert time.monotonic() < deadline, f"timed out: {what}"
+        assert time.monotonic() < deadline, f"timed out: {what}\n{log()[-6000:]}"
         time.sleep(0.5)
 
 
@@ -78,7 +78,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
 
     agent = guest.start_agent(devices, dev, config_path=cfg)
     try:
-        device = wait("aarch64 agent online over mTLS", lambda: api.get(f"/v1/devices/{dev}").json()["online"])
+        device = wait("aarch64 agent online over mTLS", lambda: api.get(f"/v1/devices/{dev}").json()["online"], log=agent.log)
         hw = api.get(f"/v1/devices/{dev}").json()["hardware"]
         assert hw["arch"] == "aarch64", hw
 
@@ -87,6 +87,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
         actual = wait(
             "signed update installed and committed",
             lambda: (api.get(f"/v1/devices/{dev}").json()["actual"].get("production") or {}).get("version") == 1,
+            log=agent.log,
             timeout=300,  # emulated aarch64 on a loaded 2-core machine: 180 s was once not enough
         )
         assert actual and device
@@ -94,7 +95,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
         def kinds() -> list[str]:
             return [e["kind"] for e in api.get(f"/v1/devices/{dev}/events").json()]
 
-        assert "ota.rolled_back" not in wait("the committed event", lambda: "ota.committed" in kinds() and kinds())
+        assert "ota.rolled_back" not in wait("the committed event", lambda: "ota.committed" in kinds() and kinds(), log=agent.log)
 
         x, y = load_digits()
         with AgentClient(agent.socket_path) as client:
@@ -111,7 +112,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
             rows = api.get("/v1/telemetry", params={"model": mv["name"], "version": 1}).json()
             return sum(w["count"] for w in rows)
 
-        assert wait("telemetry windows with the 60 inferences stored", lambda: stored() >= 60, timeout=90)
+        assert wait("telemetry windows with the 60 inferences stored", lambda: stored() >= 60, timeout=90, log=agent.log)
         assert agent.alive(), agent.log()[-3000:]
     finally:
         agent.stop()
