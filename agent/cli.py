@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -73,8 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.request_stop())
+    _stack_dumps()
     agent.run_until_stopped()
     return 0
+
+
+def _stack_dumps() -> None:
+    """A crash in native code (a runtime's library) prints every thread's Python stack to stderr, and
+    ``kill -USR1 <agent>`` prints them without stopping the agent: what a hung agent is doing."""
+    faulthandler.enable(all_threads=True)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
 
 def test_checkpoint(cfg: AgentConfig, environ: Mapping[str, str]) -> Checkpoint | None:

@@ -9,6 +9,7 @@ inferences over its Unix socket and reports telemetry the controller stores.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from agent.localapi.client import AgentClient
 from firmware_sim.modelgen import load_digits, make_tflite_bundle
-from firmware_sim.procs import write_agent_config
+from firmware_sim.procs import AgentProc, write_agent_config
 from firmware_sim.qemu.rootfs import ensure_rootfs
 from firmware_sim.qemu.runner import QemuPython
 from firmware_sim.stack import Stack, start_stack
@@ -39,13 +40,22 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s.stop()
 
 
-def wait(what: str, cond, timeout: float = 120.0, log=lambda: ""):
+def wait(what: str, cond, timeout: float = 120.0, agent: AgentProc | None = None, more=lambda: ""):
+    """Poll ``cond`` until it holds; on a timeout, the agent's log ends the message, with every
+    thread's stack (``SIGUSR1``: the agent's faulthandler) to show where a stuck agent is."""
     deadline = time.monotonic() + timeout
     while True:
         got = cond()
         if got:
             return got
-        assert time.monotonic() < deadline, f"timed out: {what}\n{log()[-6000:]}"
+        if time.monotonic() >= deadline:
+            log = ""
+            if agent is not None:
+                if agent.alive():
+                    agent.popen.send_signal(signal.SIGUSR1)
+                    time.sleep(3)
+                log = agent.log()[-12000:]
+            raise AssertionError(f"timed out: {what}\n{more()}\n{log}")
         time.sleep(0.5)
 
 
@@ -78,7 +88,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
 
     agent = guest.start_agent(devices, dev, config_path=cfg)
     try:
-        device = wait("aarch64 agent online over mTLS", lambda: api.get(f"/v1/devices/{dev}").json()["online"], log=agent.log)
+        device = wait("aarch64 agent online over mTLS", lambda: api.get(f"/v1/devices/{dev}").json()["online"], agent=agent)
         hw = api.get(f"/v1/devices/{dev}").json()["hardware"]
         assert hw["arch"] == "aarch64", hw
 
@@ -87,7 +97,8 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
         actual = wait(
             "signed update installed and committed",
             lambda: (api.get(f"/v1/devices/{dev}").json()["actual"].get("production") or {}).get("version") == 1,
-            log=agent.log,
+            agent=agent,
+            more=lambda: f"device events: {api.get(f'/v1/devices/{dev}/events').json()}",
             timeout=300,  # emulated aarch64 on a loaded 2-core machine: 180 s was once not enough
         )
         assert actual and device
@@ -95,7 +106,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
         def kinds() -> list[str]:
             return [e["kind"] for e in api.get(f"/v1/devices/{dev}/events").json()]
 
-        assert "ota.rolled_back" not in wait("the committed event", lambda: "ota.committed" in kinds() and kinds(), log=agent.log)
+        assert "ota.rolled_back" not in wait("the committed event", lambda: "ota.committed" in kinds() and kinds(), agent=agent)
 
         x, y = load_digits()
         with AgentClient(agent.socket_path) as client:
@@ -112,7 +123,7 @@ def test_aarch64_agent_enrols_installs_serves_and_reports(
             rows = api.get("/v1/telemetry", params={"model": mv["name"], "version": 1}).json()
             return sum(w["count"] for w in rows)
 
-        assert wait("telemetry windows with the 60 inferences stored", lambda: stored() >= 60, timeout=90, log=agent.log)
+        assert wait("telemetry windows with the 60 inferences stored", lambda: stored() >= 60, timeout=90, agent=agent)
         assert agent.alive(), agent.log()[-3000:]
     finally:
         agent.stop()
