@@ -214,29 +214,7 @@ class RoleAccumulator:
         x = np.asarray(inputs, dtype=np.float64)
         x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
         rows = x.shape[0]
-        feat: np.ndarray | None = None
-        quality: np.ndarray | None = None
-        nf = len(self.spec.feature_names)
-        if nf and x.shape[1] == nf:
-            finite = np.isfinite(x)
-            ok = None if finite.all() else finite
-            if self._shared_edges is not None:
-                feat = bin_counts(self._shared_edges, x, ok).ravel()
-            else:
-                feat = np.concatenate(
-                    [bin_counts(e, x[:, i : i + 1], None if ok is None else ok[:, i : i + 1])[0]
-                     for i, e in enumerate(self.spec.feature_edges)]
-                )  # fmt: skip
-            quality = self._quality_of(x, finite, ok is None)
-        elif nf and not self._warned:
-            self._warned = True
-            log.warning(
-                "%s v%s: input has %d columns, reference has %d features; no feature histograms",
-                self.model,
-                self.version,
-                x.shape[1],
-                nf,
-            )
+        feat, quality = self._features_of(x)
         out = np.asarray(output)
         if self.spec.classes:
             pred = np.bincount(np.minimum(top_classes(out), self.spec.classes - 1), minlength=self.spec.classes)
@@ -294,8 +272,21 @@ class RoleAccumulator:
         x = _stack_rows(xs).astype(np.float64, copy=False)
         out = _stack_rows(outs)
         rows = int(x.shape[0])
-        feat: np.ndarray | None = None
-        quality: np.ndarray | None = None
+        feat, quality = self._features_of(x)
+        o_rows = o0.shape[0] if o0.ndim > 1 else 1
+        if self.spec.classes:
+            top = out.reshape(len(outs) * o_rows, -1).argmax(axis=1)
+            pred = np.bincount(np.minimum(top, self.spec.classes - 1), minlength=self.spec.classes)
+            conf: np.ndarray | None = confidence_counts(out, rows)
+        else:
+            first = out.astype(np.float64).reshape(rows, -1)[:, :1]
+            pred = bin_counts(self.spec.prediction_edges, first)[0]  # type: ignore[arg-type]
+            conf = None
+        return rows, pred, feat, conf, quality
+
+    def _features_of(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Feature histogram counts and quality counts of input rows ``x`` (rows, features) as float64;
+        (None, None) when the reference has no features or ``x`` has another width (warned once)."""
         nf = len(self.spec.feature_names)
         if nf and x.shape[1] == nf:
             finite = np.isfinite(x)
@@ -308,8 +299,8 @@ class RoleAccumulator:
                     [bin_counts(e, x[:, i : i + 1], None if ok is None else ok[:, i : i + 1])[0]
                      for i, e in enumerate(self.spec.feature_edges)]
                 )  # fmt: skip
-            quality = self._quality_of(x, finite, all_finite)
-        elif nf and not self._warned:
+            return feat, self._quality_of(x, finite, all_finite)
+        if nf and not self._warned:
             self._warned = True
             log.warning(
                 "%s v%s: input has %d columns, reference has %d features; no feature histograms",
@@ -318,16 +309,7 @@ class RoleAccumulator:
                 x.shape[1],
                 nf,
             )
-        o_rows = o0.shape[0] if o0.ndim > 1 else 1
-        if self.spec.classes:
-            top = out.reshape(len(outs) * o_rows, -1).argmax(axis=1)
-            pred = np.bincount(np.minimum(top, self.spec.classes - 1), minlength=self.spec.classes)
-            conf: np.ndarray | None = confidence_counts(out, rows)
-        else:
-            first = out.astype(np.float64).reshape(rows, -1)[:, :1]
-            pred = bin_counts(self.spec.prediction_edges, first)[0]  # type: ignore[arg-type]
-            conf = None
-        return rows, pred, feat, conf, quality
+        return None, None
 
     def _quality_of(self, x: np.ndarray, finite: np.ndarray, all_finite: bool) -> np.ndarray | None:
         """(3, features) counts of NaN, ±inf and finite values outside each feature's range."""
