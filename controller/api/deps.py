@@ -87,6 +87,9 @@ def current_principal(
     if settings.admin_token and same_secret(token, settings.admin_token):
         return Principal(BOOTSTRAP_PRINCIPAL, Role.ADMIN)
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is not None:
+        session.expunge(row)  # a plain object from here on: reading it touches no connection
+    session.commit()  # the lookup's transaction ends: a route that then waits (e.g. for a body) holds no connection
     if row is None or row.revoked_at is not None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API token", _UNAUTHORIZED)
     if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(timezone.utc):

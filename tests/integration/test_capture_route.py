@@ -195,3 +195,28 @@ def test_uploads_whose_bodies_are_slow_hold_no_database_connection(controller, a
     finally:
         for s in slow:
             s.close()
+
+
+def test_bundle_uploads_whose_bodies_are_slow_hold_no_database_connection(controller, admin):
+    """The same for operators' bundle uploads with a stored API token (whose lookup is a query): the token's
+    transaction ends before the body is read, so slow uploads do not take the pool's connections."""
+    import socket
+    import time
+
+    token = admin.post("/v1/tokens", json={"principal": "slow-uploader", "role": "operator"}).json()["token"]
+    port = int(controller.url.rsplit(":", 1)[1])
+    head = (f"POST /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n").encode()  # fmt: skip
+    slow = []
+    try:
+        for _ in range(24):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(head + b"\x1f\x8b")  # and the rest never comes
+            slow.append(s)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        r = admin.get("/v1/devices", timeout=40)
+        assert r.status_code == 200 and time.monotonic() - t0 < 10, time.monotonic() - t0
+    finally:
+        for s in slow:
+            s.close()
