@@ -54,7 +54,8 @@ from controller.fleet.refresh import refresh_desired, refresh_interval_s
 from controller.fleet.revocation import RevocationSweep
 from controller.identity import wiring as identity
 from controller.monitoring.jobs import MonitorJob
-from controller.pipeline.job import PipelineJob
+from controller.pipeline.compaction import Report as CompactionReport
+from controller.pipeline.job import CompactionJob, PipelineJob
 from controller.pipeline.register import rollout_starter
 from controller.release.blobstore import open_blob_store
 from controller.release.gauges import TufExpiryCollector
@@ -264,6 +265,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pipeline.start_rollout = rollout_starter(app.state.rollouts)
     # Finishes runs and hands approved ones over; decides when to retrain only with EDGEFLEET_PIPELINE_ENABLED.
     leader.add_job("pipeline", settings.pipeline_interval_s, app.state.pipeline.job)
+    # Merges the small sample Parquet files of closed or crowded partitions (ADR 0081).
+    app.state.compaction = CompactionJob.from_settings(settings, app.state.pipeline)
+
+    def _compaction_metrics(rep: CompactionReport) -> None:
+        metrics.compacted_files.labels("in").inc(rep.inputs)
+        metrics.compacted_files.labels("out").inc(rep.outputs)
+        metrics.compacted_rows.inc(rep.rows)
+
+    app.state.compaction.on_report = _compaction_metrics
+    leader.add_job("pipeline.compact", settings.pipeline_compact_interval_s, app.state.compaction.job)
     metrics.receive_running.set_function(lambda: float(_receive_state(app) in (LoopState.RUNNING, None)))
     identity.install(app, settings, engine)
     for r in ROUTERS:

@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     pipeline_enabled: bool = Field(False, description="the leader runs the retraining policy (decisions, runs, hand-over)")
     pipeline_interval_s: float = Field(300.0, gt=0, le=86400, description="how often the leader evaluates the policy, seconds")
     pipeline_window_s: float = Field(3600.0, gt=0, description="policy window for per-device drift, seconds")
+    pipeline_compact_interval_s: float = Field(
+        3600.0, gt=0, le=86400, description="how often the leader compacts small sample Parquet files, seconds (ADR 0081)"
+    )
+    pipeline_compact_small_bytes: int = Field(16 << 20, ge=1, description="a sample file under this many bytes is merged")
+    pipeline_compact_target_bytes: int = Field(128 << 20, ge=1, description="a merged file takes inputs up to this many bytes")
+    pipeline_compact_max_open_files: int = Field(
+        256, ge=1, description="today's partition is compacted too once it has more small files than this"
+    )
+    pipeline_compact_closed_after_s: float = Field(
+        3600.0, ge=0, description="a day's partition is closed (compacted) this long after the day ended, seconds"
+    )
     pipeline_drift_windows: int = Field(3, ge=1, le=1000, description="drift in this many windows in a row triggers")
     pipeline_drift_device_share: float = Field(0.5, gt=0, le=1, description="share of a cohort's judged devices drifting")
     pipeline_min_device_samples: int = Field(30, ge=1, description="captured samples a device needs in a window to be judged")

@@ -139,6 +139,15 @@ class Metrics:
             ["model", "version", "online"],
             registry=r,
         )
+        self.compacted_files = Counter(
+            "edgefleet_pipeline_compacted_files",
+            "Sample Parquet files the compaction merged (in) and wrote (out)",
+            ["direction"],
+            registry=r,
+        )
+        self.compacted_rows = Counter("edgefleet_pipeline_compacted_rows", "Sample rows the compaction rewrote", registry=r)
+        for direction in ("in", "out"):
+            self.compacted_files.labels(direction)
         self.monitor_last_run = Gauge(
             "edgefleet_monitor_last_run_timestamp_seconds", "When the monitor job last finished (unix seconds)", registry=r
         )

@@ -3,6 +3,7 @@
 Layout under ``root`` (``{data_dir}/datasets`` on a controller)::
 
     samples/model=M/cohort=C/day=YYYY-MM-DD/<device>-<batch>.parquet   one per capture batch and partition
+    samples/model=M/cohort=C/day=YYYY-MM-DD/compacted-<digest>.parquet small files merged (``compaction``)
     samples/_exported/<device>/<batch>.json                              the batch was exported (what and how many)
     snapshots/<sha256>/data.parquet, meta.json                           one dataset, never rewritten
 
@@ -31,6 +32,8 @@ Rules:
   made with its spool) tells a wiped device's generations apart, whose sample ids
   start again at 1; batches of agents before spool ids have ``spool`` "". The
   batch-feature join and a sample without a prediction id key on all three.
+- Readers read the files ``partitions.live_files`` lists, not a glob: while a compaction is under way
+  every row is read once (ADR 0081); a file deleted under a query makes it list again and retry.
 - A snapshot's hash covers its rows in a fixed order (device, sample id, spool) and the
   query that chose them, so the same inputs give the same hash on any machine.
 """
@@ -42,21 +45,23 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from controller.pipeline import partitions
 from shared.canonical import canonical_json
 from shared.features import BatchFeatureValue
 from shared.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NO_COHORT = "_none"  # partition of devices in no cohort
 SAMPLE_SCHEMA = pa.schema(
@@ -94,8 +99,9 @@ SAMPLE_KEY = (
     "device_id, prediction_id, CASE WHEN prediction_id = '' THEN coalesce(spool, '') END, "
     "CASE WHEN prediction_id = '' THEN sample_id END"
 )
-# One row per sample; the labelled copy wins (then the latest).
-_WINNER = "(s.label IS NOT NULL, s.sample_id, s.hardware_class)"
+# One row per sample; the labelled copy wins (then the latest). The spool and time break the remaining ties (a batch
+# sent again under a fresh spool id), so the winner does not depend on the order files are read in (compaction).
+_WINNER = "(s.label IS NOT NULL, s.sample_id, s.hardware_class, coalesce(s.spool, ''), s.ts)"
 _PICK = (
     "CREATE TEMP TABLE picked AS SELECT s.device_id, "  # noqa: S608  (module constants only)
     f"arg_max_null(s.sample_id, {_WINNER}) AS sample_id, arg_max_null(coalesce(s.spool, ''), {_WINNER}) AS spool, "
@@ -103,7 +109,7 @@ _PICK = (
     f"arg_max_null(s.inputs, {_WINNER}) AS inputs, arg_max_null(s.raw, {_WINNER}) AS raw, "
     f"arg_max_null(s.hardware_class, {_WINNER}) AS hardware_class, list(DISTINCT s.cohort ORDER BY s.cohort) AS cohorts, "
     f"arg_max_null(s.label, {_WINNER}) AS device_label, s.prediction_id "
-    "FROM read_parquet($glob, hive_partitioning = true, hive_types = {'cohort': VARCHAR, 'day': VARCHAR}, "
+    "FROM read_parquet($files, hive_partitioning = true, hive_types = {'cohort': VARCHAR, 'day': VARCHAR}, "
     "union_by_name = true) s "  # files exported before spool ids have no spool column
     "WHERE len($cohorts) = 0 OR list_contains($cohorts, s.cohort) "
     f"GROUP BY {SAMPLE_KEY} "
@@ -125,6 +131,7 @@ _IN_FORCE = (
     ") WHERE rk = 1"
 )
 _PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_ATTEMPTS = 3  # a query a compaction raced (a listed file deleted) lists the files again this many times
 
 
 class DatasetError(Exception):
@@ -342,16 +349,34 @@ def _content_hash(table: pa.Table, query: Query) -> str:
     return h.hexdigest()
 
 
+def _retrying(run: Callable[[], T]) -> T:
+    """``run()`` again when a file it listed was deleted under it (a compaction retired it): the new listing has the
+    merged file instead."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return run()
+        except duckdb.IOException as exc:
+            if attempt == _ATTEMPTS - 1 or ("No files found" not in str(exc) and "No such file" not in str(exc)):
+                raise
+            log.info("sample files changed under a query (compaction); reading again: %s", str(exc).splitlines()[0])
+    raise AssertionError("unreachable")
+
+
 def _snapshot_table(root: Path, query: Query, labels: pa.Table, batch: pa.Table) -> pa.Table:
-    files = root / "samples" / f"model={query.model}"
-    if not any(files.glob("**/*.parquet")):
-        raise DatasetError(f"no captured samples of model {query.model!r} under {files}; export captures first")
+    return _retrying(lambda: _snapshot_table_once(root, query, labels, batch))
+
+
+def _snapshot_table_once(root: Path, query: Query, labels: pa.Table, batch: pa.Table) -> pa.Table:
+    files = partitions.live_files(root, query.model)
+    if not files:
+        where = root / "samples" / f"model={query.model}"
+        raise DatasetError(f"no captured samples of model {query.model!r} under {where}; export captures first")
     con = duckdb.connect()
     try:
         con.register("labels", labels)
         con.register("batch", batch)
         params: dict[str, Any] = {
-            "glob": str(files / "**" / "*.parquet"),
+            "files": [str(p) for p in files],
             "since": query.since,
             "until": query.until,
             "cohorts": list(query.cohorts),
@@ -450,11 +475,21 @@ def load(root: Path, sha256: str) -> Dataset:
 
 def sql(root: Path, statement: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     """Ad-hoc DuckDB over the sample partitions: ``samples`` is a view of every exported sample."""
+    return _retrying(lambda: _sql_once(root, statement, params))
+
+
+def _sql_once(root: Path, statement: str, params: Sequence[Any] | dict[str, Any] | None) -> list[tuple[Any, ...]]:
     con = duckdb.connect()
     try:
-        glob = str(root / "samples" / "model=*" / "**" / "*.parquet")
+        files = partitions.live_files(root)
+        # No files: the glob, so the error says what it always said (no files found).
+        listed = (
+            "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
+            if files
+            else "'" + str(root / "samples" / "model=*" / "**" / "*.parquet").replace("'", "''") + "'"
+        )
         con.execute(
-            f"CREATE VIEW samples AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "  # noqa: S608
+            f"CREATE VIEW samples AS SELECT * FROM read_parquet({listed}, hive_partitioning = true, "  # noqa: S608
             "hive_types = {'model': VARCHAR, 'cohort': VARCHAR, 'day': VARCHAR}, union_by_name = true)"
         )
         return con.execute(statement, params).fetchall()

@@ -37,7 +37,7 @@ from controller.core.leader import LeaderContext
 from controller.core.tables import Cohort, Device, ModelVersion, PipelineDecision, PipelineRun, PredictionLabel
 from controller.features import store as features_store
 from controller.fleet.cohorts import cohorts_of
-from controller.pipeline import datasets, policy, register, signals, step
+from controller.pipeline import compaction, datasets, policy, register, signals, step
 from controller.pipeline.evaluate import BlessRules
 from controller.pipeline.policy import Decision, PolicyConfig, Signals
 from controller.pipeline.run import REFERENCE_MIN_ROWS, RunSpec
@@ -57,6 +57,55 @@ def batch_history(session: Session, model: str) -> pa.Table:
     """Every batch-feature value the controller has recorded (``controller.features``), for the
     point-in-time join of a snapshot (the join keeps only the names the query asks for)."""
     return datasets.batch_table(features_store.history(session))
+
+
+@dataclass
+class CompactionJob:
+    """The leader's ``pipeline.compact`` job (ADR 0081): export what is not exported yet, then merge the small sample
+    files of closed or crowded partitions. Exporting first matters: a batch whose export stopped before its marker is
+    written again by name, and must be before its first files are merged away."""
+
+    pipeline: PipelineJob
+    rules: compaction.Rules = field(default_factory=compaction.Rules)
+    on_report: Callable[[compaction.Report], None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, pipeline: PipelineJob) -> CompactionJob:
+        rules = compaction.Rules(
+            small_bytes=settings.pipeline_compact_small_bytes,
+            target_bytes=settings.pipeline_compact_target_bytes,
+            max_open_files=settings.pipeline_compact_max_open_files,
+            closed_after_s=settings.pipeline_compact_closed_after_s,
+        )
+        return cls(pipeline, rules)
+
+    def job(self, ctx: LeaderContext) -> None:
+        self.run(ctx.engine, still_leader=ctx.still_leader)
+
+    def run(self, engine: Engine, now: float | None = None, still_leader: Callable[[], bool] = lambda: True) -> compaction.Report:
+        with Session(engine) as session:
+            self.pipeline.export(session)
+        t0 = time.monotonic()
+        rep = compaction.compact(self.pipeline.datasets_root, now, self.rules, go_on=still_leader)
+        if rep.inputs or rep.recovered or rep.refused or rep.more:
+            log.info(
+                "pipeline compaction: %d files merged into %d in %d partitions (%d rows, %d -> %d bytes) in %.1f s; "
+                "%d interrupted merges finished%s",
+                rep.inputs,
+                rep.outputs,
+                rep.partitions,
+                rep.rows,
+                rep.bytes_in,
+                rep.bytes_out,
+                time.monotonic() - t0,
+                rep.recovered,
+                "; more left for the next run" if rep.more else "",
+            )
+        for reason in rep.refused:
+            log.warning("pipeline compaction left a partition as it is: %s", reason)
+        if self.on_report is not None:
+            self.on_report(rep)
+        return rep
 
 
 class RunRefused(Exception):
