@@ -45,6 +45,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +212,18 @@ def _sample_row(device_id: str, rec: Any, hardware_class: str) -> dict[str, Any]
     }
 
 
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``path`` whole or not at all. The temporary name is this writer's own: two exports at once (an old
+    leader's tick finishing under a new leader's) must not rename each other's file away."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def export_captures(capture_dir: Path, root: Path, devices: dict[str, DeviceInfo]) -> ExportReport:
     """Write every capture batch not yet exported as Parquet partitions (model, cohort, day)."""
     report = ExportReport()
@@ -240,9 +253,7 @@ def export_captures(capture_dir: Path, root: Path, devices: dict[str, DeviceInfo
                 )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 table = pa.Table.from_pylist([{k: r[k] for k in SAMPLE_SCHEMA.names} for r in rows], schema=SAMPLE_SCHEMA)
-                tmp = path.with_suffix(".tmp")
-                pq.write_table(table, tmp)
-                tmp.replace(path)
+                _write_parquet(table, path)
                 written.append(str(path.relative_to(root)))
             atomic_write_bytes(marker, canonical_json({"files": written, "batch": batch.name}))
             report.batches += 1
@@ -426,9 +437,7 @@ def snapshot(root: Path, query: Query, labels: pa.Table | None = None, batch: pa
     data = folder / "data.parquet"
     if not data.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = data.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(data)
+        _write_parquet(table, data)
         meta = {"sha256": sha, "rows": table.num_rows, "query": query.to_dict(), "columns": table.column_names}
         atomic_write_bytes(folder / "meta.json", canonical_json(meta))
     return load(root, sha)
