@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from controller.pipeline import compaction, partitions
+from controller.pipeline import compaction, demo, partitions
 from controller.pipeline import datasets as dsets
-from controller.pipeline import demo
 
 pytestmark = pytest.mark.unit
 DAY = 86400.0
@@ -62,7 +61,9 @@ def fleet(tmp_path: Path) -> tuple[Path, pa.Table]:
     row = {"device_id": "d9", "sample_id": 1, "ts": T0 + 5.0, "version": 1, "role": "production", "inputs": [0.5] * 64,
            "raw": [8.0] * 64, "prediction": 1, "label": None, "prediction_id": "old-1", "hardware_class": "pi3"}  # fmt: skip
     pq.write_table(pa.Table.from_pylist([row], schema=pa.schema([dsets.SAMPLE_SCHEMA.field(n) for n in cols])), old)
-    late = dsets.labels_table([(f"d{d + 1}", f"pd{d + 1}-{i}", int(y[i])) for d in range(3) for i in range(d, 240, 3) if i % 3 == 1])
+    late = dsets.labels_table(
+        [(f"d{d + 1}", f"pd{d + 1}-{i}", int(y[i])) for d in range(3) for i in range(d, 240, 3) if i % 3 == 1]
+    )
     return root, late
 
 
@@ -168,7 +169,7 @@ def test_only_closed_or_crowded_partitions_are_compacted(fleet) -> None:
 
 
 def test_merged_files_are_bounded_in_size(fleet) -> None:
-    root, late = fleet
+    root, _ = fleet
     before = rows(root)
     sizes = [p.stat().st_size for p in (root / "samples").glob("model=*/**/*.parquet")]
     rules = compaction.Rules(target_bytes=4 * max(sizes))
