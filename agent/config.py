@@ -130,6 +130,9 @@ class DownloadConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # A bundle still on the device (the model a role ran before: a rollback) installs again without a download or a
     # metadata refresh if the last refresh, at most this long ago, listed it (seconds; 0: always refresh first)
     vouched_max_age_s: NonNegFloat = 3600.0
+    # Refresh the image repository's metadata this long (±20 %) after the last refresh even when nothing installs,
+    # so the fast path above stays usable and expired or revoked metadata is noticed (seconds; 0: only on installs)
+    refresh_s: NonNegFloat = 1800.0
     isolated: bool = True  # signature checks, TUF and downloads in a short-lived child process (~15 MB less resident)
 
     def __post_init__(self) -> None:

@@ -88,6 +88,14 @@ def remember(metadata_dir: Path, targets: dict[str, dict[str, Any]], *, verified
     atomic_write_json(metadata_dir / LISTING, {"verified_at": verified_at, "expires_at": expires_at, "targets": targets})
 
 
+def verified_at(metadata_dir: Path) -> float | None:
+    """When the recorded listing was verified (unix seconds); None without a usable record."""
+    try:
+        return float(json.loads((metadata_dir / LISTING).read_bytes())["verified_at"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def vouched(metadata_dir: Path, a: Assignment, *, arch: str, now: float, max_age: float) -> tuple[bool, str]:
     """(True, how) when the last refresh vouched for ``a`` recently enough; (False, why not) otherwise."""
     if max_age <= 0:

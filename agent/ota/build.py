@@ -79,6 +79,7 @@ def make_updater(
         worker=worker,
         listing=None if cfg.image_repo is None else cfg.data_dir / "tuf",
         vouched_max_age=d.vouched_max_age_s,
+        refresh_s=d.refresh_s,
     )
 
 

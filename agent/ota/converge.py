@@ -30,7 +30,7 @@ class Converger:
         self.metadata_poll_s = metadata_poll_s  # how often a standing refusal looks for new release metadata
         self.clock = clock
         self.desired: Desired | None = None  # the last desired state accepted
-        self._metadata: tuple[float, str | None] = (0.0, None)  # (last poll, targets digest) while a refusal stands
+        self._polled_at: float | None = None  # the last metadata poll (or the refusal's own refresh) while one stands
 
     def restarted(self) -> None:
         """After start-up (and any resumed update): a rollback on record is a refusal, not retried in a loop
@@ -38,6 +38,7 @@ class Converger:
         rec = self.u.store.ota
         if rec.state is State.ROLLED_BACK and rec.role and rec.target:
             self.retry.failed(rec.role, rec.target.sha256, rec.target.version, rec.reason, permanent=True, now=self.clock())
+            self._polled_at = self.clock()
 
     def accepted(self, desired: Desired, *, again: bool) -> None:
         """A desired state passed the checks; ``again``: the same one re-delivered (reconnect, restart)."""
@@ -55,7 +56,7 @@ class Converger:
         """Seconds until the next retry or metadata poll; None: nothing to wait for."""
         due = [t for t in (self.retry.next_due(),) if t is not None]
         if any(f.permanent for f in self.retry.pending()):
-            due.append(self._metadata[0] + self.metadata_poll_s)
+            due.append((self._polled_at or 0.0) + self.metadata_poll_s)
         return None if not due else max(0.05, min(due) - self.clock())
 
     def status(self) -> dict[str, Any]:
@@ -113,6 +114,8 @@ class Converger:
     def _failed(self, role: str, a: Assignment, reason: str) -> None:
         now = self.clock()
         f = self.retry.failed(role, a.sha256, a.version, reason, permanent=not self.u.steps.transient, now=now)
+        if f.permanent and self._polled_at is None:
+            self._polled_at = now  # the install refreshed the metadata just now
         detail = {"role": role, "model": a.model, "version": a.version, "failures": f.failures, "retry_at": f.retry_at}
         if f.permanent:
             msg = f"not retrying {a.model} v{a.version} until the assignment or the release metadata changes: {f.reason}"
@@ -122,27 +125,21 @@ class Converger:
             self.u.report("ota.retry_scheduled", "warning", msg, {**detail, "reason": f.reason})
         self.u.on_change()
 
+    def metadata_changed(self) -> None:
+        """A refresh found new release metadata: refusals are decided again, transient failures are due now."""
+        if self.retry.pending():
+            log.info("release metadata changed: failed and refused assignments are tried again")
+            self.retry.changed()
+
     def _poll_metadata(self) -> None:
         """While a refusal stands, look now and then for new release metadata; new metadata re-decides refusals."""
         if not any(f.permanent for f in self.retry.pending()):
-            self._metadata = (0.0, None)
+            self._polled_at = None
             return
-        last, digest = self._metadata
         now = self.clock()
-        if now - last < self.metadata_poll_s or self.u.image_repo_source is None:
+        if (self._polled_at is not None and now - self._polled_at < self.metadata_poll_s) or self.u.image_repo_source is None:
             return
-        if self.u.worker is not None:
-            new = self.u.worker.metadata_digest()
-        else:
-            from agent.ota.download import metadata_digest
-
-            repo = self.u.steps.image_repo
-            assert repo is not None
-            new = metadata_digest(repo)
-        if new is None:
-            self._metadata = (now, digest)
-            return
-        self._metadata = (now, new)
-        if digest is not None and new != digest:
-            log.info("release metadata changed: refused assignments are tried again")
-            self.retry.changed()
+        self._polled_at = now
+        out = self.u.refresher.refresh()
+        if out is not None and out.changed:
+            self.metadata_changed()

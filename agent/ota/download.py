@@ -62,10 +62,9 @@ def fetch_target(
     raise AssertionError("unreachable")
 
 
-def metadata_digest(image_repo: ImageRepoClient) -> str | None:
-    """A digest of the verified release metadata, refreshed now; None (logged) when it cannot be refreshed."""
+def metadata_digest(image_repo: ImageRepoClient) -> tuple[str | None, str]:
+    """Refresh the release metadata now: (a digest of the verified targets, "") or (None, why it failed)."""
     try:
-        return image_repo.metadata_digest()
+        return image_repo.metadata_digest(), ""
     except TrustError as exc:
-        log.info("release metadata not refreshed: %s", exc)
-        return None
+        return None, str(exc)

@@ -104,7 +104,7 @@ class ImageRepoClient:
             self._remember()
             return hashlib.sha256((self.metadata_dir / "targets.json").read_bytes()).hexdigest()
         except (RepositoryError, DownloadError, OSError, ValueError) as exc:
-            raise TrustUnavailable(f"image repository metadata not refreshed: {exc}") from None
+            raise TrustUnavailable(f"image repository metadata not refreshed: {type(exc).__name__}: {exc}") from None
 
     def _remember(self) -> None:  # pragma: no mutate block
         """Record the listing this refresh verified (ngclient keeps the verified metadata in ``metadata_dir``)

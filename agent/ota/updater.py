@@ -32,6 +32,7 @@ from agent.config import HealthConfig
 from agent.host import ModelHost
 from agent.ota.checks import RejectedError, Verify, check_desired
 from agent.ota.converge import Converger
+from agent.ota.metadata import Refresher
 from agent.ota.retry import Convergence
 from agent.ota.state import (
     AT_REST,
@@ -86,6 +87,8 @@ class Updater:
         worker: UpdateWorker | None = None,
         listing: Path | None = None,
         vouched_max_age: float = 0.0,
+        refresh_s: float = 0.0,
+        rng: Callable[[], float] | None = None,
     ) -> None:
         self.download_attempts = download_attempts
         self.device_id = device_id
@@ -107,6 +110,7 @@ class Updater:
         self.health = health or HealthConfig()
         self.checkpoint = checkpoint  # an observer of OTA progress (the crash tests pause the agent here)
         self.converger = Converger(self, retry or Convergence(), metadata_poll_s, clock)  # retries, why not converged
+        self.refresher = Refresher(self, refresh_s, clock, rng)  # the metadata refreshed when nothing installs (ADR 0081)
         self._queue: queue.Queue[bytes | Callable[[], None] | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
         self.steps = Steps(self)
@@ -134,6 +138,7 @@ class Updater:
             "target": None if t is None else {"model": t.model, "version": t.version, "sha256": t.sha256},
             "reason": self._resume_cause or rec.reason,
             **self.converger.status(),
+            "metadata": self.refresher.status(),
         }
 
     # -- start-up ------------------------------------------------------------
@@ -184,11 +189,17 @@ class Updater:
 
     # -- desired-state handling ----------------------------------------------
     def submit(self, payload: bytes) -> None:
-        """Called from the MQTT thread; the work happens on the updater thread."""
+        """Called from the MQTT thread; the work happens on the updater thread (a metadata refresh there stops)."""
         try:
             self._queue.put_nowait(payload)
         except queue.Full:
             self.report("desired.dropped", "warning", "desired-state queue full; a newer one will follow", {})
+        if self.worker is not None:
+            self.worker.preempt()
+
+    def busy(self) -> bool:
+        """Work (a desired state, a reconnect, the stop) waits for the updater thread."""
+        return not self._queue.empty()
 
     def reconnected(self) -> None:
         """The broker link is back (called from the MQTT thread): retry transient failures now."""
@@ -205,6 +216,8 @@ class Updater:
 
     def stop(self) -> None:
         self._queue.put(None)
+        if self.worker is not None:
+            self.worker.preempt()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -217,9 +230,11 @@ class Updater:
         self.converger.restarted()
         while True:
             try:
-                item = self._queue.get(timeout=self.converger.wait_s())
+                self.refresher.plan()  # from the listing an install may just have refreshed
+                waits = [w for w in (self.converger.wait_s(), self.refresher.wait_s()) if w is not None]
+                item = self._queue.get(timeout=min(waits) if waits else None)
             except queue.Empty:
-                item = self.converger.converge  # a retry is due, or it is time to look for new release metadata
+                item = self._due  # a retry or a refresh is due, or it is time to look for new release metadata
             if item is None:
                 return
             try:
@@ -227,6 +242,13 @@ class Updater:
             except Exception as exc:  # the updater thread must survive anything
                 log.exception("unexpected error applying desired state")
                 self.report("desired.error", "error", f"unexpected error: {exc}", {})
+
+    def _due(self) -> None:
+        if self.refresher.due() and self._queue.empty():  # a desired state waiting goes first
+            out = self.refresher.refresh()
+            if out is not None and out.changed:
+                self.converger.metadata_changed()
+        self.converger.converge()
 
     def apply(self, payload: bytes) -> None:
         digest = hashlib.sha256(payload).hexdigest()

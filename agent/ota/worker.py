@@ -3,7 +3,7 @@
 The agent serves models for months; it updates them a few times. python-tuf,
 securesystemslib, urllib3, ``http.client``/``email`` and ``cryptography`` together keep
 ~15 MB resident once imported, for good. So the agent never imports them: each desired
-state's signature check, each DOWNLOADING step and each release-metadata poll runs in
+state's signature check, each DOWNLOADING step and each metadata refresh (ADR 0081) runs in
 ``python -m agent.ota.worker``, which exits when it is done (ADR 0062).
 
 Protocol: the agent writes one JSON request line to the child's stdin; the child writes
@@ -42,6 +42,10 @@ class WorkerError(Exception):
     """The update process could not be started or did not answer; the message says why."""
 
 
+class Preempted(WorkerError):
+    """The operation was stopped for an install (:meth:`UpdateWorker.preempt`)."""
+
+
 class UpdateWorker:
     """The agent's side: one child process per operation."""
 
@@ -51,6 +55,9 @@ class UpdateWorker:
         self._config = _encode_config(cfg)
         self._lock = threading.Lock()  # one child at a time
         self._usable: bool | None = None  # does a child start and answer here? (asked once)
+        self._running_lock = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None  # the child of a preemptible operation, while it runs
+        self._preempted = False
 
     def usable(self) -> bool:
         """Whether update processes work on this device; if not (e.g. an agent under qemu-user, whose
@@ -125,18 +132,39 @@ class UpdateWorker:
         reason = result.get("reason")
         return (str(reason) if reason is not None else None), bool(result.get("transient"))
 
-    def metadata_digest(self) -> str | None:
+    def metadata_digest(self, *, waiting: Callable[[], bool] | None = None) -> tuple[str | None, str]:
+        """Refresh the release metadata: (a digest of the verified targets, "") or (None, why not).
+
+        Preemptible: :meth:`preempt` stops it (:class:`Preempted`), so an install or a rollback never waits for it;
+        ``waiting`` says whether work already waits (then it stops as soon as its child started: no race)."""
         if not self.usable():
             from agent.ota import download
 
             repo = _image_repo(self.cfg)
-            return None if repo is None else download.metadata_digest(repo)
+            return (None, "no image repository configured") if repo is None else download.metadata_digest(repo)
         try:
-            digest = self._call({"op": "metadata_digest"}).get("digest")
+            result = self._call({"op": "metadata_digest"}, preemptible=True, waiting=waiting)
+        except Preempted:
+            raise
         except WorkerError as exc:
-            log.info("release metadata not refreshed: %s", exc)
-            return None
-        return str(digest) if digest is not None else None
+            return None, str(exc)
+        digest = result.get("digest")
+        return (str(digest), "") if digest is not None else (None, str(result.get("reason", result)))
+
+    def preempt(self) -> bool:
+        """Stop a preemptible operation (a metadata refresh) in progress; True if one was stopped.
+
+        Safe for the metadata: python-tuf writes each file atomically, and so does the listing record."""
+        with self._running_lock:
+            child = self._running
+            if child is None:
+                return False
+            self._preempted = True
+        try:
+            child.kill()
+        except OSError:
+            pass
+        return True
 
     def _call(
         self,
@@ -144,6 +172,8 @@ class UpdateWorker:
         *,
         on_trusted: Callable[[], None] | None = None,
         progress: Progress | None = None,
+        preemptible: bool = False,
+        waiting: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         with self._lock:
             try:
@@ -153,6 +183,11 @@ class UpdateWorker:
             except OSError as exc:
                 raise WorkerError(f"cannot start the update process {self.argv[0]}: {exc}") from None
             assert child.stdin is not None and child.stdout is not None
+            if preemptible:
+                with self._running_lock:
+                    self._running, self._preempted = child, False
+                if waiting is not None and waiting():  # arrived before the child was registered: stop it now
+                    self.preempt()
             try:
                 _send(child.stdin, {**request, "config": self._config})
                 for line in child.stdout:
@@ -167,10 +202,17 @@ class UpdateWorker:
                         if progress is not None:
                             progress(int(got), int(total))
                         _send(child.stdin, {"go": True})
+                if self._preempted and preemptible:
+                    raise Preempted("stopped for an install")
                 raise WorkerError(f"update process ended without an answer (exit code {child.wait()})")
             except (OSError, ValueError, TypeError, KeyError) as exc:
+                if self._preempted and preemptible:
+                    raise Preempted("stopped for an install") from None
                 raise WorkerError(f"update process failed: {type(exc).__name__}: {exc}") from None
             finally:
+                if preemptible:
+                    with self._running_lock:
+                        self._running = None
                 for stream in (child.stdin, child.stdout):
                     try:
                         stream.close()
@@ -256,7 +298,8 @@ def serve(request: dict[str, Any], out: IO[bytes], answers: IO[bytes]) -> dict[s
     if repo is None:
         return {"reason": "no image repository configured: cannot verify the release signature", "transient": False}
     if op == "metadata_digest":
-        return {"digest": download.metadata_digest(repo)}
+        digest, why = download.metadata_digest(repo)
+        return {"digest": digest, "reason": why}
     if op != "fetch_target":
         raise ValueError(f"unknown op {op!r}")
     from shared.messages import Assignment
