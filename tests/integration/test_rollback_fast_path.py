@@ -74,3 +74,42 @@ def test_the_fast_path_follows_the_latest_refresh_a_delisted_version_is_refused(
     assert up.store.ota.state is State.IDLE and "does not list digits/1.tar" in lab.last("ota.rejected")["message"]
     assert "ota.stored" not in lab.kinds()
     assert up.host.roles()["production"].manifest.version == 2  # the running model is untouched
+
+
+def test_a_refresh_while_nothing_installs_keeps_the_fast_path_usable(lab, tmp_path, make_bundle):
+    """ADR 0081: the listing of the last install ages out; a refresh on its own (what the agent does every
+    ``refresh_s``) records a new one, and the rollback then takes the fast path again."""
+    up, a1, _ = two_versions(lab, tmp_path, make_bundle, max_age=600)
+    listing = tmp_path / "dev" / "tuf" / "listing.json"
+    data = json.loads(listing.read_text())
+    listing.write_text(json.dumps({**data, "verified_at": data["verified_at"] - 7200}))  # the install was long ago
+    out = up.refresher.refresh()
+    assert out is not None and out.ok and not out.changed  # nothing new was released
+    status = up.ota_status()["metadata"]
+    assert status["ok"] is True and status["verified_at"] > data["verified_at"] - 60 and status["failures"] == 0
+    lab.server.requests.clear()
+    installed(lab, up, lab.desired("lab-dev", a1))
+    assert lab.server.requests == [] and "listed by the image repository" in lab.last("ota.stored")["message"]
+
+
+def test_a_failed_refresh_is_reported_backs_off_and_changes_nothing_served(lab, tmp_path, make_bundle):
+    up, a1, _ = two_versions(lab, tmp_path, make_bundle, max_age=600)
+    up.refresher.schedule.every_s = 1800.0  # as configured by default
+    listing = tmp_path / "dev" / "tuf" / "listing.json"
+    before = listing.read_bytes()
+    lab.server.faults.replace["timestamp.json"] = b"not metadata"  # what a broken or hostile server sends
+    first = up.refresher.refresh()
+    second = up.refresher.refresh()
+    assert first is not None and not first.ok and "not refreshed" in first.reason
+    assert second is not None and second.failures == 2
+    status = up.ota_status()["metadata"]
+    assert status["ok"] is False and status["failures"] == 2 and "not refreshed" in status["reason"]
+    assert 120 * 0.8 <= status["next_at"] - second.at <= 120 * 1.2  # the second backoff step
+    assert listing.read_bytes() == before  # the last good listing stays the record
+    assert up.host.roles()["production"].manifest.version == 2 and up.store.slot("production").version == 2
+    del lab.server.faults.replace["timestamp.json"]
+    again = up.refresher.refresh()
+    assert again is not None and again.ok and up.ota_status()["metadata"]["failures"] == 0
+    lab.server.requests.clear()
+    installed(lab, up, lab.desired("lab-dev", a1))  # the listing is fresh again: the fast path
+    assert lab.server.requests == []

@@ -10,6 +10,9 @@ memory map never holds ``cryptography``'s library or python-tuf.
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from securesystemslib.signer import CryptoSigner
 
 from agent.config import parse_config
 from agent.localapi.client import AgentClient
-from agent.ota.worker import UpdateWorker
+from agent.ota.worker import Preempted, UpdateWorker
 from firmware_sim.modelgen import make_onnx_bundle
 from shared.errors import SignatureError
 from shared.signing import public_key_hex, sign_document
@@ -115,4 +118,112 @@ def test_a_bundle_still_on_the_device_is_vouched_for_by_the_child_and_not_downlo
     finally:
         watch.close()
         agent.stop()
+        lab.close()
+
+
+def _metadata(agent) -> dict:
+    with AgentClient(agent.socket_path) as c:
+        return c.call({"op": "status"})["ota"]["metadata"]
+
+
+def _until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_agent_refreshes_its_metadata_on_its_own_and_a_later_rollback_takes_the_fast_path(mosquitto, tmp_path, make_bundle):
+    """ADR 0081: with nothing assigned the agent refreshes every ``refresh_s``; a failing refresh is a warning and
+    a status, not a change of model; a rollback long after the last install still finds a recent listing."""
+    lab = Lab(tmp_path / "lab")
+    device = "refresh-1"
+    watch = Watcher(mosquitto.host, mosquitto.port, device_topic(device, Kind.EVENTS))
+    agent = lab.start_agent(tmp_path, device, mosquitto, "[download]\nrefresh_s = 1.5\nvouched_max_age_s = 4\n")
+    topic = device_topic(device, Kind.DESIRED)
+    try:
+        a1, a2 = lab.publish(make_bundle(1)), lab.publish(make_bundle(2))
+        for a in (a1, a2):
+            watch.publish(topic, lab.desired(device, a), retain=True)
+            watch.wait_for(lambda m, a=a: m.get("kind") == "ota.committed" and m["detail"]["version"] == a.version, "/events")
+        installed_at = time.time()
+        lab.server.requests.clear()
+        # nothing is assigned, and the agent asks the image repository on its own, again and again
+        _until(lambda: lab.server.requests.count("/metadata/timestamp.json") >= 3, 20, "three refreshes")
+        status = _metadata(agent)
+        assert status["ok"] is True and status["refresh_s"] == 1.5 and time.time() - status["verified_at"] < 4
+
+        lab.server.faults.replace["timestamp.json"] = b"not metadata"  # a broken repository
+        failed = _until(lambda: (s := _metadata(agent))["failures"] >= 2 and s, 20, "two failed refreshes")
+        assert failed["ok"] is False and "not refreshed" in failed["reason"]
+        assert "image repository metadata not refreshed (failure 1" in agent.log_path.read_text()
+        with AgentClient(agent.socket_path) as c:
+            assert c.predict([[0.0] * 64])["version"] == 2  # what the device serves did not change
+        del lab.server.faults.replace["timestamp.json"]
+        _until(lambda: _metadata(agent)["ok"] is True, 20, "a working refresh")
+
+        time.sleep(max(0.0, installed_at + 5 - time.time()))
+        assert time.time() - installed_at > 4  # the install's own listing has aged out of the fast path
+        seq = _events(watch, ("ota.committed",))[-1]["seq"]
+        watch.publish(topic, lab.desired(device, a1), retain=True)  # the rollback
+        watch.wait_for(lambda m: m.get("kind") == "ota.committed" and m["seq"] > seq, "/events", timeout=30)
+        after = [m for m in watch.json_messages("/events") if m["seq"] > seq]
+        stored = [m for m in after if m["kind"] == "ota.stored"]
+        assert stored and "listed by the image repository" in stored[0]["message"], after
+        assert "ota.downloading" not in [m["kind"] for m in after]  # no refresh on the rollback's path
+    finally:
+        watch.close()
+        agent.stop()
+        lab.close()
+
+
+def test_a_metadata_refresh_in_progress_stops_at_once_for_an_install(tmp_path):
+    """A refresh whose server never answers would hold the update process for its timeouts; an install does not
+    wait for it (``preempt``), nor when it was already waiting as the refresh started."""
+    lab = Lab(tmp_path / "lab")
+    mute = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    root = tmp_path / "root.json"
+    root.write_bytes(lab.repo.root_bytes(1))
+    key = Ed25519PrivateKey.generate()
+    cfg = parse_config(
+        {
+            "device_id": "d1",
+            "data_dir": str(tmp_path / "dev"),
+            "director_public_keys": [public_key_hex(key.public_key())],
+            "image_repository": {"url": f"http://127.0.0.1:{mute.getsockname()[1]}/metadata/", "root": str(root)},
+        }
+    )
+    (tmp_path / "dev").mkdir()
+    worker = UpdateWorker(cfg)
+    try:
+        assert worker.usable()
+        result: list[BaseException | tuple] = []
+
+        def refresh() -> None:
+            try:
+                result.append(worker.metadata_digest())
+            except Preempted as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=refresh)
+        t.start()
+        _until(lambda: worker._running is not None, 10, "the refresh's process")
+        t.join(1.5)
+        assert t.is_alive()  # the refresh hangs on the mute server
+        started = time.monotonic()
+        assert worker.preempt()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - started < 2
+        assert len(result) == 1 and isinstance(result[0], Preempted)
+        assert not worker.preempt()  # nothing runs now
+
+        started = time.monotonic()
+        with pytest.raises(Preempted):
+            worker.metadata_digest(waiting=lambda: True)  # a desired state already queued
+        assert time.monotonic() - started < 3
+    finally:
+        mute.close()
         lab.close()
