@@ -87,9 +87,12 @@ class Refresher:
         else:
             from agent.ota.download import metadata_digest
 
-            repo = self.u.steps.image_repo
-            assert repo is not None
-            digest, reason = metadata_digest(repo)
+            try:
+                repo = self.u.steps.image_repo
+                assert repo is not None
+                digest, reason = metadata_digest(repo)
+            except Exception as exc:  # anything unforeseen is a failed refresh (backed off), never a busy loop
+                digest, reason = None, f"{type(exc).__name__}: {exc}"
         prev = self.last
         if digest is not None:
             out = Outcome(at=now, ok=True, changed=digest != before)

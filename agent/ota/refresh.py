@@ -7,9 +7,10 @@ metadata is noticed only when something is assigned (ADR 0081). So the agent
 refreshes every ``every_s`` after the last verified listing (any refresh's, an
 install's included), jittered by ±``JITTER`` so a fleet assigned together does not
 refresh together. A listing already overdue at start (a device back after a long
-time off, or one that never refreshed) is refreshed within the first ``2 * JITTER``
-of an interval, spread uniformly. A failed refresh is tried again after a jittered
-backoff that doubles from ``min(every_s, BACKOFF_BASE_S)`` up to ``every_s``.
+time off) is refreshed within the first ``2 * JITTER`` of an interval, spread
+uniformly. A device that never refreshed (it installed nothing) waits for its first
+install. A failed refresh is tried again after a jittered backoff that doubles from
+``min(every_s, BACKOFF_BASE_S)`` up to ``every_s``.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class RefreshSchedule:
         return self.every_s * (1 - JITTER + 2 * JITTER * self._rng())
 
     def after_listing(self, verified_at: float | None, now: float) -> float | None:
-        """When to refresh, given when the current listing was verified (None: never); None when turned off."""
-        if not self.enabled:
+        """When to refresh, given when the current listing was verified; None when turned off, or when the device
+        never refreshed (it installed nothing: no rollback to keep fast, and its first install refreshes)."""
+        if not self.enabled or verified_at is None:
             return None
-        if verified_at is not None and verified_at <= now:
+        if verified_at <= now:
             due = verified_at + self.interval_s()
             if due > now:
                 return due

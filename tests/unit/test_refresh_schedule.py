@@ -36,16 +36,17 @@ def test_the_next_refresh_is_an_interval_after_the_listing_the_device_holds():
     assert fixed(0.0).after_listing(NOW - 100, NOW) == NOW - 100 + EVERY * 0.8
 
 
-@pytest.mark.parametrize("verified", [None, NOW - 10 * EVERY, NOW - EVERY * 1.25, NOW + 600])  # none, old, overdue, future
-def test_a_missing_overdue_or_future_listing_is_refreshed_soon_but_spread_out(verified):
+@pytest.mark.parametrize("verified", [NOW - 10 * EVERY, NOW - EVERY * 1.25, NOW + 600])  # old, overdue, future
+def test_an_overdue_or_future_listing_is_refreshed_soon_but_spread_out(verified):
     assert fixed(0.0).after_listing(verified, NOW) == NOW
     assert fixed(0.999999).after_listing(verified, NOW) == pytest.approx(NOW + 2 * JITTER * EVERY, abs=0.01)
 
 
 def test_agents_started_together_do_not_refresh_together():
-    """A simulated fleet: a thousand agents, each with its own generator, none with a listing yet."""
-    due = sorted(RefreshSchedule(EVERY, rng=random.Random(i).random).after_listing(None, NOW) for i in range(1000))
-    assert NOW <= due[0] and due[-1] <= NOW + 2 * JITTER * EVERY
+    """A fleet back after a night off (a simulated fleet: agents in one process, each with its own generator)."""
+    old = NOW - 8 * 3600
+    due = sorted(RefreshSchedule(EVERY, rng=random.Random(i).random).after_listing(old, NOW) or 0.0 for i in range(1000))
+    assert due[0] >= NOW and due[-1] <= NOW + 2 * JITTER * EVERY
     per_minute = [sum(1 for t in due if NOW + m * 60 <= t < NOW + (m + 1) * 60) for m in range(12)]
     assert max(per_minute) < 2 * 1000 / 12, per_minute  # roughly uniform: no minute holds twice its share
 
@@ -66,6 +67,10 @@ def test_a_short_interval_backs_off_from_the_interval_itself():
     s = RefreshSchedule(2.0, rng=lambda: 0.5)
     assert [s.backoff_s(n) for n in (1, 2, 10)] == [2.0, 2.0, 2.0]
     assert s.after_listing(NOW - 1, NOW) == NOW + 1
+
+
+def test_a_device_that_never_refreshed_waits_for_its_first_install():
+    assert fixed(0.5).after_listing(None, NOW) is None
 
 
 def test_zero_turns_the_refresh_off():
