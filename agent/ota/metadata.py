@@ -1,4 +1,4 @@
-"""Refreshing the image repository's metadata when nothing installs (ADR 0081).
+"""Refreshing the image repository's metadata when nothing installs (ADR 0082).
 
 ``Refresher`` runs on the updater's one thread, between desired states, so it never
 runs beside an install; a desired state that arrives while the refresh's child

@@ -3,7 +3,7 @@
 An install refreshes the TUF metadata; a device that installs nothing for a while
 would otherwise hold an ever older listing, so the rollback fast path (ADR 0073:
 a listing at most ``vouched_max_age_s`` old) goes dark, and expired or revoked
-metadata is noticed only when something is assigned (ADR 0081). So the agent
+metadata is noticed only when something is assigned (ADR 0082). So the agent
 refreshes every ``every_s`` after the last verified listing (any refresh's, an
 install's included), jittered by ±``JITTER`` so a fleet assigned together does not
 refresh together. A listing already overdue at start (a device back after a long

@@ -110,7 +110,7 @@ class Updater:
         self.health = health or HealthConfig()
         self.checkpoint = checkpoint  # an observer of OTA progress (the crash tests pause the agent here)
         self.converger = Converger(self, retry or Convergence(), metadata_poll_s, clock)  # retries, why not converged
-        self.refresher = Refresher(self, refresh_s, clock, rng)  # the metadata refreshed when nothing installs (ADR 0081)
+        self.refresher = Refresher(self, refresh_s, clock, rng)  # the metadata refreshed when nothing installs (ADR 0082)
         self._queue: queue.Queue[bytes | Callable[[], None] | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
         self.steps = Steps(self)

@@ -3,7 +3,7 @@
 The agent serves models for months; it updates them a few times. python-tuf,
 securesystemslib, urllib3, ``http.client``/``email`` and ``cryptography`` together keep
 ~15 MB resident once imported, for good. So the agent never imports them: each desired
-state's signature check, each DOWNLOADING step and each metadata refresh (ADR 0081) runs in
+state's signature check, each DOWNLOADING step and each metadata refresh (ADR 0082) runs in
 ``python -m agent.ota.worker``, which exits when it is done (ADR 0062).
 
 Protocol: the agent writes one JSON request line to the child's stdin; the child writes

@@ -77,7 +77,7 @@ def test_the_fast_path_follows_the_latest_refresh_a_delisted_version_is_refused(
 
 
 def test_a_refresh_while_nothing_installs_keeps_the_fast_path_usable(lab, tmp_path, make_bundle):
-    """ADR 0081: the listing of the last install ages out; a refresh on its own (what the agent does every
+    """ADR 0082: the listing of the last install ages out; a refresh on its own (what the agent does every
     ``refresh_s``) records a new one, and the rollback then takes the fast path again."""
     up, a1, _ = two_versions(lab, tmp_path, make_bundle, max_age=600)
     listing = tmp_path / "dev" / "tuf" / "listing.json"

@@ -137,7 +137,7 @@ def _until(predicate, timeout: float, what: str):
 
 
 def test_an_agent_refreshes_its_metadata_on_its_own_and_a_later_rollback_takes_the_fast_path(mosquitto, tmp_path, make_bundle):
-    """ADR 0081: with nothing assigned the agent refreshes every ``refresh_s``; a failing refresh is a warning and
+    """ADR 0082: with nothing assigned the agent refreshes every ``refresh_s``; a failing refresh is a warning and
     a status, not a change of model; a rollback long after the last install still finds a recent listing."""
     lab = Lab(tmp_path / "lab")
     device = "refresh-1"

@@ -1,4 +1,4 @@
-"""When an agent refreshes its image-repository metadata while nothing installs (agent/ota/refresh.py, ADR 0081):
+"""When an agent refreshes its image-repository metadata while nothing installs (agent/ota/refresh.py, ADR 0082):
 an interval after the listing it holds, jittered ±20 %; soon (spread out) when the listing is overdue; a doubling,
 capped, jittered backoff after failures; never when turned off."""
 
